@@ -1,0 +1,51 @@
+# ml-service: one obvious entry point for every job. `make help` lists them.
+SHELL := bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+MAKEFLAGS += --no-print-directory
+
+ROOT   := $(CURDIR)
+PYTHON ?= python3
+VENV   := $(ROOT)/.venv
+BIN    := $(VENV)/bin
+# Pinned tools (helm, helm-unittest, promtool wrappers, linters...) land here, never system-wide.
+TOOLS  := $(ROOT)/.tools
+export PATH := $(TOOLS)/bin:$(BIN):$(PATH)
+export GOBIN := $(TOOLS)/bin
+UV_VERSION := 0.13.8
+UV := $(TOOLS)/uv/bin/uv
+
+# Each mk/<tier>.mk appends its own `setup-<tier>` target to SETUP_TARGETS.
+SETUP_TARGETS :=
+include $(sort $(wildcard mk/*.mk))
+
+.PHONY: help setup venv lock test lint run train serve
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv $(TOOLS)/uv
+	$(TOOLS)/uv/bin/pip install -q uv==$(UV_VERSION)
+
+lock: $(UV) ## re-resolve requirements/*.txt from pyproject.toml (exact versions + hashes)
+	$(UV) pip compile pyproject.toml --python-version 3.11 --generate-hashes --no-emit-index-url \
+	  --no-header --quiet -o requirements/runtime.txt
+	$(UV) pip compile pyproject.toml --extra train --extra dev -c requirements/runtime.txt \
+	  --python-version 3.11 --generate-hashes --no-emit-index-url --no-header --quiet -o requirements/dev.txt
+
+$(VENV)/.synced: requirements/dev.txt pyproject.toml | $(UV)
+	test -x $(BIN)/python || $(UV) venv -q --python $(PYTHON) $(VENV)
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync -q --require-hashes requirements/dev.txt
+	VIRTUAL_ENV=$(VENV) $(UV) pip install -q --no-deps -e .
+	touch $@
+
+venv: $(VENV)/.synced ## create .venv from the lock file
+
+setup: venv $(SETUP_TARGETS) ## install everything the tests need (apt, Go and npm tools, virtualenvs)
+
+test: venv ## run every test suite
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+lint: venv ## ruff
+	$(BIN)/ruff check app tests scripts
+	$(BIN)/ruff format --check app tests scripts
