@@ -1,0 +1,363 @@
+"""Train the ml-service classifier, log it to MLflow and register a new model version.
+
+    python -m ml_service.train [--alias champion] [--seed 42] [--learning-rate 0.1] ...
+
+The tracking server comes from MLFLOW_TRACKING_URI. The alias moves only when --alias is given:
+deployed environments pin an exact version in git, so training never silently changes what
+production serves.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from importlib import metadata as importlib_metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from ml_service.reference import (
+    REFERENCE_KEY,
+    SKOPS_TRUSTED_TYPES,
+    TRAINING_KEY,
+    compute_reference,
+    snake_case,
+)
+
+log = logging.getLogger("ml_service.train")
+
+MODEL_NAME = "ml-service"
+EXPERIMENT = "ml-service"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+RESULT_PREFIX = "ML_SERVICE_TRAIN_RESULT "
+VERSIONED_PACKAGES = ("scikit-learn", "numpy", "scipy", "pandas", "skops", "mlflow")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    x_train: pd.DataFrame
+    x_test: pd.DataFrame
+    y_train: pd.Series
+    y_test: pd.Series
+    fingerprint: str
+
+
+def load_dataset() -> tuple[pd.DataFrame, pd.Series]:
+    """Breast cancer (212 malignant / 357 benign): ships with scikit-learn, real imbalance."""
+    from sklearn.datasets import load_breast_cancer
+
+    raw = load_breast_cancer(as_frame=True)
+    x = raw.data.astype("float64")
+    x.columns = [snake_case(c) for c in x.columns]
+    y = pd.Series(np.asarray(raw.target_names)[raw.target.to_numpy()], name="label", dtype=object)
+    return x, y
+
+
+def fingerprint(x: pd.DataFrame, y: pd.Series) -> str:
+    """sha256 over column names, float64 values (C order) and labels: any change shows."""
+    h = hashlib.sha256()
+    h.update(json.dumps(list(x.columns)).encode())
+    h.update(np.ascontiguousarray(x.to_numpy(dtype="float64")).tobytes())
+    h.update("\n".join(map(str, y)).encode())
+    return f"sha256:{h.hexdigest()}"
+
+
+def split(x: pd.DataFrame, y: pd.Series, test_size: float, seed: int) -> Dataset:
+    from sklearn.model_selection import train_test_split
+
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=test_size, stratify=y, random_state=seed
+    )
+    return Dataset(x_tr, x_te, y_tr, y_te, fingerprint(x, y))
+
+
+def build_pipeline(args: argparse.Namespace):
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import Pipeline
+
+    # Trees need no scaling; the Pipeline keeps the artifact's shape stable if steps are added.
+    clf = HistGradientBoostingClassifier(
+        learning_rate=args.learning_rate,
+        max_iter=args.max_iter,
+        max_leaf_nodes=args.max_leaf_nodes,
+        max_depth=args.max_depth,
+        min_samples_leaf=args.min_samples_leaf,
+        l2_regularization=args.l2_regularization,
+        class_weight=None if args.class_weight == "none" else args.class_weight,
+        early_stopping=False,  # the validation split it would draw changes what is trained
+        random_state=args.seed,
+    )
+    return Pipeline([("classifier", clf)])
+
+
+def evaluate(pipe, data: Dataset) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    from sklearn.metrics import (
+        accuracy_score,
+        f1_score,
+        precision_recall_fscore_support,
+        roc_auc_score,
+    )
+
+    classes = list(pipe.classes_)
+    pred = pipe.predict(data.x_test)
+    proba = pipe.predict_proba(data.x_test)
+    y = data.y_test.to_numpy()
+    metrics = {
+        "accuracy": float(accuracy_score(y, pred)),
+        "f1_macro": float(f1_score(y, pred, average="macro")),
+        # positive class = malignant: the one a screening model must not miss
+        "roc_auc": float(roc_auc_score(y == "malignant", proba[:, classes.index("malignant")])),
+    }
+    prec, rec, _, support = precision_recall_fscore_support(y, pred, labels=classes)
+    for i, c in enumerate(classes):
+        metrics[f"precision_{c}"] = float(prec[i])
+        metrics[f"recall_{c}"] = float(rec[i])
+        metrics[f"test_support_{c}"] = float(support[i])
+    return metrics, pred, proba
+
+
+def confusion_figure(y_true, y_pred, classes):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import ConfusionMatrixDisplay
+
+    fig, ax = plt.subplots(figsize=(4.5, 4))
+    ConfusionMatrixDisplay.from_predictions(y_true, y_pred, labels=classes, ax=ax, colorbar=False)
+    ax.set_title("Test-set confusion matrix")
+    fig.tight_layout()
+    return fig
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO_ROOT), *args],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip()
+
+
+def lock_hashes(root: Path = REPO_ROOT) -> dict[str, str]:
+    """sha256 of every requirements/*.txt (the lock files)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted((root / "requirements").glob("*.txt"))
+    }
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for pkg in VERSIONED_PACKAGES:
+        try:
+            versions[pkg] = importlib_metadata.version(pkg)
+        except importlib_metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def training_metadata(data: Dataset, args: argparse.Namespace) -> dict[str, Any]:
+    versions = package_versions()
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return {
+        # flat keys for the serving-side compatibility check, `packages` for everything else
+        "python_version": versions["python"],
+        "sklearn_version": versions.get("scikit-learn"),
+        "numpy_version": versions.get("numpy"),
+        "packages": versions,
+        "git_commit": _git("rev-parse", "HEAD") or "unknown",
+        "git_dirty": bool(status) if status is not None else None,
+        "lock_sha256": lock_hashes(),
+        "data_fingerprint": data.fingerprint,
+        "train_fingerprint": fingerprint(data.x_train, data.y_train),
+        "test_fingerprint": fingerprint(data.x_test, data.y_test),
+        "dataset": "sklearn.datasets.load_breast_cancer",
+        "seed": args.seed,
+        "test_size": args.test_size,
+        "serialization_format": "skops",
+    }
+
+
+def serving_requirements(versions: dict[str, str]) -> list[str]:
+    """What loading the model needs (mlflow-skinny is enough beside these)."""
+    return [
+        f"{pkg}=={versions[pkg]}" for pkg in ("scikit-learn", "numpy", "pandas", "skops", "scipy")
+    ]
+
+
+def predictions_digest(pred: np.ndarray, proba: np.ndarray) -> str:
+    """Hash of test-set predictions and probabilities (bit-exact), for reproducibility checks."""
+    h = hashlib.sha256("\n".join(map(str, pred)).encode())
+    h.update(np.ascontiguousarray(proba, dtype="float64").tobytes())
+    return h.hexdigest()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m ml_service.train", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--alias", help="point this registered-model alias (e.g. champion) at the new version"
+    )
+    p.add_argument("--model-name", default=MODEL_NAME, help="registered model name (%(default)s)")
+    p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment (%(default)s)")
+    p.add_argument("--seed", type=int, default=42, help="split and model seed (%(default)s)")
+    p.add_argument("--test-size", type=float, default=0.25, help="held-out share (%(default)s)")
+    p.add_argument("--learning-rate", type=float, default=0.1)
+    p.add_argument("--max-iter", type=int, default=200)
+    p.add_argument("--max-leaf-nodes", type=int, default=15)
+    p.add_argument("--max-depth", type=int, default=None)
+    p.add_argument("--min-samples-leaf", type=int, default=20)
+    p.add_argument("--l2-regularization", type=float, default=0.0)
+    p.add_argument("--class-weight", choices=["none", "balanced"], default="none")
+    p.add_argument("--drift-bins", type=int, default=10, help="quantile bins per feature")
+    p.add_argument("--output-json", type=Path, help="also write the result document here")
+    args = p.parse_args(argv)
+    if not 0.05 <= args.test_size <= 0.5:
+        p.error("--test-size must be between 0.05 and 0.5")
+    if args.drift_bins < 2:
+        p.error("--drift-bins must be at least 2")
+    return args
+
+
+def hyper_params(args: argparse.Namespace) -> dict[str, Any]:
+    keys = (
+        "seed",
+        "test_size",
+        "learning_rate",
+        "max_iter",
+        "max_leaf_nodes",
+        "max_depth",
+        "min_samples_leaf",
+        "l2_regularization",
+        "class_weight",
+        "drift_bins",
+    )
+    return {k: getattr(args, k) for k in keys}
+
+
+def train(args: argparse.Namespace) -> dict[str, Any]:
+    import mlflow
+    from mlflow.models import infer_signature
+    from threadpoolctl import threadpool_limits
+
+    x, y = load_dataset()
+    data = split(x, y, args.test_size, args.seed)
+    # One OpenMP thread: on small, shared machines more threads only contend (fit took 35 s
+    # instead of ~2 s here), and the result must not depend on the core count.
+    with threadpool_limits(limits=1):
+        pipe = build_pipeline(args).fit(data.x_train, data.y_train)
+        metrics, pred, proba = evaluate(pipe, data)
+    classes = [str(c) for c in pipe.classes_]
+
+    reference = compute_reference(
+        data.x_train.to_numpy(),
+        list(data.x_train.columns),
+        data.y_train.to_numpy(),
+        classes,
+        n_bins=args.drift_bins,
+    )
+    training = training_metadata(data, args)
+    signature = infer_signature(data.x_train, pipe.predict(data.x_train.head(5)))
+    # one real row per class: the server's smoke prediction and the README's curl use it
+    example = pd.concat([data.x_test[data.y_test == c].head(1) for c in classes]).reset_index(
+        drop=True
+    )
+
+    mlflow.set_experiment(args.experiment)
+    with mlflow.start_run() as run:
+        mlflow.log_params({"model": "HistGradientBoostingClassifier", **hyper_params(args)})
+        mlflow.log_metrics(metrics)
+        mlflow.set_tags(
+            {
+                "git_commit": training["git_commit"],
+                "data_fingerprint": training["data_fingerprint"],
+                "predictions_sha256": predictions_digest(pred, proba),
+            }
+        )
+        fig = confusion_figure(data.y_test, pred, classes)
+        mlflow.log_figure(fig, "confusion_matrix.png")
+        with tempfile.TemporaryDirectory() as tmp:
+            ref_path = Path(tmp, "reference.json")
+            ref_path.write_text(json.dumps(reference, indent=1, sort_keys=True))
+            mlflow.log_artifact(str(ref_path), artifact_path="drift")
+        info = mlflow.sklearn.log_model(
+            pipe,
+            name="model",
+            signature=signature,
+            input_example=example,
+            serialization_format="skops",
+            skops_trusted_types=SKOPS_TRUSTED_TYPES,
+            metadata={REFERENCE_KEY: reference, TRAINING_KEY: training},
+            registered_model_name=args.model_name,
+            # explicit: MLflow's inference re-imports the model in a subprocess (~20 s here)
+            pip_requirements=serving_requirements(training["packages"]),
+        )
+        version = str(info.registered_model_version)
+        client = mlflow.MlflowClient()
+        for key in ("git_commit", "data_fingerprint"):
+            client.set_model_version_tag(args.model_name, version, key, training[key])
+        if args.alias:
+            client.set_registered_model_alias(args.model_name, args.alias, version)
+
+    return {
+        "name": args.model_name,
+        "version": version,
+        "run_id": run.info.run_id,
+        "model_id": getattr(info, "model_id", None),
+        "model_uri": f"models:/{args.model_name}/{version}",
+        "alias": args.alias,
+        "alias_uri": f"models:/{args.model_name}@{args.alias}" if args.alias else None,
+        "tracking_uri": mlflow.get_tracking_uri(),
+        "metrics": metrics,
+        "params": hyper_params(args),
+        "predictions_sha256": predictions_digest(pred, proba),
+        "test_predictions": [str(p) for p in pred],
+        "git_commit": training["git_commit"],
+        "data_fingerprint": training["data_fingerprint"],
+        "example": example.iloc[0].to_dict(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(message)s")
+    args = parse_args(argv)
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        log.error(
+            "MLFLOW_TRACKING_URI is not set (e.g. http://127.0.0.1:5000; `make train` sets it)"
+        )
+        return 2
+    result = train(args)
+    if args.output_json:
+        args.output_json.write_text(json.dumps(result, indent=2, sort_keys=True))
+    m = result["metrics"]
+    alias = f", alias {args.alias} -> {result['version']}" if args.alias else " (no alias moved)"
+    print(
+        f"registered {result['name']} version {result['version']}{alias}; "
+        f"accuracy={m['accuracy']:.4f} f1_macro={m['f1_macro']:.4f} roc_auc={m['roc_auc']:.4f}",
+        file=sys.stderr,
+    )
+    summary = {k: result[k] for k in ("name", "version", "run_id", "model_uri", "alias")}
+    print(RESULT_PREFIX + json.dumps(summary, sort_keys=True))
+    print(result["version"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,64 @@
+"""In-process floor: how long the model itself takes, without HTTP, JSON or validation.
+
+Run by benchmarks/run.py as `python benchmarks/floor.py MODEL_DIR ROWS...`;
+prints one JSON document.
+OMP_NUM_THREADS comes from the caller (ml-service caps numeric threads at 1 by default).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+import warnings
+
+import mlflow.pyfunc
+import pandas as pd
+from payloads import load_rows
+
+# ml-service passes a float matrix in the estimator's column order, as measured here
+warnings.filterwarnings(
+    "ignore", message="X does not have valid feature names", category=UserWarning
+)
+
+CALLS = 300
+BUDGET_S = 5.0
+
+
+def _time(fn) -> dict:
+    fn()  # first call pays lazy imports and allocations
+    samples: list[float] = []
+    deadline = time.perf_counter() + BUDGET_S
+    while len(samples) < CALLS and time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        fn()
+        samples.append((time.perf_counter() - t0) * 1000)
+    samples.sort()
+    return {
+        "calls": len(samples),
+        "median_ms": statistics.median(samples),
+        "p95_ms": samples[min(len(samples) - 1, int(len(samples) * 0.95))],
+    }
+
+
+def main(model_dir: str, sizes: list[int]) -> dict:
+    pyfunc = mlflow.pyfunc.load_model(model_dir)
+    sk = pyfunc.get_raw_model()
+    columns, _ = load_rows(model_dir, 1)
+    out = {}
+    for n in sizes:
+        _, rows = load_rows(model_dir, n)
+        frame = pd.DataFrame(rows, columns=columns)
+        matrix = frame.to_numpy(dtype="float64")
+        out[str(n)] = {
+            # what ml-service does per batch: class probabilities from a float matrix
+            "sklearn_predict_proba": _time(lambda m=matrix: sk.predict_proba(m)),
+            # what mlflow serve / MLServer / BentoML do: pyfunc with schema enforcement
+            "pyfunc_predict": _time(lambda f=frame: pyfunc.predict(f)),
+        }
+    return out
+
+
+if __name__ == "__main__":
+    print(json.dumps(main(sys.argv[1], [int(a) for a in sys.argv[2:]])))

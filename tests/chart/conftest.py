@@ -1,0 +1,71 @@
+"""Fixtures of the chart tier: the renderings every policy check runs over.
+
+A rendering is the chart rendered with one set of value files; the same list feeds strict schema
+validation, the Pod Security Standard and checkov: a values file added to `ci/` is covered by all.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from support import kube
+
+ROOT = kube.ROOT
+CHART = ROOT / "charts" / "ml-service"
+CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
+# 53 characters: the longest release name Helm accepts.
+LONG_RELEASE = "a-very-long-release-name-for-testing-name-limits-abcd"
+NAMESPACE = "ml-service"
+
+
+@dataclass(frozen=True)
+class Rendering:
+    id: str
+    value_files: tuple[Path, ...] = ()
+    release: str = "ml-service"
+    set_values: dict = field(default_factory=dict, hash=False)
+
+    def template_kwargs(self) -> dict:
+        return {
+            "release": self.release,
+            "namespace": NAMESPACE,
+            "value_files": list(self.value_files),
+            "set_values": self.set_values,
+        }
+
+
+RENDERINGS = [
+    Rendering("defaults"),
+    *[Rendering(f"ci/{p.name}", (p,)) for p in CI_VALUES],
+    Rendering("long-release-name", (CHART / "ci" / "full-values.yaml",), release=LONG_RELEASE),
+]
+
+
+def tool(path: Path) -> Path:
+    """A pinned tool; missing means a failed test that says how to get it, never a skip."""
+    try:
+        return kube.require(path)
+    except kube.ToolMissingError as err:
+        pytest.fail(str(err))
+
+
+@pytest.fixture(scope="session")
+def kube_versions() -> list[str]:
+    return kube.kube_version_bounds(CHART)
+
+
+_rendered: dict[tuple[str, str], str] = {}
+
+
+def render(rendering: Rendering, helm: Path = kube.HELM) -> str:
+    """Rendered output (cached per rendering and helm binary); a render error fails the test."""
+    key = (rendering.id, str(helm))
+    if key not in _rendered:
+        tool(helm)
+        try:
+            _rendered[key] = kube.helm_template(CHART, helm=helm, **rendering.template_kwargs())
+        except kube.HelmError as err:
+            pytest.fail(f"{rendering.id} does not render with {helm.name}:\n{err}")
+    return _rendered[key]

@@ -1,0 +1,57 @@
+"""Session fixtures shared by every tier: a real MLflow server and a model trained once on it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from support.mlflow import (
+    MlflowServer,
+    RegisteredModel,
+    as_registered_model,
+    mlflow_env,
+    train,
+)
+from support.mlflow import mlflow_server as _start_mlflow_server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory):
+    """A real `mlflow server` on a free 127.0.0.1 port (sqlite + artifacts in a tmp dir)."""
+    with _start_mlflow_server(tmp_path_factory.mktemp("mlflow")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def registered_model(
+    mlflow_server: MlflowServer, tmp_path_factory: pytest.TempPathFactory
+) -> RegisteredModel:
+    """`ml-service` trained once per session with default hyper-parameters, alias `champion`."""
+    out = tmp_path_factory.mktemp("train") / "result.json"
+    return as_registered_model(
+        train(mlflow_server.tracking_uri, "--alias", "champion", output_json=out)
+    )
+
+
+@pytest.fixture(scope="session")
+def local_model_dir(
+    registered_model: RegisteredModel, tmp_path_factory: pytest.TempPathFactory
+) -> Path:
+    """The registered model downloaded to a plain directory (what an image carries)."""
+    import mlflow
+
+    # An explicit client: download_artifacts(tracking_uri=...) alone resolves `models:/` URIs
+    # against the default registry, not the session server.
+    uri = registered_model.tracking_uri
+    client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+    source = client.get_model_version_download_uri(registered_model.name, registered_model.version)
+    path = mlflow.artifacts.download_artifacts(
+        artifact_uri=source, dst_path=str(tmp_path_factory.mktemp("model")), tracking_uri=uri
+    )
+    return Path(path)
+
+
+@pytest.fixture
+def mlflow_child_env(mlflow_server: MlflowServer) -> dict[str, str]:
+    """Environment for a subprocess that should talk to the session MLflow server."""
+    return mlflow_env(mlflow_server.tracking_uri)

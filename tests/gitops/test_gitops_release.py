@@ -1,0 +1,343 @@
+"""scripts/gitops.py release / promote on a real temporary git repository with a local bare remote.
+
+The GitHub API cannot be reached from here, so `gh` is tests/gitops/fake_gh.py on PATH: it records
+its arguments and keeps the open pull requests in a file. Everything else is real: git, the
+worktree, the force-push to the bare remote, and the `helm template`
+render check of the changed environment.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .conftest import ENVIRONMENTS, ROOT, TOOLS_BIN, tool
+
+pytestmark = pytest.mark.gitops
+
+GITOPS = ROOT / "scripts" / "gitops.py"
+DIGEST_A = "sha256:" + "a" * 64
+DIGEST_B = "sha256:" + "b" * 64
+REPOSITORY = "ghcr.io/owner/ml-service"
+
+
+def run_git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+@dataclass
+class Sandbox:
+    work: Path
+    remote: Path
+    env: dict[str, str]
+    gh_log: Path
+    gh_state: Path
+
+    def gitops(self, *args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, str(GITOPS), "-C", str(self.work), *args],
+            capture_output=True,
+            text=True,
+            env=self.env,
+            check=False,
+            timeout=120,
+        )
+
+    def release(self, version: str, *extra: str, tag: str = "", digest: str = DIGEST_A):
+        return self.gitops(
+            "release",
+            "--image-repository",
+            REPOSITORY,
+            "--tag",
+            tag or self.head("main"),
+            "--digest",
+            digest,
+            "--model-version",
+            version,
+            *extra,
+        )
+
+    def head(self, branch: str) -> str:
+        return run_git(self.remote, "rev-parse", f"refs/heads/{branch}")
+
+    def remote_has(self, branch: str) -> bool:
+        return bool(run_git(self.remote, "branch", "--list", branch))
+
+    def gh_calls(self) -> list[list[str]]:
+        if not self.gh_log.exists():
+            return []
+        return [json.loads(line) for line in self.gh_log.read_text().splitlines()]
+
+    def prs(self) -> list[dict]:
+        return json.loads(self.gh_state.read_text())["prs"] if self.gh_state.exists() else []
+
+    def merge(self, branch: str) -> None:
+        """What merging the PR does on GitHub: main moves to the branch, the PR closes."""
+        run_git(self.remote, "update-ref", "refs/heads/main", f"refs/heads/{branch}")
+        prs = self.prs()
+        for pr in prs:
+            if pr["head"] == branch:
+                pr["open"] = False
+        self.gh_state.write_text(json.dumps({"prs": prs}))
+
+    def file_on(self, ref: str, path: str) -> str:
+        return run_git(self.remote, "show", f"{ref}:{path}")
+
+
+@pytest.fixture
+def sandbox(tmp_path: Path) -> Sandbox:
+    tool("helm")  # the render check is real
+    remote, work, bin_dir = tmp_path / "remote.git", tmp_path / "work", tmp_path / "bin"
+    run_git(tmp_path, "init", "--quiet", "--bare", "-b", "main", str(remote))
+    run_git(tmp_path, "init", "--quiet", "-b", "main", str(work))
+    for name in ("charts", "environments", "dashboards"):
+        if (ROOT / name).exists():
+            shutil.copytree(ROOT / name, work / name, symlinks=True)
+    run_git(work, "config", "user.name", "Test")
+    run_git(work, "config", "user.email", "test@example.invalid")
+    run_git(work, "add", "-A")
+    run_git(work, "commit", "--quiet", "-m", "initial")
+    run_git(work, "remote", "add", "origin", str(remote))
+    run_git(work, "push", "--quiet", "origin", "main")
+
+    bin_dir.mkdir()
+    gh = bin_dir / "gh"
+    gh.write_text(f"#!{sys.executable}\n" + (Path(__file__).parent / "fake_gh.py").read_text())
+    gh.chmod(0o755)
+    env = {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{TOOLS_BIN}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_GH_LOG": str(tmp_path / "gh.log"),
+        "FAKE_GH_STATE": str(tmp_path / "gh.json"),
+        "GIT_TERMINAL_PROMPT": "0",
+    }
+    env.pop("CI", None)
+    return Sandbox(work, remote, env, tmp_path / "gh.log", tmp_path / "gh.json")
+
+
+def ok(proc: subprocess.CompletedProcess) -> str:
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def changed_lines(sb: Sandbox, base: str, branch: str, path: str) -> list[str]:
+    diff = run_git(sb.remote, "diff", "-U0", base, branch, "--", path)
+    return [
+        line
+        for line in diff.splitlines()
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+
+
+def comments(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.lstrip().startswith("#")]
+
+
+def test_release_opens_one_branch_commit_and_pr(sandbox: Sandbox):
+    base = sandbox.head("main")
+    before = sandbox.file_on("main", "environments/dev/release.yaml")
+    out = ok(sandbox.release("2"))
+    assert "opened a pull request" in out
+
+    assert sandbox.remote_has("gitops/dev")
+    branch_head = sandbox.head("gitops/dev")
+    assert run_git(sandbox.remote, "rev-parse", f"{branch_head}^") == base, "one commit on main"
+    files = run_git(sandbox.remote, "diff", "--name-only", base, branch_head).splitlines()
+    assert files == ["environments/dev/release.yaml"]
+
+    # Only the three values changed; comments, key order and quoting are the file's own.
+    changed = changed_lines(sandbox, base, branch_head, "environments/dev/release.yaml")
+    assert sorted(changed) == sorted(
+        [
+            '-  tag: "0.1.0"',
+            '-  digest: ""',
+            '-  version: "1"',
+            f'+  tag: "{base}"',
+            f'+  digest: "{DIGEST_A}"',
+            '+  version: "2"',
+        ]
+    )
+    after = sandbox.file_on("gitops/dev", "environments/dev/release.yaml")
+    assert comments(after) == comments(before) and comments(before)
+
+    subject = run_git(sandbox.remote, "log", "-1", "--format=%s", branch_head)
+    assert subject == f"release(dev): image {base[:12]}, model ml-service v2"
+    creates = [c for c in sandbox.gh_calls() if c[:2] == ["pr", "create"]]
+    assert len(creates) == 1
+    assert creates[0][creates[0].index("--head") + 1] == "gitops/dev"
+    assert creates[0][creates[0].index("--base") + 1] == "main"
+
+    # The caller's checkout is untouched: still on main, clean, no leftover worktree.
+    assert run_git(sandbox.work, "rev-parse", "--abbrev-ref", "HEAD") == "main"
+    assert run_git(sandbox.work, "status", "--porcelain") == ""
+    assert len(run_git(sandbox.work, "worktree", "list").splitlines()) == 1
+
+
+def test_release_is_idempotent(sandbox: Sandbox):
+    ok(sandbox.release("2"))
+    first = sandbox.head("gitops/dev")
+    out = ok(sandbox.release("2"))
+    assert "nothing pushed" in out
+    assert sandbox.head("gitops/dev") == first, "an identical release must not rewrite the branch"
+    assert len(sandbox.prs()) == 1
+    assert [c[:2] for c in sandbox.gh_calls()].count(["pr", "create"]) == 1
+
+
+def test_newer_release_updates_the_same_pr(sandbox: Sandbox):
+    ok(sandbox.release("2"))
+    ok(sandbox.release("3", digest=DIGEST_B))
+    assert len(sandbox.prs()) == 1, "one open PR per environment"
+    edits = [c for c in sandbox.gh_calls() if c[:2] == ["pr", "edit"]]
+    assert edits and edits[-1][2] == "1"
+    assert "model ml-service v3" in sandbox.prs()[0]["title"]
+    # Force-pushed: still a single commit on top of main, now carrying version 3.
+    head = sandbox.head("gitops/dev")
+    assert run_git(sandbox.remote, "rev-parse", f"{head}^") == sandbox.head("main")
+    assert 'version: "3"' in sandbox.file_on("gitops/dev", "environments/dev/release.yaml")
+
+
+def test_noop_and_downgrade_are_refused_unless_forced(sandbox: Sandbox):
+    ok(sandbox.release("5"))
+    sandbox.merge("gitops/dev")
+    tag = sandbox.file_on("main", "environments/dev/release.yaml").split('tag: "')[1].split('"')[0]
+
+    noop = sandbox.release("5", tag=tag)
+    assert noop.returncode == 3 and "nothing to do" in noop.stderr
+
+    down = sandbox.release("4", tag=tag)
+    assert down.returncode == 3 and "downgrade" in down.stderr
+    assert "model version 4 < 5" in down.stderr
+    main_before = sandbox.head("main")
+    assert sandbox.head("gitops/dev") == main_before, "a refused release pushes nothing"
+
+    ok(sandbox.release("4", "--force", tag=tag))
+    assert 'version: "4"' in sandbox.file_on("gitops/dev", "environments/dev/release.yaml")
+
+
+def test_older_image_commit_is_a_downgrade(sandbox: Sandbox):
+    old = sandbox.head("main")
+    (sandbox.work / "NOTES").write_text("a newer commit\n")
+    run_git(sandbox.work, "add", "NOTES")
+    run_git(sandbox.work, "commit", "--quiet", "-m", "newer")
+    run_git(sandbox.work, "push", "--quiet", "origin", "main")
+    new = sandbox.head("main")
+    ok(sandbox.release("2", tag=new))
+    sandbox.merge("gitops/dev")
+
+    down = sandbox.release("3", tag=old)
+    assert down.returncode == 3 and f"image {old[:12]} is older than {new[:12]}" in down.stderr
+
+
+def test_promote_copies_release_state_only(sandbox: Sandbox):
+    ok(sandbox.release("7"))
+    sandbox.merge("gitops/dev")
+    base = sandbox.head("main")
+    staging_before = sandbox.file_on("main", "environments/staging/release.yaml")
+
+    out = ok(sandbox.gitops("promote", "dev", "staging"))
+    assert "opened a pull request" in out
+    files = run_git(sandbox.remote, "diff", "--name-only", base, "gitops/staging").splitlines()
+    assert files == ["environments/staging/release.yaml"], "static settings never move"
+    staging = sandbox.file_on("gitops/staging", "environments/staging/release.yaml")
+    dev = sandbox.file_on("main", "environments/dev/release.yaml")
+    assert comments(staging) == comments(staging_before), "the target keeps its own comments"
+    for line in ("tag:", "digest:", "version:", "repository:", "name:"):
+        assert [x for x in staging.splitlines() if line in x] == [
+            x for x in dev.splitlines() if line in x
+        ]
+    title = sandbox.prs()[-1]["title"]
+    assert title.startswith("promote(dev->staging):") and "v7" in title
+
+    # Already identical: refused as a no-op once merged.
+    sandbox.merge("gitops/staging")
+    again = sandbox.gitops("promote", "dev", "staging")
+    assert again.returncode == 3 and "nothing to do" in again.stderr
+
+
+def test_promotion_to_prod_mentions_the_alias_and_backwards_is_refused(sandbox: Sandbox):
+    ok(sandbox.release("2"))
+    sandbox.merge("gitops/dev")
+    ok(sandbox.gitops("promote", "dev", "staging"))
+    sandbox.merge("gitops/staging")
+    ok(sandbox.gitops("promote", "staging", "prod", "--no-pr"))
+    assert sandbox.remote_has("gitops/prod")
+    assert not any(c[:2] == ["pr", "create"] and "gitops/prod" in c for c in sandbox.gh_calls())
+    body = run_git(sandbox.remote, "log", "-1", "--format=%b", "gitops/prod")
+    assert "champion" in body
+
+    back = sandbox.gitops("promote", "prod", "dev")
+    assert back.returncode == 3 and "backwards" in back.stderr
+
+
+def test_promotion_that_does_not_render_is_refused(sandbox: Sandbox):
+    ok(sandbox.release("2"))
+    sandbox.merge("gitops/dev")
+    # staging's static values carry a key the chart's schema rejects: the target no longer renders.
+    run_git(sandbox.work, "fetch", "--quiet", "origin", "main")
+    run_git(sandbox.work, "reset", "--quiet", "--hard", "origin/main")
+    values = sandbox.work / "environments" / "staging" / "values.yaml"
+    values.write_text(values.read_text() + "replicaCont: 3\n")
+    run_git(sandbox.work, "commit", "--quiet", "-am", "typo")
+    run_git(sandbox.work, "push", "--quiet", "origin", "main")
+
+    proc = sandbox.gitops("promote", "dev", "staging")
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "does not render" in proc.stderr and "replicaCont" in proc.stderr
+    assert not sandbox.remote_has("gitops/staging")
+    assert [pr["head"] for pr in sandbox.prs()] == ["gitops/dev"]
+
+
+@pytest.mark.parametrize(
+    ("flag", "value"),
+    [
+        ("--digest", "sha256:xyz"),
+        ("--model-version", "007"),
+        ("--model-version", "latest"),
+        ("--tag", "bad tag"),
+        ("--image-repository", "GHCR.io/Owner/x"),
+    ],
+)
+def test_bad_input_is_rejected_without_echo(sandbox: Sandbox, flag: str, value: str):
+    args = {
+        "--image-repository": REPOSITORY,
+        "--tag": "abc123",
+        "--digest": DIGEST_A,
+        "--model-version": "2",
+        flag: value,
+    }
+    proc = sandbox.gitops("release", *[x for kv in args.items() for x in kv])
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("gitops: invalid ")
+    assert value not in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not sandbox.remote_has("gitops/dev")
+
+
+def test_without_gh_the_branch_is_still_pushed(sandbox: Sandbox):
+    path = os.pathsep.join([str(TOOLS_BIN), str(Path(sys.executable).parent), "/usr/bin", "/bin"])
+    assert shutil.which("gh", path=path) is None, "a real gh is installed: this test needs none"
+    sandbox.env = {**sandbox.env, "PATH": path}
+    out = ok(sandbox.release("2"))
+    assert "gh not found" in out
+    assert sandbox.remote_has("gitops/dev")
+    ci = sandbox.gitops("promote", "dev", "staging", "--force")
+    assert ci.returncode in (0, 3)  # no gh outside CI is a note, not an error
+
+
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_release_files_round_trip_byte_for_byte(gitops_cli, env: str):
+    """Loading and dumping a release file unchanged gives the same bytes: edits never reformat."""
+    path = ROOT / "environments" / env / "release.yaml"
+    text = path.read_text()
+    doc, state = gitops_cli.load_release(text, str(path))
+    assert gitops_cli.dump(doc) == text
+    state.validate()

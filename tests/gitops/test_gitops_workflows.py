@@ -1,0 +1,113 @@
+""".github/: actionlint (with shellcheck) on every workflow, actions pinned by commit SHA, least
+privilege, a concurrency group per environment, App tokens for PRs that must trigger CI,
+Dependabot."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+
+from .conftest import ROOT, tool
+
+pytestmark = pytest.mark.gitops
+
+WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
+USES_RE = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+)(.*)$")
+
+
+def workflow(path: Path) -> dict:
+    doc = yaml.safe_load(path.read_text())
+    # YAML 1.1 reads the `on:` key as True.
+    doc["on"] = doc.pop(True, doc.get("on"))
+    return doc
+
+
+def test_the_expected_workflows_exist():
+    assert {p.stem for p in WORKFLOWS} >= {"ci", "release", "promote", "champion-alias"}
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_actionlint(path: Path):
+    tool("shellcheck")  # actionlint silently skips `run:` scripts without it
+    proc = subprocess.run(
+        [tool("actionlint"), "-no-color", str(path)],
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_actions_are_pinned_by_commit_sha(path: Path):
+    uses = [USES_RE.match(line) for line in path.read_text().splitlines()]
+    uses = [m for m in uses if m]
+    assert uses or path.stem == "none"
+    for m in uses:
+        ref, comment = m.group(1), m.group(2)
+        if ref.startswith("./"):
+            continue
+        assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", ref), f"not pinned by SHA: {ref}"
+        assert re.search(r"#\s*v\d+\.\d+\.\d+", comment), f"{ref}: say which version (# vX.Y.Z)"
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_least_privilege(path: Path):
+    doc = workflow(path)
+    assert "permissions" in doc, "set top-level permissions (default token is read/write)"
+    top = doc["permissions"]
+    assert top == {} or set(top.values()) <= {"read"}, f"top-level permissions too wide: {top}"
+    for name, job in doc["jobs"].items():
+        for scope, level in (job.get("permissions") or {}).items():
+            assert level in ("read", "write", "none"), (name, scope)
+        assert job.get("timeout-minutes"), f"job {name} has no timeout"
+
+
+def test_writers_use_an_app_token_and_a_per_environment_concurrency_group():
+    groups = {}
+    for path in WORKFLOWS:
+        doc, text = workflow(path), path.read_text()
+        groups[path.stem] = doc.get("concurrency", {}).get("group", "")
+        if "scripts/gitops.py release" in text or "scripts/gitops.py promote" in text:
+            # A PR opened with GITHUB_TOKEN triggers no workflow, so its CI would never run.
+            assert "actions/create-github-app-token@" in text, path.name
+            assert "GH_TOKEN: ${{ steps.app-token.outputs.token }}" in text, path.name
+            assert "secrets.GITHUB_TOKEN" not in text.split("bump-dev:")[-1], path.name
+    assert groups["release"] == "gitops-dev"
+    assert groups["promote"] == "gitops-${{ inputs.to }}"
+    assert groups["champion-alias"].startswith("gitops-prod")
+
+
+def test_promote_is_dispatched_with_from_and_to():
+    inputs = workflow(ROOT / ".github/workflows/promote.yml")["on"]["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"from", "to"}
+    assert all(i["type"] == "choice" and i["required"] for i in inputs.values())
+
+
+def test_pull_requests_build_the_image_without_pushing():
+    ci = workflow(ROOT / ".github/workflows/ci.yml")
+    assert set(ci["on"]) == {"pull_request", "push"}
+    steps = ci["jobs"]["image"]["steps"]
+    builds = [s for s in steps if "docker/build-push-action@" in s.get("uses", "")]
+    assert builds and all(s["with"]["push"] is False for s in builds)
+    assert "packages" not in (ci.get("permissions") or {})
+
+
+def test_no_secret_values_in_workflows():
+    for path in WORKFLOWS:
+        for line in path.read_text().splitlines():
+            key = re.match(r"^\s*(?:-\s+)?([\w-]+)\s*:\s*(\S.*)$", line)
+            if key and re.search(r"password|token|private-key|secret", key.group(1), re.I):
+                assert "${{" in line, f"{path.name}: literal credential? {line.strip()}"
+
+
+def test_dependabot_covers_actions_pip_and_docker():
+    cfg = yaml.safe_load((ROOT / ".github" / "dependabot.yml").read_text())
+    assert cfg["version"] == 2
+    ecosystems = {u["package-ecosystem"] for u in cfg["updates"]}
+    assert {"github-actions", "pip", "docker"} <= ecosystems

@@ -1,0 +1,129 @@
+"""Run the real app (`python -m ml_service`) as a uvicorn subprocess on a free port.
+
+    with app_server(model_uri=..., tracking_uri=...) as app:   # waits for /health
+        app.wait_ready()
+        httpx.post(app.url("/predict"), json=...)
+
+Used by the serving, monitoring, image and benchmark tiers; `served_model` is a ready server
+for the session's registered model.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .mlflow import QUIET_MLFLOW_ENV, RegisteredModel
+from .net import free_port, wait_http
+from .procs import spawn, stop_group, tail
+
+
+@dataclass
+class AppServer:
+    base_url: str
+    port: int
+    log_path: Path
+    process: subprocess.Popen = field(repr=False)
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return tail(self.log_path, chars)
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        try:
+            wait_http(self.url("/ready"), timeout=timeout, proc=self.process)
+        except (RuntimeError, TimeoutError) as exc:
+            raise AssertionError(f"app never became ready: {exc}\n{self.log_tail()}") from exc
+
+    def terminate(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
+        """Send `sig` to the app only (not its group) and return its exit code."""
+        with contextlib.suppress(ProcessLookupError):
+            self.process.send_signal(sig)
+        return self.process.wait(timeout=timeout)
+
+
+def app_env(
+    *,
+    model_uri: str,
+    tracking_uri: str | None = None,
+    port: int,
+    **settings: str | int | float,
+) -> dict[str, str]:
+    env = {**os.environ, **QUIET_MLFLOW_ENV}
+    for key in ("MLFLOW_TRACKING_URI", "PROMETHEUS_MULTIPROC_DIR"):
+        env.pop(key, None)
+    env.update(
+        {
+            "MODEL_URI": model_uri,
+            "HOST": "127.0.0.1",
+            "PORT": str(port),
+            "LOG_LEVEL": "info",
+            # quick test shutdowns; tests of the drain phase set their own
+            "SHUTDOWN_DRAIN_SECONDS": "0",
+            "MODEL_LOAD_BACKOFF_MAX_SECONDS": "2",
+            "PYTHONUNBUFFERED": "1",
+        }
+    )
+    if tracking_uri:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env.update({k.upper(): str(v) for k, v in settings.items()})
+    return env
+
+
+@contextlib.contextmanager
+def app_server(
+    *,
+    model_uri: str,
+    tracking_uri: str | None = None,
+    wait_ready: bool = False,
+    timeout: float = 60.0,
+    log_dir: Path | None = None,
+    **settings: str | int | float,
+) -> Iterator[AppServer]:
+    """Start the app in its own process group, wait for /health (and /ready if asked)."""
+    port = free_port()
+    log_dir = Path(log_dir or tempfile.mkdtemp(prefix="ml-service-app-"))
+    log_path = log_dir / f"app-{port}.log"
+    env = app_env(model_uri=model_uri, tracking_uri=tracking_uri, port=port, **settings)
+    proc = spawn([sys.executable, "-m", "ml_service"], log_path=log_path, env=env)
+    server = AppServer(f"http://127.0.0.1:{port}", port, log_path, proc)
+    try:
+        try:
+            wait_http(server.url("/health"), timeout=timeout, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise AssertionError(f"app did not start: {exc}\n{server.log_tail()}") from exc
+        if wait_ready:
+            server.wait_ready(timeout=max(timeout, 120.0))
+        yield server
+    finally:
+        if proc.poll() is None:
+            stop_group(proc, timeout=30)
+        else:
+            # the app exited (e.g. a SIGTERM test); reap anything left in its group
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture(scope="session")
+def served_model(
+    registered_model: RegisteredModel, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[AppServer]:
+    """The session's registered model served by exact version, ready."""
+    with app_server(
+        model_uri=registered_model.model_uri,
+        tracking_uri=registered_model.tracking_uri,
+        wait_ready=True,
+        log_dir=tmp_path_factory.mktemp("served-model"),
+    ) as server:
+        yield server

@@ -1,0 +1,231 @@
+"""Render Helm charts and validate the output strictly, the way a cluster would refuse it.
+
+- `helm_template()` runs the pinned `helm template` (Helm 3 by default, `HELM4` for Helm 4) with a
+  release name, namespace and value files, exactly like Argo CD's repo-server does.
+- `validate()` checks every document: built-in kinds against the Kubernetes OpenAPI schemas of the
+  given versions (kubernetes-validate, strict: unknown fields fail), custom resources against the
+  `openAPIV3Schema` of the CRD files given (closed: unknown fields fail, as with
+  `kubectl --validate=strict`). A document whose kind has no schema is a finding, never a pass.
+
+kubernetes-validate lives in its own virtualenv (`make setup-chart`), so `validate()` runs this file
+as a script with that interpreter and exchanges JSON with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+TOOLS = ROOT / ".tools"
+HELM = TOOLS / "bin" / "helm"
+HELM4 = TOOLS / "bin" / "helm4"
+KUBEVAL_PYTHON = TOOLS / "kubernetes-validate" / "bin" / "python"
+PROMETHEUS_OPERATOR_CRDS = TOOLS / "crds" / "prometheus-operator"
+
+
+class ToolMissingError(RuntimeError):
+    pass
+
+
+class HelmError(RuntimeError):
+    """`helm` exited non-zero; the message is its stderr."""
+
+
+def require(path: Path) -> Path:
+    if not path.exists():
+        raise ToolMissingError(f"{path} is missing: run `make setup` (or `make setup-chart`)")
+    return path
+
+
+def prometheus_operator_crds() -> list[Path]:
+    """ServiceMonitor and PrometheusRule CRD YAML copied from the prometheus-operator Go module."""
+    files = sorted(require(PROMETHEUS_OPERATOR_CRDS).glob("*.yaml"))
+    if not files:
+        raise ToolMissingError(f"no CRD in {PROMETHEUS_OPERATOR_CRDS}: run `make setup-chart`")
+    return files
+
+
+def kube_version_bounds(chart: Path) -> list[str]:
+    """Oldest and newest Kubernetes of a chart's `kubeVersion: ">=1.A.0-0 <1.B.0-0"` range."""
+    import re
+
+    import yaml
+
+    rng = yaml.safe_load((Path(chart) / "Chart.yaml").read_text())["kubeVersion"]
+    low, high = re.search(r">=\s*(\d+)\.(\d+)", rng), re.search(r"<\s*(\d+)\.(\d+)", rng)
+    if not (low and high):
+        raise ValueError(f"kubeVersion {rng!r} needs a >= and a < bound to be testable")
+    return [f"{low[1]}.{low[2]}.0", f"{high[1]}.{int(high[2]) - 1}.0"]
+
+
+def helm_env() -> dict[str, str]:
+    """helm state under .tools (the unittest plugin is registered there), never in $HOME."""
+    env = dict(os.environ)
+    env.update(
+        HELM_PLUGINS=str(TOOLS / "helm" / "plugins"),
+        HELM_DATA_HOME=str(TOOLS / "helm" / "data"),
+        HELM_CONFIG_HOME=str(TOOLS / "helm" / "config"),
+        HELM_CACHE_HOME=str(TOOLS / "helm" / "cache"),
+        PATH=f"{TOOLS / 'bin'}{os.pathsep}{env.get('PATH', '')}",
+    )
+    return env
+
+
+def run_helm(args: list[str], helm: Path = HELM, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(require(helm)), *args],
+        cwd=cwd,
+        env=helm_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def template_args(
+    chart: Path | str,
+    release: str = "ml-service",
+    namespace: str = "default",
+    value_files: list[Path | str] = (),
+    set_values: dict[str, str] | None = None,
+    kube_version: str | None = None,
+) -> list[str]:
+    args = ["template", release, str(chart), "--namespace", namespace]
+    for f in value_files:
+        args += ["--values", str(f)]
+    for key, value in (set_values or {}).items():
+        args += ["--set-string" if isinstance(value, str) else "--set", f"{key}={value}"]
+    if kube_version:
+        args += ["--kube-version", kube_version]
+    return args
+
+
+def helm_template(chart: Path | str, *, helm: Path = HELM, **kwargs) -> str:
+    """Rendered manifests (all documents, `helm test` hooks included); HelmError on failure."""
+    proc = run_helm(template_args(chart, **kwargs), helm=helm)
+    if proc.returncode != 0:
+        raise HelmError(proc.stderr.strip())
+    return proc.stdout
+
+
+def load_documents(text: str) -> list[dict]:
+    import yaml
+
+    return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+@dataclass(frozen=True)
+class Finding:
+    kube_version: str
+    kind: str
+    name: str
+    message: str
+
+    def __str__(self) -> str:
+        return f"[{self.kube_version}] {self.kind}/{self.name}: {self.message}"
+
+
+def validate(
+    documents: list[dict],
+    kube_versions: list[str],
+    crd_files: list[Path] = (),
+) -> list[Finding]:
+    """Every problem found in `documents` (empty list = all valid for every version)."""
+    payload = {
+        "documents": documents,
+        "kube_versions": list(kube_versions),
+        "crd_files": [str(p) for p in crd_files],
+    }
+    proc = subprocess.run(
+        [str(require(KUBEVAL_PYTHON)), __file__],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"validator crashed: {proc.stderr.strip()}")
+    return [Finding(**f) for f in json.loads(proc.stdout)]
+
+
+# --- below runs inside the kubernetes-validate virtualenv -------------------------------------
+
+
+def _closed(schema):
+    """A CRD schema as the API server applies it with strict field validation: every object that
+    lists its properties refuses others, unless it preserves unknown fields; `nullable` honoured."""
+    if isinstance(schema, list):
+        return [_closed(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: _closed(v) for k, v in schema.items()}
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    if out.pop("nullable", False) and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    return out
+
+
+def _crd_schemas(crd_files):
+    import yaml
+
+    schemas = {}
+    for path in crd_files:
+        for crd in yaml.safe_load_all(Path(path).read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group, kind = crd["spec"]["group"], crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                if version.get("served", True):
+                    schema = version["schema"]["openAPIV3Schema"]
+                    schemas[(f"{group}/{version['name']}", kind)] = _closed(schema)
+    return schemas
+
+
+def _main() -> None:
+    import jsonschema
+    import kubernetes_validate
+
+    payload = json.load(sys.stdin)
+    crds = _crd_schemas(payload["crd_files"])
+    findings = []
+    for version in payload["kube_versions"]:
+        for doc in payload["documents"]:
+            kind = str(doc.get("kind", "?"))
+            name = str((doc.get("metadata") or {}).get("name", "?"))
+
+            def found(message, version=version, kind=kind, name=name):
+                findings.append(
+                    {"kube_version": version, "kind": kind, "name": name, "message": message}
+                )
+
+            schema = crds.get((doc.get("apiVersion"), kind))
+            if schema is not None:
+                validator = jsonschema.Draft7Validator(schema)
+                for err in sorted(validator.iter_errors(doc), key=lambda e: list(e.path)):
+                    where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+                    found(f"{where}: {err.message}")
+                continue
+            try:
+                kubernetes_validate.validate(doc, version, strict=True)
+            except kubernetes_validate.SchemaNotFoundError:
+                found(f"no schema for {doc.get('apiVersion')} {kind} (not validated = failure)")
+            except kubernetes_validate.ValidationError as err:
+                where = "/".join(str(p) for p in err.absolute_path) or "(root)"
+                found(f"{where}: {err.message}")
+            except kubernetes_validate.utils.VersionNotSupportedError:
+                found(f"kubernetes-validate has no schemas for Kubernetes {version}")
+    json.dump(findings, sys.stdout)
+
+
+if __name__ == "__main__":
+    _main()

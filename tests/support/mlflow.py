@@ -1,0 +1,131 @@
+"""A real `mlflow server` process and real training runs against it, for tests."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .net import free_port, wait_http
+from .procs import spawn, stop_group, tail
+
+MODEL_NAME = "ml-service"
+
+# MLflow's background job workers outlive the server and telemetry would try the network.
+QUIET_MLFLOW_ENV = {
+    "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "DO_NOT_TRACK": "true",
+}
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    tracking_uri: str
+    port: int
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen = field(repr=False, compare=False)
+
+    def log_tail(self) -> str:
+        return tail(self.log_path)
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    name: str
+    version: str
+    run_id: str
+    model_uri: str  # models:/ml-service/<version>
+    alias: str | None
+    alias_uri: str | None  # models:/ml-service@<alias>
+    tracking_uri: str
+    metrics: dict = field(default_factory=dict)
+    result: dict = field(default_factory=dict)  # the full --output-json document
+
+
+def mlflow_env(tracking_uri: str | None = None, **extra: str) -> dict[str, str]:
+    """Environment for child processes that talk to MLflow (and nothing else)."""
+    env = {**os.environ, **QUIET_MLFLOW_ENV, **extra}
+    if tracking_uri is not None:
+        env["MLFLOW_TRACKING_URI"] = tracking_uri
+    return env
+
+
+@contextlib.contextmanager
+def mlflow_server(
+    data_dir: Path, port: int | None = None, timeout: float = 120.0
+) -> Iterator[MlflowServer]:
+    """Run `mlflow server` (sqlite + local artifacts under `data_dir`) in its own process group."""
+    data_dir = Path(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    log_path = data_dir / "server.log"
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    cmd = [
+        str(mlflow_bin),
+        "server",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        "--backend-store-uri",
+        f"sqlite:///{data_dir / 'mlflow.db'}",
+        "--artifacts-destination",
+        str(data_dir / "artifacts"),
+    ]
+    proc = spawn(cmd, log_path=log_path, env=mlflow_env(), cwd=data_dir)
+    server = MlflowServer(f"http://127.0.0.1:{port}", port, data_dir, log_path, proc)
+    try:
+        try:
+            wait_http(f"{server.tracking_uri}/health", timeout=timeout, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(f"mlflow server did not start: {exc}\n{server.log_tail()}") from exc
+        yield server
+    finally:
+        stop_group(proc)
+
+
+def train(
+    tracking_uri: str,
+    *args: str,
+    output_json: Path,
+    timeout: float = 600.0,
+    extra_env: dict[str, str] | None = None,
+) -> dict:
+    """Run `python -m ml_service.train` as a real subprocess; return its --output-json document."""
+    cmd = [sys.executable, "-m", "ml_service.train", "--output-json", str(output_json), *args]
+    proc = subprocess.run(
+        cmd,
+        env=mlflow_env(tracking_uri, **(extra_env or {})),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        )
+    return json.loads(Path(output_json).read_text())
+
+
+def as_registered_model(result: dict) -> RegisteredModel:
+    return RegisteredModel(
+        name=result["name"],
+        version=str(result["version"]),
+        run_id=result["run_id"],
+        model_uri=result["model_uri"],
+        alias=result.get("alias"),
+        alias_uri=result.get("alias_uri"),
+        tracking_uri=result["tracking_uri"],
+        metrics=result.get("metrics", {}),
+        result=result,
+    )

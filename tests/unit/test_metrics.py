@@ -1,0 +1,185 @@
+"""The metrics contract (docs/metrics.md): names, types, labels, and that requests move them."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
+from support.sklearn_model import save_model
+
+from ml_service.main import create_app
+from ml_service.metrics import ServiceMetrics, new_registry
+from ml_service.settings import Settings
+
+ROW = {"feature_0": 0.5, "feature_1": -1.0, "feature_2": 2.0, "feature_3": 0.25}
+
+# name -> (type, label names) exactly as the contract (brief + docs/metrics.md) states them
+CONTRACT = {
+    "http_requests": ("counter", {"handler", "method", "status"}),
+    "http_request_duration_seconds": ("histogram", {"handler", "method"}),
+    "http_request_duration_highr_seconds": ("histogram", set()),
+    "http_request_size_bytes": ("summary", {"handler"}),
+    "http_response_size_bytes": ("summary", {"handler"}),
+    "http_requests_inprogress": ("gauge", {"handler", "method"}),
+    "mlservice_model_loaded": ("gauge", set()),
+    "mlservice_model_info": ("gauge", {"model_name", "model_version", "run_id"}),
+    "mlservice_model_load_duration_seconds": ("gauge", set()),
+    "mlservice_model_load_failures": ("counter", set()),
+    "mlservice_predictions": ("counter", {"model_version", "class"}),
+    "mlservice_request_rows": ("histogram", set()),
+    "mlservice_inference_duration_seconds": ("histogram", set()),
+    "process_resident_memory_bytes": ("gauge", set()),
+}
+
+
+def families(text: str) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def sample_labels(family) -> set[str]:
+    names: set[str] = set()
+    for s in family.samples:
+        names |= set(s.labels) - {"le", "quantile"}
+    return names
+
+
+def value(fams: dict, name: str, sample: str | None = None, **labels: str) -> float:
+    for s in fams[name].samples:
+        if s.name == (sample or name) and all(s.labels.get(k) == v for k, v in labels.items()):
+            return s.value
+    raise AssertionError(f"no sample {sample or name} {labels} in {fams[name].samples}")
+
+
+def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while client.get("/ready").status_code != 200:
+        assert time.monotonic() < deadline, client.get("/ready").json()
+        time.sleep(0.05)
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    # trained with an older numpy minor: compatible, so it loads and reports the mismatch
+    training = {"sklearn_version": __import__("sklearn").__version__, "numpy_version": "2.0.0"}
+    return save_model(tmp_path_factory.mktemp("model") / "m", training=training)
+
+
+@pytest.fixture(scope="module")
+def client(model_dir: Path) -> Iterator[TestClient]:
+    settings = Settings(model_uri=str(model_dir), model_name="tiny", model_version="4")
+    with TestClient(create_app(settings, registry=new_registry())) as c:
+        wait_ready(c)
+        yield c
+
+
+def test_exposition_follows_the_contract(client: TestClient) -> None:
+    assert client.post("/predict", json={"instances": [ROW]}).status_code == 200
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain")
+    fams = families(response.text)
+    for name, (type_, labels) in CONTRACT.items():
+        assert name in fams, f"{name} missing from /metrics"
+        assert fams[name].type == type_, name
+        if fams[name].samples:
+            assert sample_labels(fams[name]) == labels, name
+
+
+def test_requests_move_the_metrics(client: TestClient) -> None:
+    before = families(client.get("/metrics").text)
+    assert client.post("/predict", json={"instances": [ROW] * 7}).status_code == 200
+    assert client.post("/predict", json={"instances": []}).status_code == 422
+    after = families(client.get("/metrics").text)
+
+    def delta(name: str, sample: str | None = None, **labels: str) -> float:
+        try:
+            old = value(before, name, sample, **labels)
+        except AssertionError:
+            old = 0.0
+        return value(after, name, sample, **labels) - old
+
+    ok = {"handler": "/predict", "method": "POST"}
+    assert delta("http_requests", "http_requests_total", status="2xx", **ok) == 1
+    assert delta("http_requests", "http_requests_total", status="4xx", **ok) == 1
+    predicted = sum(
+        s.value - _old(before, s)
+        for s in after["mlservice_predictions"].samples
+        if s.name == "mlservice_predictions_total" and s.labels["model_version"] == "4"
+    )
+    assert predicted == 7
+    assert delta("mlservice_request_rows", "mlservice_request_rows_count") == 1
+    assert delta("mlservice_request_rows", "mlservice_request_rows_sum") == 7
+    assert delta("mlservice_inference_duration_seconds", "mlservice_inference_duration_seconds_count") == 1
+    # the in-progress gauge went back to zero once the request finished
+    assert value(after, "http_requests_inprogress", **ok) == 0
+
+
+def test_latency_buckets_resolve_milliseconds(client: TestClient) -> None:
+    fams = families(client.get("/metrics").text)
+    for name in ("http_request_duration_seconds", "http_request_duration_highr_seconds"):
+        bounds = {float(s.labels["le"]) for s in fams[name].samples if s.name.endswith("_bucket")}
+        assert len([b for b in bounds if b < 0.01]) >= 4, (name, sorted(bounds))
+
+
+def test_metrics_endpoint_does_not_count_itself(client: TestClient) -> None:
+    client.get("/metrics")
+    fams = families(client.get("/metrics").text)
+    handlers = {s.labels.get("handler") for s in fams["http_requests"].samples}
+    assert "/metrics" not in handlers
+
+
+def test_model_series(client: TestClient) -> None:
+    fams = families(client.get("/metrics").text)
+    assert value(fams, "mlservice_model_loaded") == 1
+    assert value(fams, "mlservice_model_info", model_name="tiny", model_version="4") == 1
+    assert value(fams, "mlservice_model_load_duration_seconds") > 0
+    assert value(fams, "mlservice_model_load_failures", "mlservice_model_load_failures_total") == 0
+    serving = np.__version__
+    assert value(fams, "mlservice_dependency_mismatch", package="numpy", trained="2.0.0",
+                 serving=serving) == 1  # fmt: skip
+
+
+def _old(before: dict, sample) -> float:
+    for s in before["mlservice_predictions"].samples:
+        if s.name == sample.name and s.labels == sample.labels:
+            return s.value
+    return 0.0
+
+
+def test_incompatible_model_is_refused_and_counted(tmp_path: Path) -> None:
+    model_dir = save_model(tmp_path / "old", training={"sklearn_version": "1.0.2"})
+    settings = Settings(
+        model_uri=str(model_dir),
+        model_load_backoff_initial_seconds=0.05,
+        model_load_backoff_max_seconds=0.1,
+    )
+    with TestClient(create_app(settings, registry=new_registry())) as c:
+        deadline = time.monotonic() + 30
+        while True:
+            fams = families(c.get("/metrics").text)
+            failures = value(fams, "mlservice_model_load_failures", "mlservice_model_load_failures_total")
+            if failures >= 2 or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert failures >= 2, "incompatible model should fail (and be retried)"
+        ready = c.get("/ready")
+        assert ready.status_code == 503
+        assert "scikit-learn trained with 1.0.2" in ready.json()["last_error"]
+        assert value(fams, "mlservice_model_loaded") == 0
+        assert c.post("/predict", json={"instances": [ROW]}).status_code == 503
+
+
+def test_service_metrics_are_per_registry() -> None:
+    # two apps in one process (tests, embedding) must not collide in a global registry
+    a, b = ServiceMetrics(new_registry()), ServiceMetrics(new_registry())
+    a.record_predictions("1", ["x", "x", "y"], 3)
+    assert a.registry.get_sample_value(
+        "mlservice_predictions_total", {"model_version": "1", "class": "x"}
+    ) == 2  # fmt: skip
+    assert b.registry.get_sample_value(
+        "mlservice_predictions_total", {"model_version": "1", "class": "x"}
+    ) is None  # fmt: skip
