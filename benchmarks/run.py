@@ -393,34 +393,53 @@ def profile(server: Server, body_file: Path, seconds: float, tools: Path, work: 
     return {"rps_while_profiled": load["rps"], "file": str(raw), **summarise_profile(raw)}
 
 
+# Component of a sample's innermost frame (first match wins): "where does the time go".
+COMPONENTS = (
+    ("model (scikit-learn, numpy)", ("sklearn/", "numpy/", "scipy/", "threadpoolctl")),
+    ("ml-service code", ("ml_service/",)),
+    ("metrics (prometheus)", ("prometheus",)),
+    ("validation, JSON (pydantic, json)", ("pydantic", "json/")),
+    ("framework (FastAPI, Starlette, anyio)", ("fastapi/", "starlette/", "anyio/")),
+    ("HTTP server (uvicorn, h11)", ("uvicorn/", "h11/", "httptools")),
+    ("event loop, sockets (asyncio)", ("asyncio/", "selectors.py", "socket.py")),
+    ("thread hand-off (threading, futures)", ("threading.py", "concurrent/", "queue.py")),
+)
+
+
 def summarise_profile(raw: Path, top: int = 12) -> dict:
-    """Inclusive share of samples per function (any thread), from py-spy's collapsed stacks."""
-    total, incl, leaf = 0, {}, {}
+    """Shares of on-CPU samples per function (inclusive and self) and per component, from
+    py-spy's collapsed stacks (`frame;frame;... count` per line, innermost frame last)."""
+    total, incl, leaf, comp = 0, {}, {}, {}
     for line in raw.read_text().splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         n = int(count)
         total += n
+        # one entry per function: drop line numbers and the interpreter's own path prefixes
         frames = [
-            re.sub(r" \(.*(site-packages/|lib/python3\.\d+/)", " (", f) for f in stack.split(";")
+            re.sub(r":\d+\)$", ")", re.sub(r" \(.*(site-packages/|lib/python3\.\d+/)", " (", f))
+            for f in stack.split(";")
         ]
         for f in set(frames):
             incl[f] = incl.get(f, 0) + n
         if frames:
             leaf[frames[-1]] = leaf.get(frames[-1], 0) + n
+            name = next(
+                (c for c, keys in COMPONENTS if any(k in frames[-1] for k in keys)), "other"
+            )
+            comp[name] = comp.get(name, 0) + n
 
-    def rank(d):
-        return (
-            [
-                {"frame": f, "share": round(v / total, 3)}
-                for f, v in sorted(d.items(), key=lambda kv: -kv[1])[:top]
-            ]
-            if total
-            else []
-        )
+    def rank(d: dict, limit: int) -> list[dict]:
+        ordered = sorted(d.items(), key=lambda kv: -kv[1])[:limit]
+        return [{"frame": f, "share": round(v / total, 3)} for f, v in ordered] if total else []
 
-    return {"samples": total, "inclusive": rank(incl), "self": rank(leaf)}
+    return {
+        "samples": total,
+        "components": rank(comp, len(COMPONENTS) + 1),
+        "inclusive": rank(incl, top),
+        "self": rank(leaf, top),
+    }
 
 
 # ---------------------------------------------------------------- report
@@ -629,8 +648,12 @@ def plot(report: dict, path: Path) -> None:
     for i, s in enumerate(servers):
         vals = {(a["rows"], a["connections"]): a for a in agg if a["server"] == s}
         xs = [j + i * width for j in range(len(scen))]
-        axes[0].bar(xs, [vals.get(k, {}).get("rps", 0) for k in scen], width, label=s)
-        axes[1].bar(xs, [vals.get(k, {}).get("p95", 0) for k in scen], width, label=s)
+        axes[0].bar(
+            xs, [vals.get(k, {}).get("rps", 0) for k in scen], width, label=LABELS.get(s, s)
+        )
+        axes[1].bar(
+            xs, [vals.get(k, {}).get("p95", 0) for k in scen], width, label=LABELS.get(s, s)
+        )
     ticks = [j + width * (len(servers) - 1) / 2 for j in range(len(scen))]
     for ax, title in zip(
         axes,
@@ -801,6 +824,11 @@ def markdown(report: dict, png_name: str) -> str:
         out += [
             f"### Profile of `{report['primary']}` under 1-row load at c=50 (py-spy, "
             f"{prof['samples']} samples, on-CPU samples of all threads)",
+            "",
+            table(
+                ["share (self)", "component"],
+                [[f"{x['share']:.0%}", x["frame"]] for x in prof["components"]],
+            ),
             "",
             table(
                 ["share (inclusive)", "function"],

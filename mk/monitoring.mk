@@ -27,5 +27,5 @@ $(MONITORING_STAMP):
 test-monitoring: venv ## run the monitoring tier (promtool rule tests, dashboards, real Prometheus)
 	$(BIN)/pytest -m monitoring tests/monitoring $(PYTEST_ARGS)
 
-bench-drift: venv ## /predict latency with drift monitoring on vs off (prints the ratio)
-	$(BIN)/python tests/monitoring/bench_drift.py
+bench-drift: venv ## /predict latency with drift monitoring on vs off (-> .local/bench/drift-overhead.json)
+	$(BIN)/pytest -s -p no:randomly tests/monitoring/test_drift_overhead.py $(PYTEST_ARGS)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from support.app_server import served_model  # noqa: F401 - fixture: a ready app for the session model
 from support.mlflow import (
     MlflowServer,
     RegisteredModel,

@@ -53,7 +53,7 @@ class DriftMonitor(Collector):
         registry: CollectorRegistry | None = REGISTRY,
         window_seconds: float = 900.0,
         slots: int = 15,
-        min_window_rows: int = 50,
+        min_window_rows: int = 100,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if window_seconds <= 0 or slots < 1:

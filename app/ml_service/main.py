@@ -23,7 +23,7 @@ import pydantic_core
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.openapi.utils import get_openapi
-from fastapi.responses import Response
+from fastapi.responses import PlainTextResponse, Response
 from prometheus_client import CollectorRegistry
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,6 +37,7 @@ from .model import (
     smoke_test,
     stamp,
 )
+from .reference import REFERENCE_KEY
 from .schemas import (
     ErrorBody,
     GenericPredictRequest,
@@ -173,17 +174,17 @@ def _drift_sink(model: LoadedModel, registry: CollectorRegistry) -> DriftSink | 
         log.warning("ml_service.drift is not available; drift monitoring is off")
         return None
     try:
-        monitor = _build_monitor(DriftMonitor, model, registry)
+        monitor = DriftMonitor.from_model_metadata(
+            {REFERENCE_KEY: model.reference}, registry=registry
+        )
     except Exception as exc:
         log.warning("drift monitoring is off: %s", _describe(exc))
         return None
+    if tuple(monitor.feature_names) != model.feature_names:
+        monitor.unregister()
+        log.warning("drift reference features differ from the signature; drift monitoring is off")
+        return None
     return DriftSink(monitor.observe)
-
-
-def _build_monitor(cls: Any, model: LoadedModel, registry: CollectorRegistry) -> Any:
-    if hasattr(cls, "from_reference"):
-        return cls.from_reference(model.reference, registry=registry)
-    return cls(model.reference, registry=registry)
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:
@@ -192,12 +193,14 @@ async def _in_thread(fn: Callable[[], T]) -> T:
     future: asyncio.Future[T] = loop.create_future()
 
     def runner() -> None:
+        result, error = None, None
         try:
             result = fn()
         except BaseException as exc:
-            loop.call_soon_threadsafe(_settle, future, None, exc)
-        else:
-            loop.call_soon_threadsafe(_settle, future, result, None)
+            error = exc
+        # the loop may be gone when the app stopped while this thread was still loading
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, future, result, error)
 
     threading.Thread(target=runner, name="model-loader", daemon=True).start()
     return await future
@@ -354,7 +357,13 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
             {"status": "ready", "model": {"name": svc.model.name, "version": svc.model.version}}
         )
 
-    @app.get("/metrics", tags=["probes"], summary="Prometheus exposition")
+    @app.get(
+        "/metrics",
+        tags=["probes"],
+        summary="Prometheus exposition",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics(svc: ServiceDep) -> Response:
         payload, content_type = render(svc.registry)
         return Response(payload, media_type=content_type)
@@ -435,6 +444,10 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
             js = model_cls.model_json_schema(ref_template="#/components/schemas/{model}")
             components.update(js.pop("$defs", {}))
             components[name or model_cls.__name__] = js
+        if service.schemas is not None:
+            components["InvocationsRequest"] = service.schemas.invocations_json_schema(
+                "#/components/schemas/Instance"
+            )
         app.openapi_schema = schema
         return schema
 

@@ -136,6 +136,50 @@ class ModelSchemas:
             _getter=getter,
         )
 
+    def invocations_json_schema(self, instance_ref: str) -> dict[str, Any]:
+        """OpenAPI for /invocations: one of MLflow's four payload shapes, with this model's
+        columns. (Columnar `inputs` is accepted too but left out: equal column lengths
+        cannot be expressed in JSON Schema.)"""
+        n = len(self.feature_names)
+        row = {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n}
+        records = {"type": "array", "items": {"$ref": instance_ref}, "minItems": 1}
+        rows = {"type": "array", "items": row, "minItems": 1}
+        split = {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["columns", "data"],
+            "properties": {
+                "columns": {
+                    "type": "array",
+                    "items": {"enum": list(self.feature_names)},
+                    "minItems": n,
+                    "maxItems": n,
+                    "uniqueItems": True,
+                },
+                "data": rows,
+                "index": {"type": "array"},
+            },
+        }
+
+        def variant(key: str, schema: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "type": "object",
+                "additionalProperties": False,
+                "required": [key],
+                "properties": {key: schema, "params": {"type": "object"}},
+            }
+
+        return {
+            "title": "InvocationsRequest",
+            "description": "MLflow scoring-server payload (exactly one format key)",
+            "oneOf": [
+                variant("dataframe_split", split),
+                variant("dataframe_records", records),
+                variant("instances", {"anyOf": [records, rows]}),
+                variant("inputs", {"anyOf": [records, rows]}),
+            ],
+        }
+
     # ---------------------------------------------------------------- conversions
 
     def _matrix(self, instances: list[BaseModel]) -> np.ndarray:

@@ -345,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     result = train(args)
     if args.output_json:
-        args.output_json.write_text(json.dumps(result, indent=2, sort_keys=True))
+        args.output_json.write_text(json.dumps(result, indent=2))  # example keeps column order
     m = result["metrics"]
     alias = f", alias {args.alias} -> {result['version']}" if args.alias else " (no alias moved)"
     print(

@@ -70,14 +70,14 @@ debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$ROOTFS" "$MIRROR"
 }
 
 # Slim it down: package caches, indexes, docs (copyright files kept) and translations are not needed
-# in a container, and /dev is provided by the engine.
+# in a container, and /dev is provided by the engine. The standard library's bytecode (compiled by
+# the python3 package) stays: a read-only root FS could not cache it at run time.
 rm -rf "$ROOTFS"/var/cache/apt/* "$ROOTFS"/var/lib/apt/lists/* "$ROOTFS"/var/log/* \
     "$ROOTFS"/usr/share/man/* "$ROOTFS"/usr/share/info/* "$ROOTFS"/usr/share/locale/* \
     "$ROOTFS"/usr/share/doc-base "$ROOTFS"/usr/share/lintian "$ROOTFS"/dev/* \
     "$ROOTFS"/debootstrap
 find "$ROOTFS/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
 find "$ROOTFS/usr/share/doc" -mindepth 1 -type d -empty -delete
-find "$ROOTFS/usr/lib/python3"* -name '__pycache__' -type d -prune -exec rm -rf {} +
 
 tar --numeric-owner -C "$ROOTFS" -c . |
     "$DOCKER" import \

@@ -2,13 +2,15 @@
 # Build the ml-service image with BuildKit. Used by `make image` and the image tests.
 #
 #   build-image.sh [--image NAME:TAG] [--base IMAGE|local|dockerfile] [--model URI | --model-dir DIR]
-#                  [--iidfile FILE] [-- extra docker build args]
+#                  [--model-name N] [--model-version V] [--iidfile FILE] [--report] [-- extra docker build args]
 #
 #   --base local        (default) a debootstrap base built once and cached (build-base.sh)
 #   --base dockerfile   the digest-pinned official Python image named in the Dockerfile
 #   --model URI         bake a model in: download it from MLflow (MLFLOW_TRACKING_URI, MLflow's
 #                       credential env vars) into build/model and build the `baked` target
 #   --model-dir DIR     bake an already downloaded model directory (must be under build/model*)
+#   --model-name N, --model-version V   labels for --model-dir (default ml-service / local)
+#   --report            also print the tag, size and virtualenv size (stderr)
 #
 # Secrets (BuildKit, never stored in a layer): the CA bundle named by PIP_CERT (else SSL_CERT_FILE,
 # REQUESTS_CA_BUNDLE) is passed as `pip_cert`, PIP_CONFIG_FILE as `pip_conf`; with neither set the
@@ -25,7 +27,10 @@ MODEL_URI=""
 MODEL_DIR=""
 IIDFILE=""
 EXTRA=()
+model_name=""
+model_version=""
 TARGET=runtime
+REPORT=0
 
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -33,7 +38,10 @@ while [[ $# -gt 0 ]]; do
         --base) BASE="$2"; shift 2 ;;
         --model) MODEL_URI="$2"; shift 2 ;;
         --model-dir) MODEL_DIR="$2"; shift 2 ;;
+        --model-name) model_name="$2"; shift 2 ;;
+        --model-version) model_version="$2"; shift 2 ;;
         --iidfile) IIDFILE="$2"; shift 2 ;;
+        --report) REPORT=1; shift ;;
         --) shift; EXTRA=("$@"); break ;;
         *) echo "unknown argument: $1" >&2; exit 2 ;;
     esac
@@ -63,8 +71,8 @@ if [[ -n "$MODEL_DIR" ]]; then
     }
     TARGET=baked
     args+=(--build-arg "MODEL_DIR=$MODEL_DIR"
-        --build-arg "MODEL_NAME=${model_name:-${MODEL_NAME:-ml-service}}"
-        --build-arg "MODEL_VERSION=${model_version:-${MODEL_VERSION:-local}}")
+        --build-arg "MODEL_NAME=${model_name:-ml-service}"
+        --build-arg "MODEL_VERSION=${model_version:-local}")
 fi
 
 cert="${PIP_CERT:-${SSL_CERT_FILE:-${REQUESTS_CA_BUNDLE:-}}}"
@@ -84,7 +92,19 @@ args+=(--target "$TARGET" --build-arg "VERSION=${version:-0.0.0}" --build-arg "R
     --build-arg "SOURCE=${source_url:-unknown}")
 
 iid="${IIDFILE:-$(mktemp)}"
+mkdir -p "$(dirname "$iid")"
+start=$SECONDS
 DOCKER_BUILDKIT=1 "$DOCKER" build --progress=plain --iidfile "$iid" "${args[@]}" "${EXTRA[@]}" . >&2
-cat "$iid"
-echo
+id="$(cat "$iid")"
 [[ -n "$IIDFILE" ]] || rm -f "$iid"
+if [[ $REPORT == 1 ]]; then
+    size="$("$DOCKER" image inspect --format '{{.Size}}' "$id")"
+    venv="$("$DOCKER" run --rm --network none --entrypoint du "$id" -sb /opt/venv | cut -f1)"
+    {
+        echo "image:       $IMAGE ($TARGET target)"
+        echo "image id:    $id"
+        echo "size:        $((size / 1000000)) MB (virtualenv $((venv / 1000000)) MB)"
+        echo "build time:  $((SECONDS - start)) s"
+    } >&2
+fi
+echo "$id"

@@ -20,7 +20,9 @@ REGISTRY_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:/(?P<version>\d+)|@(?P<a
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("model_uri", help="models:/<name>@<alias>, models:/<name>/<version>, runs:/...")
+    parser.add_argument(
+        "model_uri", help="models:/<name>@<alias>, models:/<name>/<version>, runs:/..."
+    )
     parser.add_argument("dest", type=Path, help="directory to create (must not exist)")
     args = parser.parse_args(argv)
 

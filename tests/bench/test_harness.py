@@ -165,8 +165,12 @@ def test_profile_summary_ranks_frames(tmp_path):
     )
     summary = harness.summarise_profile(raw)
     assert summary["samples"] == 40
-    assert summary["inclusive"][0] == {"frame": "run (threading.py:1)", "share": 1.0}
-    assert summary["self"][0] == {"frame": "predict (sk/p.py:9)", "share": 0.75}
+    assert summary["inclusive"][0] == {"frame": "run (threading.py)", "share": 1.0}
+    assert summary["self"][0] == {"frame": "predict (sk/p.py)", "share": 0.75}
+    assert summary["components"] == [
+        {"frame": "other", "share": 0.75},
+        {"frame": "event loop, sockets (asyncio)", "share": 0.25},
+    ]
 
 
 def test_unknown_server_is_rejected(capsys):

@@ -61,7 +61,7 @@ _rendered: dict[tuple[str, str], str] = {}
 
 def render(rendering: Rendering, helm: Path = kube.HELM) -> str:
     """Rendered output (cached per rendering and helm binary); a render error fails the test."""
-    key = (rendering.id, str(helm))
+    key = (repr(rendering), str(helm))
     if key not in _rendered:
         tool(helm)
         try:

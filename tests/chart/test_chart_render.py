@@ -5,6 +5,8 @@ same output from Helm 3 and Helm 4, dashboards shipped from the single source.""
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 
@@ -150,3 +152,24 @@ def test_helm_package_keeps_the_dashboards(tmp_path: Path):
             assert tar.extractfile(member).read() == src.read_bytes()
     assert not [n for n in names if n.startswith("ml-service/tests/")], "unit tests packaged"
     assert "ml-service/templates/tests/test-predict.yaml" in names
+
+
+@pytest.mark.integration
+def test_helm_test_check_passes_against_the_real_app(served_model, tmp_path: Path):
+    """The `helm test` pod's script and payload, run against the real app serving a real model."""
+    (cm,) = [
+        d
+        for d in kube.load_documents(render(RENDERINGS[0]))
+        if d["kind"] == "ConfigMap" and d["metadata"]["annotations"].get("helm.sh/hook") == "test"
+    ]
+    for name, text in cm["data"].items():
+        (tmp_path / name).write_text(text)
+    proc = subprocess.run(
+        [sys.executable, str(tmp_path / "check.py"), served_model.base_url],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.startswith("ok: model"), proc.stdout

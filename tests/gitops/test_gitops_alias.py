@@ -50,9 +50,11 @@ def two_versions(registered_model):
     original = client.get_model_version(registered_model.name, registered_model.version)
     name = f"gitops-alias-{uuid.uuid4().hex[:8]}"
     client.create_registered_model(name)
+    # MLflow 3 sources are logged models (`models:/m-...`); the server wants their id beside them.
+    model_id = original.model_id or original.source.removeprefix("models:/")
     for _ in range(2):
         client.create_model_version(
-            name, original.source, run_id=original.run_id, model_id=original.model_id
+            name, original.source, run_id=original.run_id, model_id=model_id
         )
     client.set_registered_model_alias(name, "champion", "1")
     return client, name

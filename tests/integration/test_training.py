@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import mlflow
-import numpy as np
 import pandas as pd
 import pytest
 import skops.io
@@ -20,7 +19,7 @@ from ml_service.reference import (
     reference_from_metadata,
 )
 from ml_service.train import load_dataset
-from support.mlflow import MlflowServer, RegisteredModel, mlflow_env, train
+from support.mlflow import MlflowServer, RegisteredModel, mlflow_env, run_training, train
 
 pytestmark = pytest.mark.integration
 
@@ -149,13 +148,13 @@ def test_alias_moves_only_when_asked(
     assert mv.version == registered_model.version != retrained["version"]
 
 
-def test_flags_change_the_model_and_are_logged(
+def test_flags_change_the_model_are_logged_and_the_cli_prints_the_version(
     mlflow_server: MlflowServer,
     registered_model: RegisteredModel,
     client: mlflow.MlflowClient,
     tmp_path: Path,
 ) -> None:
-    result = train(
+    result, proc = run_training(
         mlflow_server.tracking_uri,
         "--seed", "7", "--learning-rate", "0.3", "--max-iter", "20", "--alias", "challenger",
         output_json=tmp_path / "r.json",
@@ -163,25 +162,14 @@ def test_flags_change_the_model_and_are_logged(
     params = client.get_run(result["run_id"]).data.params
     assert (params["seed"], params["learning_rate"], params["max_iter"]) == ("7", "0.3", "20")
     assert result["predictions_sha256"] != registered_model.result["predictions_sha256"]
-    assert (
-        client.get_model_version_by_alias("ml-service", "challenger").version == result["version"]
-    )
-    assert client.get_model_version_by_alias("ml-service", "champion").version == (
-        registered_model.version
-    )
+    aliased = client.get_model_version_by_alias("ml-service", "challenger")
+    assert aliased.version == result["version"]
+    champion = client.get_model_version_by_alias("ml-service", "champion")
+    assert champion.version == registered_model.version
 
-
-def test_cli_prints_the_version(mlflow_server: MlflowServer, tmp_path: Path) -> None:
-    out = subprocess.run(
-        [sys.executable, "-m", "ml_service.train", "--max-iter", "5", "--output-json",
-         str(tmp_path / "r.json")],
-        env=mlflow_env(mlflow_server.tracking_uri), capture_output=True, text=True, timeout=600,
-        check=False,
-    )  # fmt: skip
-    assert out.returncode == 0, out.stderr[-3000:]
-    lines = out.stdout.strip().splitlines()
-    result = json.loads((tmp_path / "r.json").read_text())
+    lines = proc.stdout.strip().splitlines()
     assert lines[-1] == result["version"]
     machine = next(line for line in lines if line.startswith("ML_SERVICE_TRAIN_RESULT "))
-    assert json.loads(machine.split(" ", 1)[1])["version"] == result["version"]
-    assert np.isfinite(result["metrics"]["accuracy"])
+    summary = json.loads(machine.split(" ", 1)[1])
+    assert summary["version"] == result["version"] and summary["alias"] == "challenger"
+    assert summary["run_id"] == result["run_id"]

@@ -93,14 +93,14 @@ def mlflow_server(
         stop_group(proc)
 
 
-def train(
+def run_training(
     tracking_uri: str,
     *args: str,
     output_json: Path,
     timeout: float = 600.0,
     extra_env: dict[str, str] | None = None,
-) -> dict:
-    """Run `python -m ml_service.train` as a real subprocess; return its --output-json document."""
+) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run `python -m ml_service.train` as a real subprocess: (--output-json document, process)."""
     cmd = [sys.executable, "-m", "ml_service.train", "--output-json", str(output_json), *args]
     proc = subprocess.run(
         cmd,
@@ -114,7 +114,12 @@ def train(
         raise RuntimeError(
             f"training failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
         )
-    return json.loads(Path(output_json).read_text())
+    return json.loads(Path(output_json).read_text()), proc
+
+
+def train(tracking_uri: str, *args: str, output_json: Path, **kwargs) -> dict:
+    """Train and register once; the --output-json document."""
+    return run_training(tracking_uri, *args, output_json=output_json, **kwargs)[0]
 
 
 def as_registered_model(result: dict) -> RegisteredModel:

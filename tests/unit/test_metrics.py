@@ -9,12 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client.parser import text_string_to_metric_families
-from support.sklearn_model import save_model
-
 from ml_service.main import create_app
 from ml_service.metrics import ServiceMetrics, new_registry
 from ml_service.settings import Settings
+from prometheus_client.parser import text_string_to_metric_families
+from support.sklearn_model import save_model
 
 ROW = {"feature_0": 0.5, "feature_1": -1.0, "feature_2": 2.0, "feature_3": 0.25}
 
@@ -113,7 +112,10 @@ def test_requests_move_the_metrics(client: TestClient) -> None:
     assert predicted == 7
     assert delta("mlservice_request_rows", "mlservice_request_rows_count") == 1
     assert delta("mlservice_request_rows", "mlservice_request_rows_sum") == 7
-    assert delta("mlservice_inference_duration_seconds", "mlservice_inference_duration_seconds_count") == 1
+    assert (
+        delta("mlservice_inference_duration_seconds", "mlservice_inference_duration_seconds_count")
+        == 1
+    )
     # the in-progress gauge went back to zero once the request finished
     assert value(after, "http_requests_inprogress", **ok) == 0
 
@@ -161,7 +163,9 @@ def test_incompatible_model_is_refused_and_counted(tmp_path: Path) -> None:
         deadline = time.monotonic() + 30
         while True:
             fams = families(c.get("/metrics").text)
-            failures = value(fams, "mlservice_model_load_failures", "mlservice_model_load_failures_total")
+            failures = value(
+                fams, "mlservice_model_load_failures", "mlservice_model_load_failures_total"
+            )
             if failures >= 2 or time.monotonic() > deadline:
                 break
             time.sleep(0.05)

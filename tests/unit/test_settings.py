@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-
 from ml_service.settings import Settings
+from pydantic import ValidationError
 
 ENV_NAMES = [
     "MODEL_URI",

@@ -11,13 +11,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from support.sklearn_model import save_model
-
 from ml_service.main import create_app
 from ml_service.metrics import new_registry
 from ml_service.model import check_versions
 from ml_service.schemas import InputError, ModelSchemas
 from ml_service.settings import Settings
+from support.sklearn_model import save_model
 
 NAMES = ("feature_0", "feature_1", "feature_2", "feature_3")
 ROW = {"feature_0": 0.5, "feature_1": -1.0, "feature_2": 2, "feature_3": 0.25}
@@ -50,7 +49,11 @@ def test_valid_rows_become_a_matrix_in_signature_order(schemas: ModelSchemas) ->
 @pytest.mark.parametrize(
     ("row", "loc", "type_"),
     [
-        ({k: v for k, v in ROW.items() if k != "feature_2"}, ["instances", 0, "feature_2"], "missing"),
+        (
+            {k: v for k, v in ROW.items() if k != "feature_2"},
+            ["instances", 0, "feature_2"],
+            "missing",
+        ),
         ({**ROW, "surprise": 1.0}, ["instances", 0, "surprise"], "extra_forbidden"),
         ({**ROW, "feature_1": SENTINEL}, ["instances", 0, "feature_1"], "float_type"),
         ({**ROW, "feature_1": "1.5"}, ["instances", 0, "feature_1"], "float_type"),
@@ -94,7 +97,9 @@ def test_structural_errors(schemas: ModelSchemas, body: bytes, type_: str) -> No
 
 def test_unknown_field_names_are_truncated(schemas: ModelSchemas) -> None:
     long_key = "k" * 5000
-    errors = errors_of(schemas.parse_predict, json.dumps({"instances": [{**ROW, long_key: 1}]}).encode())
+    errors = errors_of(
+        schemas.parse_predict, json.dumps({"instances": [{**ROW, long_key: 1}]}).encode()
+    )
     assert max(len(str(p)) for e in errors for p in e["loc"]) <= 64
 
 
@@ -112,7 +117,7 @@ VALUES = [ROW[n] for n in NAMES]
     "payload",
     [
         {"dataframe_split": {"columns": list(NAMES), "data": [VALUES]}},
-        {"dataframe_split": {"columns": list(reversed(NAMES)), "data": [VALUES[::-1]], "index": [0]}},
+        {"dataframe_split": {"columns": list(NAMES[::-1]), "data": [VALUES[::-1]], "index": [0]}},
         {"dataframe_split": {"data": [VALUES]}},
         {"dataframe_records": [ROW]},
         {"instances": [ROW]},
@@ -210,7 +215,9 @@ def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
 @pytest.fixture(scope="module")
 def client(model_dir: Path) -> Iterator[TestClient]:
     settings = Settings(model_uri=str(model_dir), model_name="tiny", model_version="1", **LIMITS)
-    with TestClient(create_app(settings, registry=new_registry()), raise_server_exceptions=False) as c:
+    with TestClient(
+        create_app(settings, registry=new_registry()), raise_server_exceptions=False
+    ) as c:
         wait_ready(c)
         yield c
 
@@ -243,7 +250,8 @@ def test_invocations_ok(client: TestClient) -> None:
 @pytest.mark.parametrize(
     ("kwargs", "status"),
     [
-        ({"content": json.dumps({"instances": [ROW]}), "headers": {"content-type": "text/plain"}}, 415),
+        ({"content": json.dumps({"instances": [ROW]}), "headers": {"content-type": "text/plain"}},
+         415),
         ({"content": json.dumps({"instances": [ROW]})}, 415),
         ({"data": {"instances": SENTINEL}}, 415),
         ({"json": {"instances": [ROW] * 6}}, 413),
@@ -254,7 +262,8 @@ def test_invocations_ok(client: TestClient) -> None:
         ({"content": b'{"instances": [{"feature_0": NaN}]}',
           "headers": {"content-type": "application/json"}}, 422),
         ({"json": {"instances": []}}, 422),
-        ({"content": b"\xff\xfe" + SENTINEL.encode(), "headers": {"content-type": "application/json"}}, 422),
+        ({"content": b"\xff\xfe" + SENTINEL.encode(),
+          "headers": {"content-type": "application/json"}}, 422),
     ],
     ids=["text-plain", "no-content-type", "form", "too-many-rows", "content-length", "chunked",
          "non-numeric", "nan", "empty", "binary"],

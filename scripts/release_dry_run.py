@@ -1,0 +1,212 @@
+#!/usr/bin/env python3
+"""`make release-dry-run`: the release workflow end to end on this machine, nothing pushed anywhere.
+
+1. start a real MLflow server (sqlite + local artifacts, a free 127.0.0.1 port);
+2. train and register a new version of `ml-service` on it (`python -m ml_service.train`);
+3. build the serving image (`make image`, the image tier's build);
+4. snapshot the work tree into a scratch repository with a local bare remote, clone it, and run
+   `scripts/gitops.py release --no-pr` there: branch `gitops/dev` with the new image and model
+   version;
+5. render the dev Application the ApplicationSet generates, from that branch, the way Argo CD's
+   repo-server does, and validate it strictly (tests/support/kube.py).
+
+Differences from CI, on purpose: the image is not pushed, so its "digest" is the local image ID (a
+registry manifest digest exists only after a push), and no pull request is opened (`--no-pr`).
+Scratch data lives in .local/release-dry-run/ and is removed unless --keep.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from support import kube  # noqa: E402
+from support.mlflow import mlflow_env, mlflow_server  # noqa: E402
+
+IMAGE_REPOSITORY = "ghcr.io/owner/ml-service"
+
+
+def step(title: str) -> float:
+    print(f"==> {title}", flush=True)
+    return time.monotonic()
+
+
+def done(t0: float) -> None:
+    print(f"    ok ({time.monotonic() - t0:.1f} s)", flush=True)
+
+
+def sh(*cmd: str, cwd: Path = ROOT, env: dict | None = None) -> str:
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise SystemExit(
+            f"release-dry-run: {' '.join(cmd[:4])} failed ({proc.returncode}):\n"
+            f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    return proc.stdout.strip()
+
+
+def train(tracking_uri: str, out: Path) -> str:
+    env = mlflow_env(tracking_uri)
+    sh(sys.executable, "-m", "ml_service.train", "--output-json", str(out), env=env)
+    return str(json.loads(out.read_text())["version"])
+
+
+def build_image(tag: str) -> str:
+    sh("make", "--no-print-directory", "image", "IMAGE=ml-service", f"IMAGE_TAG={tag}")
+    iid = (ROOT / "build" / "image.iid").read_text().strip()
+    if not iid.startswith("sha256:"):
+        raise SystemExit(f"release-dry-run: unexpected image id in build/image.iid: {iid[:80]}")
+    return iid
+
+
+def snapshot_clone(scratch: Path) -> tuple[Path, str]:
+    """The work tree as it is (tracked + untracked, not ignored) committed in a scratch repo whose
+    bare remote is cloned, so the release runs against `origin/main` like in CI."""
+    files = sh("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
+    src = scratch / "snapshot"
+    for rel in filter(None, files):
+        path = ROOT / rel
+        if not path.exists() and not path.is_symlink():
+            continue  # deleted but not yet committed
+        dst = src / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_symlink():
+            dst.symlink_to(os.readlink(path))
+        else:
+            shutil.copy2(path, dst)
+    ident = ["-c", "user.name=release-dry-run", "-c", "user.email=dry-run@example.invalid"]
+    sh("git", "init", "--quiet", "-b", "main", str(src))
+    sh("git", "-C", str(src), "add", "-A")
+    sh("git", "-C", str(src), *ident, "commit", "--quiet", "-m", "work tree snapshot")
+    remote, clone = scratch / "remote.git", scratch / "clone"
+    sh("git", "clone", "--quiet", "--bare", str(src), str(remote))
+    sh("git", "clone", "--quiet", str(remote), str(clone))
+    sh("git", "-C", str(clone), "config", "user.name", "release-dry-run")
+    sh("git", "-C", str(clone), "config", "user.email", "dry-run@example.invalid")
+    return clone, sh("git", "-C", str(clone), "rev-parse", "HEAD")
+
+
+def render_dev(clone: Path) -> list[dict]:
+    appset = clone / "argocd" / "apps" / "applicationset.yaml"
+    apps = yaml.safe_load_all(sh(str(ROOT / ".tools" / "bin" / "appset-render"), str(appset)))
+    (app,) = [a for a in apps if a and a["metadata"]["name"] == "ml-service-dev"]
+    src, helm = app["spec"]["source"], app["spec"]["source"]["helm"]
+    chart = clone / src["path"]
+    args = ["template", ".", "--name-template", helm["releaseName"]]
+    args += ["--namespace", app["spec"]["destination"]["namespace"]]
+    for f in helm["valueFiles"]:
+        args += ["--values", str((chart / f).resolve())]
+    args += ["--api-versions", "monitoring.coreos.com/v1", "--include-crds"]
+    proc = kube.run_helm(args, cwd=chart)
+    if proc.returncode != 0:
+        raise SystemExit(f"release-dry-run: the dev Application does not render:\n{proc.stderr}")
+    return kube.load_documents(proc.stdout)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--keep", action="store_true", help="keep .local/release-dry-run/<run>")
+    p.add_argument("--kube-version", default="1.37.0", help="Kubernetes version to validate for")
+    a = p.parse_args()
+
+    base = ROOT / ".local" / "release-dry-run"
+    base.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix="run-", dir=base))
+    started = time.monotonic()
+    try:
+        t = step("MLflow server (real, local)")
+        with mlflow_server(scratch / "mlflow") as server:
+            done(t)
+            t = step(f"train + register on {server.tracking_uri}")
+            version = train(server.tracking_uri, scratch / "train.json")
+            done(t)
+            print(f"    registered ml-service version {version}")
+
+        t = step("snapshot the work tree into a local clone with a bare remote")
+        clone, commit = snapshot_clone(scratch)
+        done(t)
+
+        t = step(f"make image (tag {commit[:12]})")
+        iid = build_image(commit[:12])
+        done(t)
+        print(f"    image ml-service:{commit[:12]} id {iid}")
+
+        t = step("scripts/gitops.py release --no-pr in the clone")
+        out = sh(
+            sys.executable,
+            str(ROOT / "scripts" / "gitops.py"),
+            "-C",
+            str(clone),
+            "release",
+            "--image-repository",
+            IMAGE_REPOSITORY,
+            "--tag",
+            commit,
+            "--digest",
+            iid,
+            "--model-version",
+            version,
+            "--no-pr",
+            env={
+                **os.environ,
+                "PATH": f"{ROOT / '.tools' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+            },
+        )
+        done(t)
+        print(f"    {out}")
+        changed = sh(
+            "git", "-C", str(clone), "diff", "--name-only", "origin/main", "origin/gitops/dev"
+        )
+        if changed.split() != ["environments/dev/release.yaml"]:
+            raise SystemExit(
+                f"release-dry-run: the branch changes more than the release file: {changed}"
+            )
+
+        t = step(
+            "render the dev Application from gitops/dev (as the repo-server) + strict validation"
+        )
+        sh("git", "-C", str(clone), "checkout", "--quiet", "gitops/dev")
+        docs = render_dev(clone)
+        findings = kube.validate(docs, [a.kube_version], crd_files=kube.prometheus_operator_crds())
+        if findings:
+            raise SystemExit(
+                "release-dry-run: invalid manifests:\n" + "\n".join(map(str, findings))
+            )
+        (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+        image = deploy["spec"]["template"]["spec"]["containers"][0]["image"]
+        config = {
+            d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"
+        }
+        model_uris = {data.get("MODEL_URI") for data in config.values()} - {None}
+        expected_uri = f"models:/ml-service/{version}"
+        expected_image = f"{IMAGE_REPOSITORY}:{commit}@{iid}"
+        if image != expected_image or model_uris != {expected_uri}:
+            raise SystemExit(
+                f"release-dry-run: dev renders image {image} and MODEL_URI {model_uris}, "
+                f"expected {expected_image} and {expected_uri}"
+            )
+        done(t)
+        print(f"    {len(docs)} objects valid for Kubernetes {a.kube_version}; image {image}")
+        print(f"release-dry-run: ok in {time.monotonic() - started:.0f} s")
+        return 0
+    finally:
+        if a.keep:
+            print(f"kept {scratch}")
+        else:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,148 @@
+"""Static checks: hadolint on the Dockerfile, the built image's configuration and contents."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, SUMMARY, UID_GID, Docker
+
+pytestmark = pytest.mark.image
+
+HADOLINT = ROOT / ".tools" / "hadolint" / "bin" / "hadolint"
+
+
+def test_hadolint_passes_with_every_ignore_justified():
+    if not HADOLINT.exists():
+        pytest.fail(f"{HADOLINT} missing: run 'make setup'")
+    proc = subprocess.run(
+        [str(HADOLINT), "--no-color", "Dockerfile"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = (ROOT / "Dockerfile").read_text().splitlines()
+    for number, line in enumerate(lines):
+        if "hadolint ignore=" in line:
+            # the reason is a comment line right above the pragma
+            above = lines[number - 1].strip() if number else ""
+            assert above.startswith("#") and "hadolint" not in above and len(above) > 15, (
+                f"Dockerfile:{number + 1}: ignore without a justification comment above it"
+            )
+
+
+def test_build_context_is_an_allow_list():
+    patterns = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
+    assert patterns[0] == "*", "the .dockerignore should start by excluding everything"
+    allowed = {p for p in patterns if p.startswith("!")}
+    assert allowed == {"!requirements/runtime.txt", "!app/ml_service/", "!build/model*/"}
+
+
+def _config(docker: Docker, ref: str) -> dict:
+    return docker.inspect(ref)["Config"]
+
+
+def test_image_configuration(docker: Docker, image: str):
+    config = _config(docker, image)
+    assert config["User"] == UID_GID
+    assert config["Entrypoint"] == ["python", "-m", "ml_service"], "exec form: python is PID 1"
+    assert not config.get("Cmd")
+    env = dict(item.split("=", 1) for item in config["Env"])
+    assert env["HOST"] == "0.0.0.0" and env["PORT"] == "8000"
+    assert env["PATH"].startswith("/opt/venv/bin:")
+    assert "MODEL_URI" not in env, "the default target fetches its model from MLflow"
+    assert "8000/tcp" in config["ExposedPorts"]
+    health = config["Healthcheck"]["Test"]
+    assert health[0] == "CMD" and health[1:3] == ["python", "-c"] and "/health" in health[3]
+    labels = config["Labels"]
+    head = subprocess.run(
+        ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
+    ).stdout.strip()
+    assert labels["org.opencontainers.image.revision"].removesuffix("-dirty") == head
+    version = re.search(r'__version__ = "(.+)"', (ROOT / "app/ml_service/__init__.py").read_text())
+    assert version and labels["org.opencontainers.image.version"] == version[1]
+    assert labels["org.opencontainers.image.source"]
+
+
+def _in_image(docker: Docker, ref: str, code: str) -> str:
+    return docker.run(
+        "run", "--rm", "--network", "none", "--read-only", "--user", UID_GID,
+        "--entrypoint", "python", ref, "-c", code,
+    ).stdout  # fmt: skip
+
+
+def _locked_pins() -> dict[str, str]:
+    pins = {}
+    for line in (ROOT / "requirements/runtime.txt").read_text().splitlines():
+        match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)", line)
+        if match:
+            pins[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[2]
+    return pins
+
+
+def test_virtualenv_holds_exactly_the_runtime_lock(docker: Docker, image: str):
+    listing = _in_image(
+        docker,
+        image,
+        "import json, re, importlib.metadata as m;"
+        "print(json.dumps({re.sub(r'[-_.]+', '-', d.metadata['Name']).lower(): d.version"
+        " for d in m.distributions()}))",
+    )
+    installed = json.loads(listing)
+    assert installed == _locked_pins()
+    # serving runs on mlflow-skinny; no installer is left behind
+    assert "mlflow" not in installed and "pip" not in installed and "setuptools" not in installed
+
+
+def test_no_build_secret_in_any_layer(docker: Docker, image: str):
+    """The CA bundle handed to the build as a BuildKit secret must not be a file in the image."""
+    secret = os.environ.get("PIP_CERT") or os.environ.get("SSL_CERT_FILE")
+    if not secret or not Path(secret).is_file():
+        pytest.skip("no CA bundle was passed to the build as a secret (PIP_CERT unset)")
+    data = Path(secret).read_bytes()
+    found = _in_image(
+        docker,
+        image,
+        "import hashlib, os\n"
+        f"size, digest = {len(data)}, {hashlib.sha256(data).hexdigest()!r}\n"
+        "for top, dirs, files in os.walk('/'):\n"
+        "    dirs[:] = [d for d in dirs if os.path.join(top, d) not in ('/proc', '/sys', '/dev')]\n"
+        "    for f in files:\n"
+        "        p = os.path.join(top, f)\n"
+        "        try:\n"
+        "            if os.path.isfile(p) and not os.path.islink(p) and os.path.getsize(p) == size"
+        " and hashlib.sha256(open(p, 'rb').read()).hexdigest() == digest:\n"
+        "                print(p)\n"
+        "        except OSError:\n"
+        "            pass\n",
+    )
+    assert found.strip() == "", f"the build secret ended up in the image: {found}"
+    history = docker.run("history", "--no-trunc", "--format", "{{.CreatedBy}}", image).stdout
+    assert "BEGIN CERTIFICATE" not in history
+
+
+def test_image_size_budget(docker: Docker, image: str, record_property):
+    size = docker.inspect(image)["Size"]
+    venv = int(
+        docker.run(
+            "run", "--rm", "--network", "none", "--entrypoint", "du", image, "-sb", "/opt/venv"
+        ).stdout.split()[0]
+    )  # fmt: skip
+    mb = 1_000_000
+    record_property("image_bytes", size)
+    record_property("venv_bytes", venv)
+    SUMMARY["image"] = f"{size / mb:.0f} MB"
+    SUMMARY["runtime virtualenv"] = f"{venv / mb:.0f} MB"
+    # The issue's budget (the seed's image was 680 MB); the base image accounts for ~125 MB.
+    assert size < 400 * mb, f"image is {size / mb:.0f} MB, over the 400 MB budget"

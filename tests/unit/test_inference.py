@@ -1,0 +1,126 @@
+"""The inference engine: one thread, capped numeric threads, micro-batching that slices right."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import numpy as np
+import pytest
+from ml_service.inference import DriftSink, InferenceEngine
+from sklearn.linear_model import LogisticRegression
+from threadpoolctl import threadpool_info
+
+
+class Model:
+    """Stands in for LoadedModel: the engine only calls predict_proba."""
+
+    def __init__(self) -> None:
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(100, 3))
+        self.estimator = LogisticRegression().fit(x, x[:, 0] > 0)
+        self.calls: list[int] = []
+        self.threads: set[str] = set()
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        self.calls.append(features.shape[0])
+        self.threads.add(threading.current_thread().name)
+        return self.estimator.predict_proba(features)
+
+
+async def _run(wait_ms: float, batches: list[np.ndarray], model: Model, max_rows: int = 256):
+    durations: list[float] = []
+    engine = InferenceEngine(
+        numeric_threads=1,
+        microbatch_wait_ms=wait_ms,
+        microbatch_max_rows=max_rows,
+        observe_duration=durations.append,
+    )
+    engine.start()
+    try:
+        results = await asyncio.gather(*(engine.predict_proba(model, b) for b in batches))
+    finally:
+        await engine.close()
+    return results, durations
+
+
+def _batches() -> list[np.ndarray]:
+    rng = np.random.default_rng(1)
+    return [rng.normal(size=(n, 3)) for n in (1, 3, 1, 5, 2)]
+
+
+def test_without_microbatching_every_request_is_one_call() -> None:
+    model, batches = Model(), _batches()
+    results, durations = asyncio.run(_run(0, batches, model))
+    assert sorted(model.calls) == sorted(b.shape[0] for b in batches)
+    assert len(durations) == len(batches)
+    assert {t.split("_")[0] for t in model.threads} == {"inference"}
+    for b, r in zip(batches, results, strict=True):
+        np.testing.assert_array_equal(r, model.estimator.predict_proba(b))
+
+
+def test_microbatching_coalesces_concurrent_requests_and_slices_results() -> None:
+    model, batches = Model(), _batches()
+    results, durations = asyncio.run(_run(200, batches, model))
+    assert model.calls == [sum(b.shape[0] for b in batches)]  # one predict_proba call
+    assert len(durations) == 1
+    for b, r in zip(batches, results, strict=True):
+        np.testing.assert_array_equal(r, model.estimator.predict_proba(b))
+
+
+def test_microbatch_respects_max_rows() -> None:
+    model, batches = Model(), _batches()
+    results, _ = asyncio.run(_run(200, batches, model, max_rows=4))
+    assert max(model.calls) <= 5  # a single request larger than the cap still runs alone
+    assert sum(model.calls) == sum(b.shape[0] for b in batches)
+    assert len(model.calls) > 1
+    for b, r in zip(batches, results, strict=True):
+        np.testing.assert_array_equal(r, model.estimator.predict_proba(b))
+
+
+def test_numeric_threads_are_capped_on_the_inference_thread() -> None:
+    async def probe() -> list[dict]:
+        engine = InferenceEngine(
+            numeric_threads=1,
+            microbatch_wait_ms=0,
+            microbatch_max_rows=1,
+            observe_duration=lambda _: None,
+        )
+        try:
+            return await engine.run(threadpool_info)
+        finally:
+            await engine.close()
+
+    info = asyncio.run(probe())
+    assert info, "sklearn/numpy should expose at least one OpenMP or BLAS pool"
+    assert all(pool["num_threads"] == 1 for pool in info), info
+
+
+def test_drift_sink_is_bounded_and_never_raises() -> None:
+    release = threading.Event()
+    seen: list[int] = []
+
+    def observe(features: np.ndarray, labels: np.ndarray) -> None:
+        release.wait(10)
+        if features.shape[0] == 2:
+            raise ValueError("a broken monitor must not break predictions")
+        seen.append(features.shape[0])
+
+    sink = DriftSink(observe, maxsize=2)
+    for _ in range(10):  # the worker holds one, the queue two, the rest are dropped
+        sink.submit(np.zeros((1, 3)), np.array(["a"]))
+    assert sink.dropped >= 7
+    sink.submit(np.zeros((2, 3)), np.array(["a", "b"]))
+    release.set()
+    sink.close()
+    assert seen and all(n == 1 for n in seen)
+
+
+@pytest.mark.parametrize("wait_ms", [0, 50])
+def test_errors_reach_the_caller(wait_ms: float) -> None:
+    class Broken(Model):
+        def predict_proba(self, features: np.ndarray) -> np.ndarray:
+            raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        asyncio.run(_run(wait_ms, _batches()[:2], Broken()))
