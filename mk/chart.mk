@@ -81,10 +81,12 @@ $(TOOLS)/checkov/.synced: $(CHART_TOOLS)/checkov.txt | $(UV)
 	VIRTUAL_ENV=$(@D) $(UV) pip sync -q --require-hashes $<
 	touch $@
 
-setup-chart: $(CHART_STAMP)/helm3-$(HELM3_VERSION) $(CHART_STAMP)/helm4-$(HELM4_VERSION) \
+CHART_SETUP_DEPS := $(CHART_STAMP)/helm3-$(HELM3_VERSION) $(CHART_STAMP)/helm4-$(HELM4_VERSION) \
   $(CHART_STAMP)/helm-docs-$(HELM_DOCS_VERSION) $(CHART_STAMP)/helm-unittest-$(HELM_UNITTEST_VERSION) \
   $(CHART_STAMP)/charttools $(CHART_STAMP)/crds-$(PROM_OPERATOR_VERSION) \
-  $(TOOLS)/kubernetes-validate/.synced $(TOOLS)/checkov/.synced ## helm 3+4, helm-unittest, validators for the chart
+  $(TOOLS)/kubernetes-validate/.synced $(TOOLS)/checkov/.synced
+
+setup-chart: $(CHART_SETUP_DEPS) ## helm 3+4, helm-unittest, helm-docs, kubernetes-validate, checkov, CRDs
 
 chart-docs: ## regenerate the chart README values table and values.schema.json from values.yaml
 	$(TOOLS)/bin/valuesschema $(CHART_DIR)/values.yaml > $(CHART_DIR)/values.schema.json.tmp

@@ -65,6 +65,8 @@ class DriftMonitor(Collector):
         edges = [np.asarray(stats[f]["edges"], dtype=float) for f in self.feature_names]
         self._n_bins = np.array([len(e) + 1 for e in edges])
         width = int(self._n_bins.max())
+        if width > 255:
+            raise ValueError("at most 255 bins per feature")  # bin indices are summed as uint8
         # Padding with +inf: `x > inf` is never true, so padded edges never move a value up.
         self._edges = np.full((n_features, width - 1), np.inf)
         self._expected = np.zeros((n_features, width))
@@ -76,9 +78,11 @@ class DriftMonitor(Collector):
             self._edges[j, : len(e)] = e
             self._expected[j, : len(fr)] = fr
             self._valid[j, : len(fr)] = True
+        # edge-major copy: comparisons reduce over the leading axis, ~3x faster than the last
+        self._edges_t = np.ascontiguousarray(self._edges.T)
         self._min = np.array([stats[f]["min"] for f in self.feature_names], dtype=float)
         self._max = np.array([stats[f]["max"] for f in self.feature_names], dtype=float)
-        self._offsets = np.arange(n_features)[:, None] * width
+        self._offsets = np.arange(n_features, dtype=np.intp) * width
         priors = reference["class_priors"]
         self._priors = np.array([float(priors[c]) for c in self.class_labels])
 
@@ -121,12 +125,12 @@ class DriftMonitor(Collector):
         if n == 0:
             return
         # bin = number of edges strictly below x, i.e. searchsorted(edges, x, side="left")
-        bins = (x[:, :, None] > self._edges[None, :, :]).sum(axis=2)
+        bins = (x[None, :, :] > self._edges_t[:, None, :]).sum(axis=0, dtype=np.uint8)
         counts = np.bincount(
-            (bins + self._offsets[:, 0]).ravel(), minlength=self._bin_total.size
+            (bins + self._offsets).ravel(), minlength=self._bin_total.size
         ).reshape(self._bin_total.shape)
-        low = (x < self._min).sum(axis=0)
-        high = (x > self._max).sum(axis=0)
+        low = np.count_nonzero(x < self._min, axis=0)
+        high = np.count_nonzero(x > self._max, axis=0)
         pred = np.asarray(predicted)
         classes = np.array([np.count_nonzero(pred == c) for c in self.class_labels])
 

@@ -10,6 +10,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import shutil
 import tempfile
 import threading
 import time
@@ -114,7 +115,12 @@ class Service:
             delay = min(delay * 2, s.model_load_backoff_max_seconds)
 
     def _fetch_and_deserialize(self) -> LoadedModel:
-        return load_local(resolve_and_download(self.settings, self.scratch))
+        try:
+            return load_local(resolve_and_download(self.settings, self.scratch))
+        finally:
+            # Everything needed is in memory now; failed attempts must not pile up downloads.
+            for child in self.scratch.iterdir():
+                shutil.rmtree(child, ignore_errors=True)
 
     def _install(self, model: LoadedModel) -> None:
         example = model.input_example[0].tolist() if len(model.input_example) else None
@@ -156,6 +162,7 @@ class Service:
         await self.engine.close()
         if self.drift is not None:
             self.drift.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def _describe(exc: BaseException) -> str:

@@ -159,6 +159,8 @@ class Resolved:
     run_id: str
     local_dir: Path
     training_metrics: dict[str, float]
+    source: str = ""
+    downloaded: bool = False
 
 
 _ALIAS_RE = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?$")
@@ -183,6 +185,7 @@ def resolve_and_download(settings: Settings, scratch: Path) -> Resolved:
             run_id=_run_id_from_mlmodel(local),
             local_dir=local,
             training_metrics={},
+            source=str(local),
         )
     import mlflow
     from mlflow import MlflowClient
@@ -212,7 +215,16 @@ def resolve_and_download(settings: Settings, scratch: Path) -> Resolved:
             metrics = dict(client.get_run(mv.run_id).data.metrics)
         except Exception as exc:  # training metrics are informative only
             log.warning("could not read training metrics of run %s: %s", mv.run_id, exc)
-    return Resolved(name, str(mv.version), alias, mv.run_id or "", Path(path), metrics)
+    return Resolved(
+        name,
+        str(mv.version),
+        alias,
+        mv.run_id or "",
+        Path(path),
+        metrics,
+        source=f"models:/{name}/{mv.version}",
+        downloaded=True,
+    )
 
 
 def _read_mlmodel(model_dir: Path) -> dict[str, Any]:
@@ -320,7 +332,7 @@ def load_local(resolved: Resolved) -> LoadedModel:
         version=resolved.version,
         alias=resolved.alias,
         run_id=resolved.run_id or str(mlmodel.get("run_id") or ""),
-        source=str(model_dir),
+        source=resolved.source or str(model_dir),
         estimator=estimator,
         feature_names=names,
         classes=tuple(str(c) for c in estimator.classes_),

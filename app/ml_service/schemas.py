@@ -7,6 +7,7 @@ messages are field-level (`loc`, `msg`, `type`) and never carry the caller's val
 from __future__ import annotations
 
 import operator
+import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
@@ -17,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 MAX_ERRORS = 20
 MAX_LOC_CHARS = 64
+_NAME_RE = re.compile(rf"[A-Za-z_][A-Za-z0-9_.\-]{{0,{MAX_LOC_CHARS - 1}}}")
 
 
 class ErrorItem(BaseModel):
@@ -77,10 +79,12 @@ class InputError(Exception):
 
 
 def _loc_part(part: Any) -> str | int:
+    """Field names are named back (that is what makes errors field-level) only when they look
+    like identifiers; anything else the caller put in a key is replaced, not echoed."""
     if isinstance(part, int):
         return part
     text = str(part)
-    return text if len(text) <= MAX_LOC_CHARS else text[: MAX_LOC_CHARS - 3] + "..."
+    return text if _NAME_RE.fullmatch(text) else "<field>"
 
 
 def error(loc: tuple | list, msg: str, type_: str) -> dict[str, Any]:

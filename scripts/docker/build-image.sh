@@ -7,7 +7,7 @@
 #   --base local        (default) a debootstrap base built once and cached (build-base.sh)
 #   --base dockerfile   the digest-pinned official Python image named in the Dockerfile
 #   --model URI         bake a model in: download it from MLflow (MLFLOW_TRACKING_URI, MLflow's
-#                       credential env vars) into build/model and build the `baked` target
+#                       credential env vars) into build/model-fetch-<pid> and build `baked`
 #   --model-dir DIR     bake an already downloaded model directory (must be under build/model*)
 #   --model-name N, --model-version V   labels for --model-dir (default ml-service / local)
 #   --report            also print the tag, size and virtualenv size (stderr)
@@ -57,8 +57,9 @@ case "$BASE" in
 esac
 
 if [[ -n "$MODEL_URI" ]]; then
-    MODEL_DIR=build/model
-    rm -rf "$MODEL_DIR"
+    # a directory per build: concurrent builds must not share (or delete) each other's model
+    MODEL_DIR="build/model-fetch-$$"
+    trap 'rm -rf "$ROOT/$MODEL_DIR" "$ROOT/$MODEL_DIR.partial"' EXIT
     mkdir -p build
     # Prints "name version" of the downloaded model (registry URIs resolve to a version number).
     read -r model_name model_version < <("$PYTHON" scripts/docker/fetch_model.py "$MODEL_URI" "$MODEL_DIR")

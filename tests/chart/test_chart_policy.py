@@ -5,13 +5,14 @@ README with their reasons; each is scoped as narrowly as checkov allows."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import pytest
 from support import kube
 
-from .conftest import RENDERINGS, Rendering, render, tool
+from .conftest import CHART, RENDERINGS, Rendering, render, tool
 
 pytestmark = pytest.mark.chart
 
@@ -116,3 +117,13 @@ def test_checkov_zero_failures(rendering: Rendering, checkov_failures):
 def test_checkov_can_fail(checkov_failures):
     failed = {c["check_id"] for c in checkov_failures[BAD.id]}
     assert "CKV_K8S_22" in failed, failed  # read-only root filesystem
+
+
+def test_every_skipped_check_is_listed_in_the_readme():
+    readme = (CHART / "README.md").read_text()
+    annotated = re.findall(
+        r"checkov\.io/skip\d+: (\S+?)=", (CHART / "templates/tests/test-predict.yaml").read_text()
+    )
+    scoped = ["CKV_K8S_43", "CKV2_K8S_6", "CKV_K8S_35"]  # the keys scoped_skips() can return
+    for check in [*GLOBAL_SKIPS, *scoped, *annotated]:
+        assert f"`{check}`" in readme, f"{check} is skipped but not listed in the chart README"

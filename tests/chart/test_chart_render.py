@@ -160,7 +160,8 @@ def test_helm_test_check_passes_against_the_real_app(served_model, tmp_path: Pat
     (cm,) = [
         d
         for d in kube.load_documents(render(RENDERINGS[0]))
-        if d["kind"] == "ConfigMap" and d["metadata"]["annotations"].get("helm.sh/hook") == "test"
+        if d["kind"] == "ConfigMap"
+        and d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"
     ]
     for name, text in cm["data"].items():
         (tmp_path / name).write_text(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -53,6 +54,15 @@ def test_helm_unittest_suite(suite: Path):
     assert "failed" not in proc.stdout.split("Tests:")[-1].split("\n")[0], proc.stdout
 
 
+def test_helm_unittest_plugin_runs_under_helm4():
+    """The same plugin install serves Helm 4 (a legacy cli/v1 plugin); it renders with its own
+    embedded Helm library, so Helm 4 rendering itself is covered by test_chart_render."""
+    tool(kube.HELM4)
+    proc = kube.run_helm(["unittest", "--strict", str(CHART)], helm=kube.HELM4)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert re.search(rf"Test Suites:\s+{len(SUITES)} passed", proc.stdout), proc.stdout
+
+
 @pytest.mark.parametrize("suite", SUITES, ids=[s.name for s in SUITES])
 def test_suite_pins_the_chart_version(suite: Path):
     chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
@@ -67,20 +77,19 @@ def test_every_template_has_a_suite(template: str):
 
 
 def test_helm_unittest_can_fail(tmp_path: Path):
-    """A wrong expectation makes helm unittest exit non-zero (the suites above can fail)."""
+    """A wrong expectation makes helm unittest exit non-zero (so the suites above can fail).
+    Runs on a copy: other runs share the work tree."""
     tool(kube.HELM)
-    suite = tmp_path / "broken_test.yaml"
-    suite.write_text(
+    chart = tmp_path / "ml-service"
+    shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("tests"))
+    (chart / "tests").mkdir()
+    (chart / "tests" / "canary_test.yaml").write_text(
         "suite: canary\ntemplates: [templates/service.yaml]\ntests:\n"
         "  - it: fails\n    asserts:\n      - equal: {path: spec.type, value: NodePort}\n"
     )
-    target = CHART / "tests" / "zz_canary_test.yaml"
-    target.write_text(suite.read_text())
-    try:
-        proc = kube.run_helm(["unittest", "-f", f"tests/{target.name}", str(CHART)])
-    finally:
-        target.unlink()
+    proc = kube.run_helm(["unittest", "--color=false", str(chart)])
     assert proc.returncode != 0, proc.stdout
+    assert "Tests:       1 failed" in proc.stdout, proc.stdout
 
 
 def test_values_schema_is_up_to_date():

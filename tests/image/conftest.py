@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.mlflow import QUIET_MLFLOW_ENV
 from support.net import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,11 +67,13 @@ class Docker:
     def inspect(self, ref: str) -> dict:
         return json.loads(self.run("inspect", ref).stdout)[0]
 
-    def script(self, name: str, *args: str, timeout: float = 1200) -> str:
+    def script(
+        self, name: str, *args: str, env: dict[str, str] | None = None, timeout: float = 1200
+    ) -> str:
         """Run scripts/docker/<name>; its last stdout line is the result (an image reference)."""
         proc = subprocess.run(
             [str(SCRIPTS / name), *args],
-            env=self.env,
+            env={**self.env, **(env or {})},
             capture_output=True,
             text=True,
             timeout=timeout,
@@ -99,7 +102,16 @@ def docker() -> Iterator[Docker]:
         pytest.fail(f"{', '.join(missing)} not installed: run 'make setup'")
     env = {**os.environ, "DOCKER_BUILDKIT": "1"}
     started_here = False
-    if not _answers(env):
+    private = subprocess.run(
+        [str(SCRIPTS / "dockerd.sh"), "env"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    private_host = private.partition("=")[2]
+    if _answers(env):
+        pass
+    elif _answers({**env, "DOCKER_HOST": private_host}):
+        # the private engine is already up (make docker-up, another run): use it, leave it up
+        env["DOCKER_HOST"] = private_host
+    else:
         started = subprocess.run(
             [str(SCRIPTS / "dockerd.sh"), "start"],
             capture_output=True,
@@ -134,10 +146,10 @@ def base_image(docker: Docker) -> str:
     return ref
 
 
-def _build(docker: Docker, tag: str, *args: str) -> str:
+def _build(docker: Docker, tag: str, *args: str, env: dict[str, str] | None = None) -> str:
     old = docker.run("image", "inspect", "--format", "{{.Id}}", tag, check=False).stdout.strip()
     start = time.monotonic()
-    image_id = docker.script("build-image.sh", "--image", tag, *args)
+    image_id = docker.script("build-image.sh", "--image", tag, *args, env=env)
     SUMMARY[f"build {tag}"] = f"{time.monotonic() - start:.0f} s"
     if old and old != image_id:
         # the previous build of this tag is now dangling: don't let test runs pile up images
@@ -152,21 +164,16 @@ def image(docker: Docker, base_image: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def baked_image(docker: Docker, base_image: str, local_model_dir: Path, registered_model) -> str:
-    """The `baked` target with the session's registered model copied in."""
-    context_dir = ROOT / "build" / f"model-image-test-{uuid.uuid4().hex[:8]}"
-    shutil.copytree(local_model_dir, context_dir)
-    try:
-        return _build(
-            docker,
-            BAKED_IMAGE,
-            "--base", base_image,
-            "--model-dir", str(context_dir),
-            "--model-name", registered_model.name,
-            "--model-version", registered_model.version,
-        )  # fmt: skip
-    finally:
-        shutil.rmtree(context_dir, ignore_errors=True)
+def baked_image(docker: Docker, base_image: str, registered_model) -> str:
+    """The `baked` target with the session's champion downloaded from MLflow at build time
+    (`build-image.sh --model`, the path `make image IMAGE_MODEL=...` takes)."""
+    return _build(
+        docker,
+        BAKED_IMAGE,
+        "--base", base_image,
+        "--model", registered_model.alias_uri,
+        env={**QUIET_MLFLOW_ENV, "MLFLOW_TRACKING_URI": registered_model.tracking_uri},
+    )  # fmt: skip
 
 
 @dataclass

@@ -10,7 +10,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, SUMMARY, UID_GID, Docker
+
+from .conftest import ROOT, SUMMARY, UID_GID, Docker
 
 pytestmark = pytest.mark.image
 

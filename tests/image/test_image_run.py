@@ -14,7 +14,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import SUMMARY, Container, Docker, run_container
+
+from .conftest import SUMMARY, Container, Docker, run_container
 
 pytestmark = pytest.mark.image
 

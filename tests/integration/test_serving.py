@@ -174,7 +174,7 @@ def _bad_cases(row: dict[str, float]) -> dict[str, tuple[dict, int]]:
 
     return {
         "missing": ({"json": {"instances": [missing]}}, 422),
-        "unknown": ({"json": {"instances": [{**row, SENTINEL: 1.0}]}}, 422),
+        "unknown": ({"json": {"instances": [{**row, f"<{SENTINEL}>": 1.0}]}}, 422),
         "non-numeric": ({"json": {"instances": [{**row, first: SENTINEL}]}}, 422),
         "nan": ({"raw": literal("NaN")}, 422),
         "inf": ({"raw": literal("1e999")}, 422),

@@ -133,7 +133,8 @@ def test_same_commit_and_seed_reproduce_metrics_and_predictions(
     registered_model: RegisteredModel, retrained: dict
 ) -> None:
     first = registered_model.result
-    assert int(retrained["version"]) == int(first["version"]) + 1
+    # other tiers may register versions on the shared session server in between
+    assert int(retrained["version"]) > int(first["version"])
     assert retrained["metrics"] == first["metrics"]  # exact, not approx
     assert retrained["test_predictions"] == first["test_predictions"]
     assert retrained["predictions_sha256"] == first["predictions_sha256"]
