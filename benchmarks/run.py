@@ -164,6 +164,7 @@ def command(spec: ServerSpec, model_dir: Path, port: int, work: Path, tools: Pat
     if spec.kind == "mlflow":
         argv = [str(VENV_BIN / "mlflow"), "models", "serve", "-m", str(model_dir)]
         argv += ["--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]
+        env.update(spec.env)
         return argv, env, work, "/ping", "/invocations"
     if spec.kind == "mlserver":
         home = Path(tempfile.mkdtemp(prefix="mlserver-", dir=work))
@@ -176,10 +177,12 @@ def command(spec: ServerSpec, model_dir: Path, port: int, work: Path, tools: Pat
             "parameters": {"uri": str(model_dir)},
         }
         (home / "model-settings.json").write_text(json.dumps(model))
+        env.update(spec.env)
         argv = [str(tools / "mlserver/bin/mlserver"), "start", str(home)]
         return argv, env, home, "/v2/models/ml-service/ready", "/v2/models/ml-service/infer"
     if spec.kind == "bentoml":
         env.update(BENCH_MODEL_DIR=str(model_dir), BENTOML_HOME=str(work / "bentoml-home"))
+        env.update(spec.env)
         argv = [str(tools / "bentoml/bin/bentoml"), "serve", "bentoml_service:MlService"]
         argv += ["--host", "127.0.0.1", "--port", str(port)]
         return argv, env, HERE, "/readyz", "/predict"
@@ -931,6 +934,12 @@ def parse(argv: list[str]) -> argparse.Namespace:
         default=[2.0],
         help="extra ml-service variants with MICROBATCH_WAIT_MS set ('' for none)",
     )
+    p.add_argument(
+        "--competitor-omp-threads",
+        type=int,
+        default=1,
+        help="OMP_NUM_THREADS for the competitors, as ml-service's NUMERIC_THREADS=1 (0 = unset)",
+    )
     p.add_argument("--rows", type=csv(int), default=[1, 100])
     p.add_argument("--connections", type=csv(int), default=[1, 50])
     p.add_argument("--duration", type=float, default=20.0, help="seconds per measured run")
@@ -983,7 +992,12 @@ def main(argv: list[str]) -> int:
         ServerSpec(f"ml-service mb={ms:g}ms", "ml-service", {"MICROBATCH_WAIT_MS": f"{ms:g}"})
         for ms in args.microbatch_ms
     ]
-    specs += [ServerSpec(k, k) for k in KINDS[1:] if k in args.servers]
+    # Same numeric threads for all: unset, HistGradientBoosting's OpenMP teams (one per tree) stall
+    # the competitors on a busy 2-core machine and the comparison measures the machine's load.
+    omp = (
+        {"OMP_NUM_THREADS": str(args.competitor_omp_threads)} if args.competitor_omp_threads else {}
+    )
+    specs += [ServerSpec(k, k, dict(omp)) for k in KINDS[1:] if k in args.servers]
     primary, variants = specs[0].key, [s.key for s in specs if s.kind == "ml-service"][1:]
     report: dict = {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),

@@ -104,6 +104,9 @@ class InferenceEngine:
         return await future
 
     async def _collect(self) -> None:
+        """Take what is queued now (it piled up during the previous predict call); only when
+        that shows concurrency (two or more requests), wait up to the bound for more. A lone
+        request never waits, so batching costs nothing at concurrency 1."""
         assert self._queue is not None
         loop = asyncio.get_running_loop()
         carry: _Pending | None = None
@@ -114,15 +117,16 @@ class InferenceEngine:
             rows = first.features.shape[0]
             deadline = loop.time() + self._wait
             while rows < self._max_rows:
-                timeout = deadline - loop.time()
                 try:
-                    item = (
-                        self._queue.get_nowait()
-                        if timeout <= 0
-                        else await asyncio.wait_for(self._queue.get(), timeout)
-                    )
-                except (TimeoutError, asyncio.QueueEmpty):
-                    break
+                    item = self._queue.get_nowait()
+                except asyncio.QueueEmpty:
+                    timeout = deadline - loop.time()
+                    if len(batch) < 2 or timeout <= 0:
+                        break
+                    try:
+                        item = await asyncio.wait_for(self._queue.get(), timeout)
+                    except TimeoutError:
+                        break
                 if item.model is not first.model or rows + item.features.shape[0] > self._max_rows:
                     carry = item  # goes first into the next batch
                     break

@@ -30,7 +30,6 @@ IMAGE = "ml-service:image-test"
 BAKED_IMAGE = "ml-service:image-test-baked"
 UID_GID = "10001:10001"
 
-pytestmark = pytest.mark.image
 # Figures for the closing note (image size, virtualenv size, build and start-up times).
 SUMMARY: dict[str, str] = {}
 

@@ -50,6 +50,7 @@ MAY_BE_EMPTY = {
     'mlservice_dependency_mismatch{namespace="ml", job="ml-service"} == 1': "no mismatch",
 }
 NORMAL_SECONDS = 8
+NORMAL_MIN_ROWS = 1500
 SHIFT_TIMEOUT = 60
 
 
@@ -104,10 +105,14 @@ def run(registered_model, tmp_path_factory) -> Run:
     ):
         prom.wait_for("the app target to be up", lambda: prom.query(f'up{{job="{RELEASE}"}} == 1'))
         predict = app.url("/predict")
-        # 1) a stream drawn from the training distribution
-        deadline = time.monotonic() + NORMAL_SECONDS
-        while time.monotonic() < deadline:
-            send(client, predict, names, x[rng.integers(0, len(x), size=rng.integers(1, 21))])
+        # 1) a stream drawn from the training distribution, long enough in time (rates need
+        # several scrapes) and in rows (PSI of an unchanged population is about bins / rows)
+        start, sent = time.monotonic(), 0
+        while time.monotonic() - start < NORMAL_SECONDS or sent < NORMAL_MIN_ROWS:
+            assert time.monotonic() - start < 120, f"only {sent} rows sent in 120 s"
+            batch = x[rng.integers(0, len(x), size=rng.integers(1, 21))]
+            send(client, predict, names, batch)
+            sent += len(batch)
             client.post(predict, json={"instances": [{"mean_radius": "not a number"}]})  # a 4xx
         time.sleep(3)  # a few scrapes and rule evaluations after the last request
         result = Run(prom=prom, exposition=client.get(app.url("/metrics")).text, rule_groups=groups)

@@ -79,8 +79,9 @@ def test_reference_bins_handle_ties(reference: dict) -> None:
 def test_vectorised_binning_matches_reference_rule(reference: dict, monitor: DriftMonitor) -> None:
     stats = reference["feature_stats"]
     # values exactly on the edges are the corner case of a right-closed rule
-    edge_values = np.array(stats["alpha"]["edges"])
-    x = np.column_stack([edge_values, edge_values, edge_values])
+    # each feature's own edges (cycled to 9 rows), plus ordinary values
+    on_edges = np.column_stack([np.resize(stats[f]["edges"], 9) for f in FEATURES])
+    x = np.vstack([on_edges, sample(np.random.default_rng(9), 500, shift=0.5)])
     monitor.observe(x, ["benign"] * len(x))
     got = monitor._bin_total
     for j, name in enumerate(FEATURES):

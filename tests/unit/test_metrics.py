@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -187,3 +190,24 @@ def test_service_metrics_are_per_registry() -> None:
     assert b.registry.get_sample_value(
         "mlservice_predictions_total", {"model_version": "1", "class": "x"}
     ) is None  # fmt: skip
+
+
+def test_multiprocess_mode_merges_worker_files(tmp_path: Path) -> None:
+    """Under PROMETHEUS_MULTIPROC_DIR, /metrics reads every worker's files (two processes here)."""
+    script = (
+        "from ml_service.metrics import ServiceMetrics, new_registry, render\n"
+        "import sys\n"
+        "m = ServiceMetrics(new_registry())\n"
+        "m.record_predictions('9', ['benign'] * int(sys.argv[1]), int(sys.argv[1]))\n"
+        "if sys.argv[2] == 'render':\n"
+        "    sys.stdout.write(render(m.registry)[0].decode())\n"
+    )
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    run = [sys.executable, "-c", script]
+    subprocess.run([*run, "3", "quiet"], env=env, check=True, timeout=120)
+    out = subprocess.run(
+        [*run, "4", "render"], env=env, check=True, timeout=120, capture_output=True, text=True
+    ).stdout
+    fams = families(out)
+    total = value(fams, "mlservice_predictions", "mlservice_predictions_total", model_version="9")
+    assert total == 7  # 3 from the first worker + 4 from the second

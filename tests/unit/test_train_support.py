@@ -1,0 +1,77 @@
+"""The shared test helpers every tier relies on: ports, HTTP waits, process-group cleanup."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from support.net import free_port, wait_http
+from support.procs import spawn, stop_group, tail
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_stop_group_ends_children_that_outlive_the_leader(tmp_path) -> None:
+    # the leader ignores SIGTERM and its child runs on: both must be gone afterwards
+    log = tmp_path / "log"
+    proc = spawn(["bash", "-c", "trap '' TERM; sleep 300 & echo child=$!; wait"], log_path=log)
+    deadline = time.monotonic() + 30
+    while "child=" not in tail(log):
+        assert time.monotonic() < deadline, "the test script did not start"
+        time.sleep(0.05)
+    child = int(tail(log).split("child=")[1].split()[0])
+    assert os.getpgid(proc.pid) == proc.pid == os.getpgid(child) != os.getpgid(0)
+    stop_group(proc, timeout=1)
+    assert proc.returncode == -signal.SIGKILL  # SIGTERM was ignored, so it took the SIGKILL
+    # the orphaned child is reaped by init asynchronously once killed
+    deadline = time.monotonic() + 10
+    while group_alive(proc.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not group_alive(proc.pid)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+def test_free_port_is_bindable() -> None:
+    import socket
+
+    port = free_port()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))
+
+
+def test_wait_http_waits_for_the_status_and_notices_dead_processes(tmp_path) -> None:
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200 if self.path == "/ok" else 503)
+            self.end_headers()
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        wait_http(f"{base}/ok", timeout=5)
+        wait_http(f"{base}/busy", timeout=5, status=503)
+        with pytest.raises(TimeoutError, match="did not answer 200"):
+            wait_http(f"{base}/busy", timeout=0.5)
+    finally:
+        server.shutdown()
+    dead = subprocess.Popen([sys.executable, "-c", "raise SystemExit(3)"])
+    dead.wait()
+    with pytest.raises(RuntimeError, match="exited with 3"):
+        wait_http(f"http://127.0.0.1:{free_port()}/", timeout=5, proc=dead)
