@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import sklearn
 import yaml
 
 from .settings import Settings
@@ -116,6 +115,9 @@ def check_versions(trained: dict[str, str], serving: dict[str, str]) -> VersionC
 
 
 def serving_versions() -> dict[str, str]:
+    # imported here: scikit-learn takes seconds to import, and the port must open first
+    import sklearn
+
     return {"scikit-learn": sklearn.__version__, "numpy": np.__version__}
 
 
