@@ -35,7 +35,8 @@ lock: $(UV) ## re-resolve requirements/*.txt from pyproject.toml (exact versions
 
 $(VENV)/.synced: requirements/dev.txt pyproject.toml | $(UV)
 	test -x $(BIN)/python || $(UV) venv -q --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip sync -q --require-hashes requirements/dev.txt
+	# Bytecode compiled once here: every server start (tests start many) would otherwise recompile.
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync -q --compile-bytecode --require-hashes requirements/dev.txt
 	VIRTUAL_ENV=$(VENV) $(UV) pip install -q --no-deps -e .
 	touch $@
 

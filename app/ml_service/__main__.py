@@ -66,6 +66,10 @@ def _quiet_exit(signum: int, frame: FrameType | None) -> None:
 
 
 def main() -> int:
+    # As PID 1 in a container, a signal without a handler is ignored: handle SIGTERM before the
+    # slow imports below, so a pod stopped during start-up exits at once instead of being killed.
+    signal.signal(signal.SIGTERM, _quiet_exit)
+    signal.signal(signal.SIGINT, _quiet_exit)
     for key, value in MLFLOW_CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     settings = Settings()
@@ -95,8 +99,6 @@ def main() -> int:
         service.shutting_down = True
 
     server = GracefulServer(config, settings, begin_shutdown)
-    signal.signal(signal.SIGTERM, _quiet_exit)
-    signal.signal(signal.SIGINT, _quiet_exit)
     server.run()
     return 0 if server.started or not server.should_exit else 1
 
