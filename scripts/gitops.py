@@ -421,18 +421,13 @@ def repo_root(start: Path) -> Path:
     return Path(out.stdout.strip())
 
 
-def cmd_release(a: argparse.Namespace) -> str:
-    new = ReleaseState(a.image_repository, a.tag, a.digest, a.model_name, str(a.model_version))
-    new.validate()
-    title = f"release({a.env}): image {a.tag[:12]}, model {a.model_name} v{a.model_version}"
-    body = (
-        f"Automated release of {new.describe()} to `{a.env}`.\n\n"
-        f"Only `environments/{a.env}/release.yaml` changes. Written by `scripts/gitops.py "
-        "release`; a newer release force-pushes this branch and updates this pull request."
-    )
+def bump_from_args(
+    a: argparse.Namespace, env: str, new: ReleaseState, title: str, body: str
+) -> str:
+    """`bump` with the options every PR-opening command shares."""
     return bump(
         a.repo,
-        a.env,
+        env,
         new,
         base=a.base,
         remote=a.remote,
@@ -442,6 +437,18 @@ def cmd_release(a: argparse.Namespace) -> str:
         title=title,
         body=body,
     )
+
+
+def cmd_release(a: argparse.Namespace) -> str:
+    new = ReleaseState(a.image_repository, a.tag, a.digest, a.model_name, str(a.model_version))
+    new.validate()
+    title = f"release({a.env}): image {a.tag[:12]}, model {a.model_name} v{a.model_version}"
+    body = (
+        f"Automated release of {new.describe()} to `{a.env}`.\n\n"
+        f"Only `environments/{a.env}/release.yaml` changes. Written by `scripts/gitops.py "
+        "release`; a newer release force-pushes this branch and updates this pull request."
+    )
+    return bump_from_args(a, a.env, new, title, body)
 
 
 def cmd_promote(a: argparse.Namespace) -> str:
@@ -469,18 +476,7 @@ def cmd_promote(a: argparse.Namespace) -> str:
             "\n\nMerging this moves the MLflow alias `champion` to model version "
             f"{new.model_version} (workflow `champion-alias`)."
         )
-    return bump(
-        a.repo,
-        a.target,
-        new,
-        base=a.base,
-        remote=a.remote,
-        force=a.force,
-        no_pr=a.no_pr,
-        render_check=a.render_check,
-        title=title,
-        body=body,
-    )
+    return bump_from_args(a, a.target, new, title, body)
 
 
 def cmd_set_alias(a: argparse.Namespace) -> str:
