@@ -27,6 +27,7 @@ bench-envs: $(foreach e,$(BENCH_ENVS),$(BENCH_DIR)/$(e)/.synced) ## competitor v
 bench-bytecode: venv bench-envs
 	for d in $(VENV) $(foreach e,$(BENCH_ENVS),$(BENCH_DIR)/$(e)); do \
 	  nice $$d/bin/python -m compileall -q -j 0 $$d/lib >/dev/null || true; done
+	nice $(BIN)/python -m compileall -q -j 0 $(ROOT)/app/ml_service >/dev/null || true
 
 bench: venv setup-bench bench-envs bench-bytecode ## benchmark ml-service vs mlflow serve, MLServer, BentoML -> docs/benchmarks.md
 	$(BIN)/python benchmarks/run.py --tools-dir $(BENCH_DIR) $(BENCH_ARGS)

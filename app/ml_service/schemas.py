@@ -13,6 +13,7 @@ from typing import Annotated, Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
+from typing_extensions import TypedDict
 
 # strict: "1.5" or true is not a number; allow_inf_nan=False: NaN/Infinity/1e999 are rejected.
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
@@ -109,6 +110,8 @@ class ModelSchemas:
     _rows: TypeAdapter
     _column: TypeAdapter
     _getter: Any
+    _fast_predict: TypeAdapter
+    _item_getter: Any
 
     @classmethod
     def build(cls, feature_names: tuple[str, ...], example: list[float] | None = None):
@@ -130,6 +133,16 @@ class ModelSchemas:
             instances=(list[instance], Field(min_length=1)),
         )
         getter = operator.attrgetter(*fields)
+        # The same rules as TypedDicts keyed by the feature names: plain dicts are ~20% cheaper
+        # to validate than model instances (the 100-row hot path). Errors still come from the
+        # model above so their wording never depends on the fast path.
+        row = TypedDict("Row", {name: FiniteFloat for name in feature_names})  # type: ignore[misc]
+        row.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+        # functional syntax: a class body could not see the local `row` (postponed annotations)
+        body = TypedDict(  # type: ignore[misc]  # noqa: UP013
+            "PredictBody", {"instances": Annotated[list[row], Field(min_length=1)]}
+        )
+        body.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
         return cls(
             feature_names=tuple(feature_names),
             instance=instance,
@@ -138,6 +151,8 @@ class ModelSchemas:
             _rows=TypeAdapter(list[list[FiniteFloat]]),
             _column=TypeAdapter(list[FiniteFloat]),
             _getter=getter,
+            _fast_predict=TypeAdapter(body),
+            _item_getter=operator.itemgetter(*feature_names),
         )
 
     def invocations_json_schema(self, instance_ref: str) -> dict[str, Any]:
@@ -194,10 +209,17 @@ class ModelSchemas:
 
     def parse_predict(self, body: bytes) -> np.ndarray:
         try:
-            request = self.predict_request.model_validate_json(body)
-        except ValidationError as exc:
-            raise InputError(safe_errors(exc)) from None
-        return self._matrix(request.instances)
+            rows = self._fast_predict.validate_json(body)["instances"]
+        except ValidationError:
+            try:
+                self.predict_request.model_validate_json(body)
+            except ValidationError as exc:
+                raise InputError(safe_errors(exc)) from None
+            raise  # the two validators disagree: a bug, not bad input
+        getter = self._item_getter
+        if len(self.feature_names) == 1:
+            return np.asarray([[getter(r)] for r in rows], dtype=np.float64)
+        return np.asarray([getter(r) for r in rows], dtype=np.float64)
 
     def _records_matrix(self, value: Any, loc: tuple) -> np.ndarray:
         try:

@@ -40,7 +40,7 @@ def test_defaults_match_the_contract() -> None:
     assert s.model_load_backoff_max_seconds == 30
     assert s.shutdown_grace_seconds == 20
     assert s.numeric_threads == 1
-    assert s.microbatch_wait_ms == 0
+    assert s.microbatch_wait_ms == 2
     assert s.model_name is None and s.model_version is None
 
 
