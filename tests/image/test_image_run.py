@@ -56,6 +56,8 @@ class LoadResult:
     ok_after_stop: int = 0  # answered 200 although SIGTERM had been sent when it was sent/running
     refused: int = 0  # connection refused once the listener closed: never in flight
     failures: list[str] = field(default_factory=list)
+    # set by the first 200: the stop waits for it, not for a fixed delay (slow on a busy machine)
+    answering: threading.Event = field(default_factory=threading.Event)
 
 
 def _load_until_closed(
@@ -86,6 +88,7 @@ def _load_until_closed(
                     result.ok_after_stop += 1
                 else:
                     result.ok_before_stop += 1
+                    result.answering.set()
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
     for thread in threads:
@@ -146,7 +149,8 @@ def exercise(
         ),
     )
     load.start()
-    time.sleep(1.5)
+    assert result.answering.wait(60), f"no request answered before the stop: {result}"
+    time.sleep(0.5)  # several requests in flight when SIGTERM lands
     stop_started = time.monotonic()
     stop_sent.set()
     stopped = docker.run(
