@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import subprocess
+import sys
 import threading
 
 import numpy as np
@@ -124,3 +127,33 @@ def test_errors_reach_the_caller(wait_ms: float) -> None:
 
     with pytest.raises(RuntimeError, match="boom"):
         asyncio.run(_run(wait_ms, _batches()[:2], Broken()))
+
+
+def test_numeric_threads_are_capped_for_libraries_loaded_after_start() -> None:
+    """The engine starts with the app, before the model brings scikit-learn's OpenMP runtime:
+    the cap must still reach it (threadpoolctl only sees libraries loaded so far). Uncapped,
+    HistGradientBoosting ran 10-50x slower on a busy node. A fresh interpreter, because this
+    one has long loaded scikit-learn."""
+    script = """
+import asyncio, json
+from ml_service.inference import InferenceEngine
+
+async def main():
+    engine = InferenceEngine(numeric_threads=1, microbatch_wait_ms=0, microbatch_max_rows=1,
+                             observe_duration=lambda _: None)
+    engine.start()
+    try:
+        import sklearn.ensemble  # noqa: F401  - loads the OpenMP runtime after start()
+        from threadpoolctl import threadpool_info
+        return await engine.run(threadpool_info)
+    finally:
+        await engine.close()
+
+print(json.dumps(asyncio.run(main())))
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    info = json.loads(out.stdout.strip().splitlines()[-1])
+    assert any(pool["user_api"] == "openmp" for pool in info), info
+    assert all(pool["num_threads"] == 1 for pool in info), info
