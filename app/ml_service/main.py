@@ -235,7 +235,8 @@ def _settle(future: asyncio.Future, result: Any, exc: BaseException | None) -> N
 # -------------------------------------------------------------------- dependencies
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:
+    # async: FastAPI runs sync dependencies on its thread pool, a hop per request for nothing.
     return request.app.state.service
 
 
@@ -247,7 +248,7 @@ def _unavailable(svc: Service) -> HTTPProblem:
     return HTTPProblem(503, reason, {"Retry-After": str(svc.settings.retry_after_seconds)})
 
 
-def require_model(svc: ServiceDep) -> LoadedModel:
+async def require_model(svc: ServiceDep) -> LoadedModel:
     if svc.model is None:
         raise _unavailable(svc)
     return svc.model
@@ -281,6 +282,12 @@ async def json_request(request: Request, svc: Service) -> tuple[LoadedModel, Mod
     model = require_model(svc)
     assert svc.schemas is not None
     return model, svc.schemas, body
+
+
+def _json_body(schema: str) -> dict[str, Any]:
+    """OpenAPI for a required JSON body: the handlers read raw bytes, so FastAPI can't infer it."""
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
 
 
 def _json(content: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
@@ -403,21 +410,13 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
         summary="Class and class probabilities per row",
         response_model=PredictResponse,
         responses=ERRORS,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
-                },
-            }
-        },
+        openapi_extra=_json_body("PredictRequest"),
     )
     async def predict(request: Request) -> Response:
-        # The service comes from app.state directly: dependency resolution costs per request.
-        svc = service
-        model, schemas, body = await json_request(request, svc)
+        # The closure's service, not a dependency: resolving one costs per request on the hot path.
+        model, schemas, body = await json_request(request, service)
         features = schemas.parse_predict(body)
-        labels, proba = await svc.predict(model, features)
+        labels, proba = await service.predict(model, features)
         classes = model.classes
         predictions = [
             {"class": label, "probabilities": dict(zip(classes, row, strict=True))}
@@ -433,26 +432,16 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
         summary="MLflow scoring-server compatible predictions",
         response_model=InvocationsResponse,
         responses=ERRORS,
-        openapi_extra={
-            "requestBody": {
-                "required": True,
-                "content": {
-                    "application/json": {
-                        "schema": {"$ref": "#/components/schemas/InvocationsRequest"}
-                    }
-                },
-            }
-        },
+        openapi_extra=_json_body("InvocationsRequest"),
     )
     async def invocations(request: Request) -> Response:
-        svc = service
-        model, schemas, body = await json_request(request, svc)
+        model, schemas, body = await json_request(request, service)
         try:
             payload = pydantic_core.from_json(body, allow_inf_nan=True)
         except ValueError:
             raise InputError([error((), "Invalid JSON", "json_invalid")]) from None
         features = schemas.parse_invocations(payload)
-        labels, _ = await svc.predict(model, features)
+        labels, _ = await service.predict(model, features)
         return _json({"predictions": labels})
 
     # ------------------------------------------------------------ OpenAPI with the model's fields

@@ -50,6 +50,17 @@ def _wait(predicate, timeout: float, what: str, container: Container, interval: 
     raise AssertionError(f"{what} not reached within {timeout:.0f}s:\n{container.logs()}")
 
 
+def _wait_healthy(container: Container) -> None:
+    """The image's own HEALTHCHECK command reports healthy."""
+    _wait(
+        lambda: container.state().get("Health", {}).get("Status") == "healthy",
+        60,
+        "HEALTHCHECK healthy",
+        container,
+        interval=0.5,
+    )
+
+
 @dataclass
 class LoadResult:
     ok_before_stop: int = 0
@@ -127,13 +138,7 @@ def exercise(
         assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-6
 
     # the image's own HEALTHCHECK command (probed every 2 s here)
-    _wait(
-        lambda: container.state().get("Health", {}).get("Status") == "healthy",
-        60,
-        "HEALTHCHECK healthy",
-        container,
-        interval=0.5,
-    )
+    _wait_healthy(container)
 
     # docker stop while requests are in flight: all of them must be answered
     stop_sent = threading.Event()
@@ -226,12 +231,6 @@ def test_baked_image_needs_no_network(docker: Docker, baked_image: str):
             return proc.returncode == 0
 
         _wait(is_ready, START_TIMEOUT, "/ready 200 without network", container, interval=1.0)
-        _wait(
-            lambda: container.state().get("Health", {}).get("Status") == "healthy",
-            60,
-            "HEALTHCHECK healthy",
-            container,
-            interval=0.5,
-        )
+        _wait_healthy(container)
         docker.run("stop", "--time", str(STOP_TIMEOUT), container.name, timeout=STOP_TIMEOUT + 30)
         assert container.state()["ExitCode"] == 0, container.logs()
