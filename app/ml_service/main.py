@@ -248,10 +248,14 @@ def _unavailable(svc: Service) -> HTTPProblem:
     return HTTPProblem(503, reason, {"Retry-After": str(svc.settings.retry_after_seconds)})
 
 
-async def require_model(svc: ServiceDep) -> LoadedModel:
+def loaded_model(svc: Service) -> LoadedModel:
     if svc.model is None:
         raise _unavailable(svc)
     return svc.model
+
+
+async def require_model(svc: ServiceDep) -> LoadedModel:
+    return loaded_model(svc)
 
 
 def _check_content_type(request: Request) -> None:
@@ -279,7 +283,7 @@ async def read_body(request: Request, limit: int) -> bytes:
 async def json_request(request: Request, svc: Service) -> tuple[LoadedModel, ModelSchemas, bytes]:
     _check_content_type(request)
     body = await read_body(request, svc.settings.max_request_bytes)
-    model = require_model(svc)
+    model = loaded_model(svc)
     assert svc.schemas is not None
     return model, svc.schemas, body
 
