@@ -244,13 +244,14 @@ def test_half_uploaded_version_is_refused_and_old_instances_keep_serving(
             old.wait_ready()
             rows = example_rows(old, http)
             # A new version whose files stopped uploading half-way, then the alias moved to it.
+            # (inside the run's artifact directory: MLflow checks a version's source is its run's)
+            run_root = client.get_run(proxied_model.run_id).info.artifact_uri
+            assert run_root.startswith("mlflow-artifacts:/"), run_root
+            source = f"{run_root}/half-upload-{damage}-{uuid.uuid4().hex[:8]}/model"
             prefix = proxied_server.artifact_uri.removeprefix(f"s3://{BUCKET}/")
-            relative = f"half-uploads/{damage}-{uuid.uuid4().hex[:8]}/model"
-            _copy_half(minio, model_objects(minio, proxied_server, proxied_model),
-                       f"{prefix}/{relative}", damage)  # fmt: skip
-            bad = client.create_model_version(
-                name, source=f"mlflow-artifacts:/{relative}", run_id=proxied_model.run_id
-            )
+            key = f"{prefix}/{source.removeprefix('mlflow-artifacts:/').strip('/')}"
+            _copy_half(minio, model_objects(minio, proxied_server, proxied_model), key, damage)
+            bad = client.create_model_version(name, source=source, run_id=proxied_model.run_id)
             client.set_registered_model_alias(name, alias, bad.version)
 
             with serve(proxied_server, f"models:/{name}@{alias}", logs_dir) as new:

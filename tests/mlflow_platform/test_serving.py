@@ -58,8 +58,9 @@ def s3_probabilities(minio: Minio, objects: dict[str, int], rows: list[dict]) ->
         fh.write(body)
         fh.flush()
         estimator = skops.io.load(fh.name, trusted=skops.io.get_untrusted_types(file=fh.name))
-    names = list(estimator.feature_names_in_)
-    return estimator.predict_proba(np.array([[r[n] for n in names] for r in rows]))
+    import pandas as pd
+
+    return estimator.predict_proba(pd.DataFrame(rows)[list(estimator.feature_names_in_)])
 
 
 def example_rows(app: AppServer, http: httpx.Client, n: int = 3) -> list[dict[str, float]]:
