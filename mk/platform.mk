@@ -6,7 +6,7 @@
 MINIO_VERSION := v0.0.0-20260212201848-7aac2a2c5b7c
 PLATFORM_CHART := charts/mlflow-platform
 
-.PHONY: setup-platform test-platform platform-chart-docs
+.PHONY: setup-platform test-platform platform-chart-docs platform-images
 SETUP_TARGETS += setup-platform
 
 setup-platform: $(CHART_STAMP)/minio-$(MINIO_VERSION) ## PostgreSQL server (apt) and MinIO (built from its Go module)
@@ -28,3 +28,13 @@ platform-chart-docs: ## regenerate charts/mlflow-platform README values table an
 	$(TOOLS)/bin/valuesschema $(PLATFORM_CHART)/values.yaml > $(PLATFORM_CHART)/values.schema.json.tmp
 	mv $(PLATFORM_CHART)/values.schema.json.tmp $(PLATFORM_CHART)/values.schema.json
 	$(TOOLS)/bin/helm-docs --chart-search-root $(PLATFORM_CHART) --template-files README.md.gotmpl --output-file README.md
+
+# The three images of charts/mlflow-platform (platform.Dockerfile), on the same local debootstrap base as
+# the serving image. Not part of `make test` (the mlflow-server venv alone takes minutes): the in-cluster
+# tier builds them. Tags: mlflow-server:<mlflow version>, mlflow-postgresql:15, mlflow-minio:<module version>.
+MLFLOW_SERVER_VERSION = $(shell sed -n 's/^mlflow==\([^ ]*\).*/\1/p' requirements/mlflow-server.txt)
+platform-images: setup-platform ## build the mlflow-server, postgresql and minio images of charts/mlflow-platform
+	mkdir -p build/platform && install -m 755 $(TOOLS)/bin/minio build/platform/minio
+	@$(DOCKER_SCRIPTS)/with-dockerd.sh $(DOCKER_SCRIPTS)/build-platform-images.sh \
+	  mlflow-server=mlflow-server:$(MLFLOW_SERVER_VERSION) postgresql=mlflow-postgresql:15 \
+	  minio=mlflow-minio:$(MINIO_VERSION)

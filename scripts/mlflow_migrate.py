@@ -116,13 +116,8 @@ def _advance_sequences(conn, meta, sa) -> None:
                 {"t": table.name, "c": column.name},
             ).scalar()
             if seq:
-                conn.execute(
-                    sa.text(
-                        f'SELECT setval(:s, COALESCE((SELECT MAX("{column.name}") '
-                        f'FROM "{table.name}"), 0) + 1, false)'
-                    ),
-                    {"s": seq},
-                )
+                top = conn.execute(sa.select(sa.func.max(column))).scalar() or 0
+                conn.execute(sa.text("SELECT setval(:s, :v, false)"), {"s": seq, "v": top + 1})
 
 
 def copy_artifacts(local_dir: Path, destination: str) -> int:

@@ -1,6 +1,6 @@
-"""Platform tier fixtures: one PostgreSQL, one MinIO, two `mlflow server`s on them (proxied artifacts
-and direct S3 access, both behind MLflow's basic auth), a model trained on each, and a recorder of
-every HTTP answer and log file for the sentinel test (test_secrets.py).
+"""Platform tier fixtures: one PostgreSQL, one MinIO, two `mlflow server`s on them (proxied
+artifacts and direct S3 access, both behind MLflow's basic auth), a model trained on each, and a
+recorder of every HTTP answer and log file for the sentinel test (test_secrets.py).
 
 Everything runs on 127.0.0.1; the servers are real processes (tests/support/mlflow_platform.py).
 """

@@ -1,7 +1,7 @@
-"""The repository deploys the platform: argocd/apps/mlflow-platform.yaml renders charts/mlflow-platform
-the way Argo CD's repo-server does, its AppProject admits exactly what it renders, and every
-environment's `mlflow.trackingUri` is that release's Service. (tests/gitops validates every Argo CD
-object, this one included, against Argo CD's own CRD schemas.)"""
+"""The repository deploys the platform: argocd/apps/mlflow-platform.yaml renders
+charts/mlflow-platform the way Argo CD's repo-server does, its AppProject admits exactly what it renders, and
+every environment's `mlflow.trackingUri` is that release's Service. (tests/gitops validates
+every Argo CD object, this one included, against Argo CD's own CRD schemas.)"""
 
 from __future__ import annotations
 
@@ -83,7 +83,9 @@ def test_environment_points_at_the_platform_service(env: str):
     (svc,) = [d for d in synced() if d["kind"] == "Service" and d["metadata"]["name"]
               == app["spec"]["source"]["helm"]["releaseName"]]  # fmt: skip
     port = svc["spec"]["ports"][0]["port"]
-    expected = f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local:{port}"
+    expected = (
+        f"http://{svc['metadata']['name']}.{svc['metadata']['namespace']}.svc.cluster.local:{port}"
+    )
     values = yaml.safe_load((ROOT / "environments" / env / "values.yaml").read_text())
     assert values["mlflow"]["trackingUri"] == expected
     # Proxied artifacts: the app's Secret carries MLflow credentials only (docs/mlflow-platform.md).

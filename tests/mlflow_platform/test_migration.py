@@ -1,6 +1,7 @@
-"""The migration path of docs/mlflow-platform.md, run once: the embedded default (`make run`: sqlite +
-a local artifact folder) -> `mlflow db upgrade` -> PostgreSQL + S3 (scripts/mlflow_migrate.py) ->
-a tracking server on the new stores -> the app serves the migrated model by its alias."""
+"""The migration path of docs/mlflow-platform.md, run once: the embedded default (`make run`:
+sqlite + a local artifact folder) -> `mlflow db upgrade` -> PostgreSQL + S3
+(scripts/mlflow_migrate.py) -> a tracking server on the new stores -> the app serves the
+migrated model by its alias."""
 
 from __future__ import annotations
 
@@ -106,5 +107,7 @@ def test_sqlite_store_migrates_to_postgresql_and_s3(
             r = http.post(app.url("/predict"), json={"instances": rows})
             assert r.status_code == 200, r.text
             expected = s3_probabilities(minio, migrated, rows)
-            got = [[p["probabilities"][c] for c in info["classes"]] for p in r.json()["predictions"]]
+            got = [
+                [p["probabilities"][c] for c in info["classes"]] for p in r.json()["predictions"]
+            ]
             np.testing.assert_allclose(got, expected, rtol=1e-12)

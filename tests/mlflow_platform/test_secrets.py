@@ -63,7 +63,9 @@ def test_no_secret_in_any_response_or_log(
     EXTRA_SECRETS.append(wrong)
     host = proxied_server.tracking_uri.removeprefix("http://")
     env = proxied_server.client_env
-    userinfo_uri = f"http://{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}@{host}"
+    userinfo_uri = (
+        f"http://{env['MLFLOW_TRACKING_USERNAME']}:{env['MLFLOW_TRACKING_PASSWORD']}@{host}"
+    )
     cases = [
         (proxied_server, proxied_model.alias_uri, {}, True),
         (direct_server, direct_model.model_uri, {}, True),

@@ -21,8 +21,8 @@ pytestmark = pytest.mark.platform
 def s3_objects(minio: Minio, prefix: str) -> dict[str, int]:
     """key -> size of every object under `prefix` (paginated)."""
     found: dict[str, int] = {}
-    for page in minio.client().get_paginator("list_objects_v2").paginate(
-        Bucket=BUCKET, Prefix=prefix
+    for page in (
+        minio.client().get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
     ):
         found.update({o["Key"]: o["Size"] for o in page.get("Contents", [])})
     return found
@@ -144,6 +144,6 @@ def test_auth_is_enforced(platform, http: httpx.Client):
     assert http.get(url, params={"name": model.name}).status_code == 401
     assert http.get(url, params={"name": model.name}, auth=("admin", "wrong")).status_code == 401
     env = server.client_env
-    ok = http.get(url, params={"name": model.name},
-                  auth=(env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"]))  # fmt: skip
+    auth = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+    ok = http.get(url, params={"name": model.name}, auth=auth)
     assert ok.status_code == 200, ok.text

@@ -1,8 +1,8 @@
-"""MLflow the way teams run it, for tests: a real PostgreSQL, a real S3 server (MinIO) and an
-`mlflow server` on top of them, all on free 127.0.0.1 ports.
+"""MLflow the way teams run it, for tests: a real PostgreSQL, a real S3 server (MinIO) and
+an `mlflow server` on top of them, all on free 127.0.0.1 ports.
 
 - `Postgres`: Debian's server binaries (`initdb`, `postgres`), a cluster in a temp dir owned by an
-  unprivileged user (PostgreSQL refuses to run as root), password auth (scram-sha-256) over TCP only.
+  unprivileged user (PostgreSQL refuses to run as root), password auth (scram-sha-256), TCP only.
 - `Minio`: the `minio` binary that `make setup-platform` builds from its Go module.
 - `platform_mlflow_server()`: `mlflow server` with `--backend-store-uri postgresql://...` and an S3
   artifact root, proxied (`--artifacts-destination s3://...`, clients hold no S3 credential) or
@@ -95,7 +95,7 @@ class Credentials:
 
 
 def service_user() -> pwd.struct_passwd | None:
-    """Who the servers run as: ourselves when unprivileged, else Debian's `postgres` (or `nobody`)."""
+    """Who the servers run as: ourselves when unprivileged, else Debian's `postgres`/`nobody`."""
     if os.geteuid() != 0:
         return None
     for name in ("postgres", "nobody"):
@@ -209,7 +209,9 @@ class Postgres:
         last: Exception | None = None
         while time.monotonic() < deadline:
             if self.process is not None and self.process.poll() is not None:
-                raise RuntimeError(f"postgres exited ({self.process.returncode}):\n{self.log_tail()}")
+                raise RuntimeError(
+                    f"postgres exited ({self.process.returncode}):\n{self.log_tail()}"
+                )
             try:
                 psycopg.connect(self.dsn("postgres"), connect_timeout=2).close()
                 return
