@@ -1,7 +1,7 @@
 """The repository deploys the platform: argocd/apps/mlflow-platform.yaml renders
-charts/mlflow-platform the way Argo CD's repo-server does, its AppProject admits exactly what it renders, and
-every environment's `mlflow.trackingUri` is that release's Service. (tests/gitops validates
-every Argo CD object, this one included, against Argo CD's own CRD schemas.)"""
+charts/mlflow-platform the way Argo CD's repo-server does, its AppProject admits exactly what it
+renders, and every environment's `mlflow.trackingUri` is that release's Service. (tests/gitops
+validates every Argo CD object, this one included, against Argo CD's own CRD schemas.)"""
 
 from __future__ import annotations
 
