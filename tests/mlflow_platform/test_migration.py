@@ -14,7 +14,7 @@ import httpx
 import numpy as np
 import pytest
 from support.app_server import app_server
-from support.mlflow import QUIET_MLFLOW_ENV, as_registered_model, mlflow_server, train
+from support.mlflow import QUIET_MLFLOW_ENV, MlflowServer, RegisteredModel
 from support.mlflow_platform import (
     BUCKET,
     Credentials,
@@ -41,19 +41,19 @@ def run(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.CompletedP
 
 
 def test_sqlite_store_migrates_to_postgresql_and_s3(
+    mlflow_server: MlflowServer,
+    registered_model: RegisteredModel,
     creds: Credentials,
     postgres: Postgres,
     minio: Minio,
     http: httpx.Client,
     logs_dir: Path,
-    tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ):
-    embedded = tmp_path / "embedded"
-    with mlflow_server(embedded) as local:  # exactly what `make run` starts
-        old = as_registered_model(
-            train(local.tracking_uri, "--alias", "champion", output_json=tmp_path / "train.json")
-        )
+    # The session's embedded server (tests/conftest.py) is exactly what `make run` starts: sqlite +
+    # `--artifacts-destination` on a local folder, with `ml-service` trained and aliased champion.
+    # It stays up, idle: the copy only reads it.
+    embedded, old = mlflow_server.data_dir, registered_model
     old_objects = sorted(p.relative_to(embedded / "artifacts").as_posix()
                          for p in (embedded / "artifacts").rglob("*") if p.is_file())  # fmt: skip
     assert any(p.endswith(".skops") for p in old_objects)

@@ -54,13 +54,14 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- printf "s3://%s/%s" .Values.s3.bucket .Values.mlflow.artifactsPrefix | trimSuffix "/" }}
 {{- end }}
 
-{{/* The Host headers MLflow accepts: the Service's DNS names, with and without the port. */}}
+{{/* The Host headers MLflow accepts (fnmatch patterns): the Service's DNS names and loopback
+(`kubectl port-forward`), with any port. */}}
 {{- define "mlflow-platform.allowedHosts" -}}
 {{- $svc := include "mlflow-platform.fullname" . }}
-{{- $hosts := list "localhost" }}
-{{- range list $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) }}
+{{- $hosts := list }}
+{{- range list "localhost" "127.0.0.1" $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) }}
 {{- $hosts = append $hosts . }}
-{{- $hosts = append $hosts (printf "%s:%d" . (int $.Values.mlflow.port)) }}
+{{- $hosts = append $hosts (printf "%s:*" .) }}
 {{- end }}
 {{- concat $hosts .Values.mlflow.allowedHosts | join "," }}
 {{- end }}
