@@ -1,4 +1,4 @@
-# Benchmarks tier (issue 7): `make bench` measures ml-service against `mlflow models serve`, MLServer and
+# Benchmarks tier: `make bench` measures ml-service against `mlflow models serve`, MLServer and
 # BentoML. `setup-bench` stays light (wrk only, for the smoke test); the competitors' virtualenvs are
 # heavy, so only `make bench` (via bench-envs) installs them.
 BENCH_DIR  := $(TOOLS)/bench
