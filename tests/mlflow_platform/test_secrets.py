@@ -81,7 +81,7 @@ def test_no_secret_in_any_response_or_log(
                 wait_for(lambda app=app: http.get(app.url("/ready")).json().get("attempts", 0) >= 2,
                          120, what="two failed attempts")  # fmt: skip
             probe(app, http)
-    # TODO(ready-contract): credentials in the tracking URI's userinfo are redacted from logs.
+    # Credentials in the tracking URI's userinfo: the app redacts them from every log line.
     with app_server(model_uri=proxied_model.model_uri, tracking_uri=userinfo_uri,
                     log_dir=logs_dir) as app:  # fmt: skip
         wait_for(lambda: http.get(app.url("/ready")).json().get("attempts", 0) >= 1, 120,
