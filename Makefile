@@ -30,8 +30,11 @@ $(UV):
 lock: $(UV) ## re-resolve requirements/*.txt from pyproject.toml (exact versions + hashes)
 	$(UV) pip compile pyproject.toml --python-version 3.11 --generate-hashes --no-emit-index-url \
 	  --no-header --quiet -o requirements/runtime.txt
-	$(UV) pip compile pyproject.toml --extra train --extra dev -c requirements/runtime.txt \
+	$(UV) pip compile pyproject.toml --extra train --extra server --extra dev -c requirements/runtime.txt \
 	  --python-version 3.11 --generate-hashes --no-emit-index-url --no-header --quiet -o requirements/dev.txt
+	# The mlflow-server image (charts/mlflow-platform): the server extra alone, same pins as dev.
+	$(UV) pip compile requirements/mlflow-server.in -c requirements/dev.txt \
+	  --python-version 3.11 --generate-hashes --no-emit-index-url --no-header --quiet -o requirements/mlflow-server.txt
 
 $(VENV)/.synced: requirements/dev.txt pyproject.toml | $(UV)
 	test -x $(BIN)/python || $(UV) venv -q --python $(PYTHON) $(VENV)

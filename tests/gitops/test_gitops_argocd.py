@@ -156,7 +156,7 @@ def test_bootstrap_is_one_app_of_apps():
     assert boot["kind"] == "Application"
     path = ROOT / boot["spec"]["source"]["path"]
     kinds = sorted(o["kind"] for f in path.glob("*.yaml") for o in load_all(f))
-    assert kinds == ["AppProject", "AppProject", "Application", "ApplicationSet"]
+    assert kinds == ["AppProject"] * 3 + ["Application"] * 2 + ["ApplicationSet"]
     urls = {
         o["spec"]["source"]["repoURL"]
         for o in objects("Application")
