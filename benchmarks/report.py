@@ -248,6 +248,8 @@ def goals(report: dict) -> list[dict]:
         lim = {x["server"]: x for x in ol["limits"]}
         ours, theirs = lim.get(primary, {}), lim.get("mlflow")
         r_ours = ours.get("max_rate_under_slo")
+        if ours and r_ours is None:
+            r_ours = 0  # over the SLO at the lowest rate already
         note = ""
         if ours.get("ladder_top_reached") and top < 3000:
             r_ours, note = None, f"not measured (the ladder stops at {top}/s)"
@@ -396,6 +398,7 @@ def plot(report: dict, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     servers = [s["key"] for s in report["servers"]]
     colors = {s: f"C{i}" for i, s in enumerate(servers)}
@@ -437,10 +440,13 @@ def plot(report: dict, path: Path) -> None:
                     markersize=8,
                 )
             if p == "p99":
-                ax.axhline(slo, color="grey", linestyle="--", linewidth=1)
-                ax.annotate(f"{slo:g} ms", (ax.get_xlim()[0], slo), fontsize=8, color="grey")
+                ax.axhline(slo, color="grey", linestyle="--", linewidth=1, label=f"{slo:g} ms")
             ax.set_xscale("log")
             ax.set_yscale("log")
+            rates = report["params"]["open_loop"]["rates"]
+            ax.set_xticks(rates, [f"{r:,}" for r in rates], rotation=45, fontsize=7)
+            ax.minorticks_off()
+            ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
             ax.set_xlabel("offered rate (req/s, constant, 1-row requests)")
             ax.set_ylabel(f"{p} latency (ms)")
             ax.set_title(
@@ -467,14 +473,16 @@ def plot(report: dict, path: Path) -> None:
             )
     ticks = [j + width * (len(servers) - 1) / 2 for j in range(len(scen))]
     titles = (
-        "closed loop: throughput (req/s, higher is better)",
+        "closed loop: throughput (req/s, log scale, higher is better)",
         "closed loop: p95 latency (ms, log scale, lower is better)",
     )
     for ax, title in zip(bars, titles, strict=True):
         ax.set_xticks(ticks, [f"{n} row{'s' * (n > 1)}, c={c}" for n, c in scen], fontsize=8)
         ax.set_title(title, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
-    bars[1].set_yscale("log")
+    for ax in bars:  # log: the HTTP floor and mlflow serve are two orders of magnitude apart
+        ax.set_yscale("log")
+        ax.yaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
     if not ol:
         bars[0].legend(fontsize=8, ncols=min(3, len(servers)))
     m, p = report["machine"], report["params"]
@@ -524,7 +532,9 @@ def _open_loop_md(report: dict) -> list[str]:
         r = x["max_rate_under_slo"]
         if r is None:
             return f"none (over at {p['rates'][0]}/s)"
-        return f"{r:,}" + (" (ladder top: not reached)" if x["ladder_top_reached"] else "")
+        return f"{r:,}" + (
+            " (the ladder's top: no limit reached)" if x["ladder_top_reached"] else ""
+        )
 
     rows = []
     for s in ol["steps"]:

@@ -118,7 +118,10 @@ def parse(argv: list[str]) -> argparse.Namespace:
     full, quick = PRESETS["full"], PRESETS["quick"]
 
     def preset(name: str) -> str:
-        return f"[{full[name]} / quick {quick[name]}]"
+        def show(v: object) -> str:
+            return ",".join(map(str, v)) if isinstance(v, list) else f"{v:g}"
+
+        return f"[{show(full[name])}; quick {show(quick[name])}]"
 
     g = p.add_argument_group("closed loop (wrk)")
     g.add_argument("--rows", type=csv(int), help=f"rows per request {preset('rows')}")
@@ -163,13 +166,24 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--model-dir", help="reuse this local MLflow model dir instead of training")
     p.add_argument("--work-dir", type=Path, default=ROOT / ".local/bench")
     p.add_argument("--tools-dir", type=Path, default=ROOT / ".tools/bench")
-    p.add_argument("--out-json", type=Path, default=HERE / "results/latest.json")
-    p.add_argument("--out-md", type=Path, default=ROOT / "docs/benchmarks.md")
-    p.add_argument("--out-png", type=Path, default=ROOT / "docs/benchmarks.png")
+    out = "(default: the published files; with --quick under WORK_DIR/quick/)"
+    p.add_argument("--out-json", type=Path, help=f"{out[:-1]}: benchmarks/results/latest.json)")
+    p.add_argument("--out-md", type=Path, help=f"{out[:-1]}: docs/benchmarks.md)")
+    p.add_argument("--out-png", type=Path, help=f"{out[:-1]}: docs/benchmarks.png)")
     args = p.parse_args(argv)
     for name, value in PRESETS["quick" if args.quick else "full"].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
+    # a quick run never overwrites the published figures unless told to
+    quick = args.work_dir / "quick"
+    published = {
+        "out_json": (HERE / "results/latest.json", quick / "latest.json"),
+        "out_md": (ROOT / "docs/benchmarks.md", quick / "benchmarks.md"),
+        "out_png": (ROOT / "docs/benchmarks.png", quick / "benchmarks.png"),
+    }
+    for name, (full_path, quick_path) in published.items():
+        if getattr(args, name) is None:
+            setattr(args, name, quick_path if args.quick else full_path)
     try:
         args.specs = specs(args)
     except ValueError as exc:
@@ -317,11 +331,11 @@ def main(argv: list[str]) -> int:
     for lim in rep.get("open_loop", {}).get("limits", []):
         print(
             f"  open loop: {lim['server']:<22} p99 < {args.slo_ms:g} ms up to "
-            f"{lim['max_rate_under_slo']} req/s (every ladder: "
-            f"{lim['max_rate_under_slo_every_ladder']})"
+            f"{lim['max_rate_under_slo'] or 'none'} req/s (in every ladder: "
+            f"{lim['max_rate_under_slo_every_ladder'] or 'none'})"
         )
     for g in rep["goals"]:
-        print(f"  {g['status']:<13} {g['goal']}: {g['value']} (target {g['target']})")
+        print(f"  {g['goal']}: {g['value'] or '-'} (target {g['target']}): {g['status']}")
     if LOAD.busy:
         print(
             f"WARNING: {len(LOAD.busy)} of {LOAD.count} measurements ran with a load "
