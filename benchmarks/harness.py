@@ -7,8 +7,9 @@
   saturation, repeated, the servers interleaved at every step: latency against offered load.
 - The model's in-process floor (floor.py), RSS growth, a py-spy profile, machine and versions.
 
-Every measurement records the machine's load average at its start and end; above the
-`LOAD.threshold` it is flagged, because the machine is shared and such figures are not published.
+Every measurement records the machine's load average at its start and end and the CPU that other
+processes used meanwhile; above `LOAD`'s thresholds it is flagged: the machine is shared, and
+figures from a busy machine are not published.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import math
 import os
 import platform
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,7 +32,7 @@ from pathlib import Path
 
 from . import HERE, ROOT, BenchError
 from .payloads import body, load_rows, predicted_rows
-from .servers import Server
+from .servers import RUNNING, Server, session_pids
 
 # An open-loop step is saturated (the server no longer keeps up) when fewer than this share of
 # its requests succeed or complete at the offered rate, or p99 passes SATURATED_P99_MS.
@@ -48,27 +50,73 @@ def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all processes have used since boot (user, nice, system). Interrupt time is
+    left out: loopback traffic at thousands of requests a second is the benchmark's own."""
+    with open("/proc/stat") as fh:
+        f = [int(x) for x in fh.readline().split()[1:4]]
+    return sum(f) / CLOCK_TICKS
+
+
+def _our_cpu_s() -> float:
+    """CPU seconds of the benchmark: this process, its exited children (wrk, vegeta, floor.py)
+    and every process of every running server's session."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    ticks = 0
+    for server in RUNNING:
+        for pid in session_pids(server.proc.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime + ticks / CLOCK_TICKS
+
+
+@dataclass(frozen=True)
+class Probe:
+    t: float
+    load: float
+    busy_s: float
+    ours_s: float
+
+
+def probe() -> Probe:
+    return Probe(time.monotonic(), loadavg()[0], _machine_busy_s(), _our_cpu_s())
+
+
 @dataclass
 class LoadLog:
-    """Load averages (1 min) around every measurement; which ones ran on a busy machine."""
+    """The machine around every measurement: 1-min load average at start and end, and the cores
+    used meanwhile by processes that are not the benchmark's. Above either threshold the
+    measurement ran on a busy machine (a benchmark at full load runs a load average of 2-3 by
+    itself on two cores, hence the default of twice the cores)."""
 
-    threshold: float = float(os.cpu_count() or 1)
+    threshold: float = 2.0 * (os.cpu_count() or 1)
+    cpu_threshold: float = 0.25
     busy: list[dict] = field(default_factory=list)
     peak: float = 0.0
+    peak_other_cpu: float = 0.0
     count: int = 0
 
-    def measure(self, what: str, start: float, end: float) -> bool:
+    def measure(self, what: str, a: Probe, b: Probe) -> dict:
+        other = ((b.busy_s - a.busy_s) - (b.ours_s - a.ours_s)) / max(b.t - a.t, 1e-3)
+        res = {"loadavg_start": a.load, "loadavg_end": b.load, "other_cpu": round(max(0, other), 2)}
         self.count += 1
-        self.peak = max(self.peak, start, end)
-        if max(start, end) <= self.threshold:
-            return False
-        self.busy.append({"what": what, "loadavg_start": start, "loadavg_end": end})
-        return True
+        self.peak = max(self.peak, a.load, b.load)
+        self.peak_other_cpu = max(self.peak_other_cpu, res["other_cpu"])
+        res["busy"] = max(a.load, b.load) > self.threshold or res["other_cpu"] > self.cpu_threshold
+        if res["busy"]:
+            self.busy.append({"what": what, **res})
+        return res
 
     def summary(self) -> dict:
         return {
             "threshold": self.threshold,
+            "cpu_threshold": self.cpu_threshold,
             "peak": self.peak,
+            "peak_other_cpu": self.peak_other_cpu,
             "measurements": self.count,
             "busy_measurements": self.busy,
         }
@@ -78,7 +126,12 @@ LOAD = LoadLog()
 
 
 def busy_note(res: dict) -> str:
-    return f"  [BUSY: load {res['loadavg_start']} -> {res['loadavg_end']}]" if res["busy"] else ""
+    if not res["busy"]:
+        return ""
+    return (
+        f"  [BUSY: load {res['loadavg_start']} -> {res['loadavg_end']}, "
+        f"{res['other_cpu']} cores used by others]"
+    )
 
 
 # ---------------------------------------------------------------- HTTP and payloads
@@ -133,9 +186,9 @@ def wrk(url: str, body_file: Path, connections: int, seconds: float, what: str =
     argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
     argv += ["-s", str(HERE / "wrk/post.lua"), url]
     env = {**os.environ, "WRK_BODY_FILE": str(body_file)}
-    start = loadavg()[0]
+    before = probe()
     out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 60)
-    end = loadavg()[0]
+    load = LOAD.measure(what, before, probe())
     line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
     if out.returncode != 0 or line is None:
         raise BenchError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
@@ -147,9 +200,7 @@ def wrk(url: str, body_file: Path, connections: int, seconds: float, what: str =
         "rps": round(raw["requests"] / secs, 2) if secs else 0.0,
         "latency_ms": {k: round(v / 1000, 3) for k, v in raw["latency_us"].items()},
         "errors": raw["errors"],
-        "loadavg_start": start,
-        "loadavg_end": end,
-        "busy": LOAD.measure(what, start, end),
+        **load,
     }
 
 
@@ -176,9 +227,9 @@ def vegeta(
     results = work / "vegeta-results.bin"
     argv = [exe, "attack", f"-rate={rate}/1s", f"-duration={seconds:g}s", "-timeout=10s"]
     argv += ["-max-body=0", f"-targets={targets}", f"-output={results}"]
-    start = loadavg()[0]
+    before = probe()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
-    end = loadavg()[0]
+    load = LOAD.measure(what or f"vegeta {rate}/s", before, probe())
     if out.returncode != 0:
         raise BenchError(f"vegeta attack failed ({out.returncode}): {out.stderr[-2000:]}")
     rep = subprocess.run(
@@ -206,9 +257,7 @@ def vegeta(
         | {"mean": round(lat["mean"] / 1e6, 3), "max": round(lat["max"] / 1e6, 3)},
         "status_codes": raw.get("status_codes") or {},
         "errors": (raw.get("errors") or [])[:5],
-        "loadavg_start": start,
-        "loadavg_end": end,
-        "busy": LOAD.measure(what or f"vegeta {rate}/s", start, end),
+        **load,
     }
     res["saturated"] = (
         res["success"] < SATURATED_SUCCESS
@@ -346,7 +395,7 @@ def rss_growth(server: Server, body_file: Path, total: int, max_seconds: float) 
 def model_floor(model_dir: Path, sizes: list[int], seconds: float) -> dict:
     """The model alone, in process (floor.py), on one numeric thread, `seconds` per timing."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_FLOOR_SECONDS": f"{seconds:g}"}
-    start = loadavg()[0]
+    before = probe()
     out = subprocess.run(
         [sys.executable, str(HERE / "floor.py"), str(model_dir), *map(str, sizes)],
         capture_output=True,
@@ -357,7 +406,7 @@ def model_floor(model_dir: Path, sizes: list[int], seconds: float) -> dict:
     )
     if out.returncode != 0:
         raise BenchError(f"floor.py failed: {out.stderr[-3000:]}")
-    LOAD.measure("in-process floor", start, loadavg()[0])
+    LOAD.measure("in-process floor", before, probe())
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 

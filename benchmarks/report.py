@@ -514,12 +514,14 @@ def _busy_warning(report: dict) -> list[str]:
     load = report["load"]
     busy, total = len(load["busy_measurements"]), load["measurements"]
     start = report["machine"]["loadavg_at_start"][0]
-    if not busy and start <= load["threshold"]:
+    if not busy and start <= load["threshold"] / 2:
         return []
     return [
         f"> **Busy machine: do not publish these figures.** The 1-minute load average was "
-        f"{start} at the start (threshold {load['threshold']:g}, the number of cores); "
-        f"{busy} of {total} measurements ran above it (peak {load['peak']}).",
+        f"{start} before the benchmark started anything; {busy} of {total} measurements ran with "
+        f"a load average above {load['threshold']:g} or while other processes used more than "
+        f"{load['cpu_threshold']:g} cores (peaks: load {load['peak']}, "
+        f"{load['peak_other_cpu']} cores).",
         "",
     ]
 

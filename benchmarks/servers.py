@@ -154,8 +154,14 @@ class Server:
         return tail(self.log_path, n)
 
 
+# Servers started and not yet stopped (the harness counts their CPU as the benchmark's own).
+RUNNING: list[Server] = []
+
+
 def stop(server: Server) -> None:
     """SIGTERM the group, SIGKILL what is left, then any process of the session that left it."""
+    with contextlib.suppress(ValueError):
+        RUNNING.remove(server)
     stop_group(server.proc, timeout=15)
     for pid in session_pids(server.proc.pid):
         with contextlib.suppress(ProcessLookupError):
@@ -236,6 +242,7 @@ def start(spec: ServerSpec, model_dir: Path, work: Path, tools: Path, timeout: f
     t0 = time.monotonic()
     proc = spawn([exe, *launch.argv[1:]], log_path=log_path, cwd=launch.cwd, env=launch.env)
     server = Server(spec, port, proc, log_path, launch.ready_path, launch.predict_path)
+    RUNNING.append(server)
     try:
         try:  # a short poll interval: start-up time is one of the figures
             wait_http(server.url(launch.ready_path), timeout=timeout, proc=proc, interval=0.05)

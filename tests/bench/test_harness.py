@@ -164,8 +164,9 @@ def test_goals_memory_floor_load_and_versions_are_reported(smoke):
     assert len(rep["machine"]["loadavg_at_start"]) == 3
     load = rep["load"]
     assert load["measurements"] >= len(rep["results"]) + len(rep["open_loop_results"])
-    assert all(r["busy"] == (max(r["loadavg_start"], r["loadavg_end"]) > load["threshold"])
-               for r in rep["results"])  # fmt: skip
+    for r in rep["results"] + rep["open_loop_results"]:
+        high = max(r["loadavg_start"], r["loadavg_end"]) > load["threshold"]
+        assert r["busy"] == (high or r["other_cpu"] > load["cpu_threshold"]), r
     assert rep["versions"]["ml-service / mlflow serve env"]["mlflow"]
     assert rep["versions"]["wrk"].startswith("wrk")
 
@@ -188,14 +189,30 @@ def test_markdown_and_plot_are_written(smoke):
 
 def test_busy_machine_is_flagged_in_the_report():
     rep = {
-        "load": {"threshold": 2.0, "peak": 11.5, "measurements": 10,
-                 "busy_measurements": [{"what": "x", "loadavg_start": 11.5, "loadavg_end": 9}]},
+        "load": {"threshold": 4.0, "cpu_threshold": 0.25, "peak": 11.5, "peak_other_cpu": 1.6,
+                 "measurements": 10, "busy_measurements": [{"what": "x"}]},
         "machine": {"loadavg_at_start": [10.2, 9.0, 8.0]},
     }  # fmt: skip
     [warning, _] = report._busy_warning(rep)
     assert "do not publish" in warning and "1 of 10" in warning and "10.2" in warning
+    assert "1.6 cores" in warning
     rep["load"]["busy_measurements"], rep["machine"]["loadavg_at_start"] = [], [0.5, 1, 1]
     assert report._busy_warning(rep) == []
+
+
+def test_load_log_counts_only_other_processes_cpu():
+    log = harness.LoadLog(threshold=4.0, cpu_threshold=0.25)
+    # 10 s in which the machine used 25 CPU-seconds, 20 of them the benchmark's own
+    others = log.measure("a", harness.Probe(0, 2.5, 100, 50), harness.Probe(10, 3.0, 125, 70))
+    assert others == {"loadavg_start": 2.5, "loadavg_end": 3.0, "other_cpu": 0.5, "busy": True}
+    ours = log.measure("b", harness.Probe(0, 2.5, 100, 50), harness.Probe(10, 3.0, 121, 70))
+    assert ours["other_cpu"] == 0.1 and not ours["busy"]
+    loaded = log.measure("c", harness.Probe(0, 9.0, 0, 0), harness.Probe(10, 9.5, 1, 1))
+    assert loaded["busy"]
+    assert [b["what"] for b in log.busy] == ["a", "c"] and log.count == 3
+    assert log.peak == 9.5 and log.peak_other_cpu == 0.5
+    p = harness.probe()  # the real one reads /proc and getrusage
+    assert p.busy_s > 0 and p.ours_s > 0 and p.load >= 0
 
 
 def test_markdown_regeneration_keeps_hand_written_text(tmp_path):
