@@ -160,6 +160,8 @@ def open_loop_summary(results: list[dict], servers: list[str], params: dict) -> 
             broken_every = broken_every or not all(p < slo for p in p99s)
             ok_median = ok_median if broken_median else rate
             ok_every = ok_every if broken_every else rate
+            if all(v["saturated"] for v in vals):
+                break  # saturated in every ladder: higher rates would only repeat it
         mine = [s for s in steps if s["server"] == server]
         limits.append(
             {
@@ -695,7 +697,7 @@ def markdown(report: dict, png_name: str) -> str:
         ),
         "",
     ]
-    variants = [s for s in report["servers"] if s["env"] or s.get("argv")]
+    variants = [s for s in report["servers"] if s["key"] != s["kind"]]
     if variants:
         out += [
             "Variants: "

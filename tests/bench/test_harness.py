@@ -264,7 +264,8 @@ def test_open_loop_limit_is_the_highest_rate_under_the_slo_at_and_below_it():
     steps = {(s["server"], s["rate"]): s for s in summary["steps"]}
     assert steps["a", 200]["p99_median"] == 25 and steps["a", 200]["p99_max"] == 900
     assert steps["a", 800]["p99_median"] is None  # 2 of 3 ladders saturated: no median
-    assert steps["b", 800] == steps["b", 800] | {"ladders": 3, "saturated": 3, "p99_median": None}
+    assert steps["b", 200] == steps["b", 200] | {"ladders": 3, "saturated": 3, "p99_median": None}
+    assert ("b", 400) not in steps  # saturated in every ladder at 200/s: no more rows
 
 
 def test_goals_say_by_how_much_they_are_missed():
