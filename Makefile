@@ -54,5 +54,5 @@ docs: venv ## regenerate the generated parts of the docs (settings table...)
 	$(BIN)/python scripts/gen_docs.py
 
 lint: venv ## ruff
-	$(BIN)/ruff check app tests scripts
-	$(BIN)/ruff format --check app tests scripts
+	$(BIN)/ruff check app tests scripts benchmarks
+	$(BIN)/ruff format --check app tests scripts benchmarks
