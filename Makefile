@@ -19,7 +19,7 @@ UV := $(TOOLS)/uv/bin/uv
 SETUP_TARGETS :=
 include $(sort $(wildcard mk/*.mk))
 
-.PHONY: help setup venv lock test lint run train serve docs
+.PHONY: help setup venv lock test lint run train serve docs version
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
@@ -49,6 +49,9 @@ setup: venv $(SETUP_TARGETS) ## install everything the tests need (apt, Go and n
 
 test: venv ## run every test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+version: ## set the project version everywhere: make version V=x.y.z
+	$(PYTHON) scripts/set_version.py "$(V)"
 
 docs: venv ## regenerate the generated parts of the docs (settings table...)
 	$(BIN)/python scripts/gen_docs.py
