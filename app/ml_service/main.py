@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
@@ -32,6 +32,24 @@ def _route_paths(routes: list) -> Iterator[str]:
             yield route.path
 
 
+class ServingApp(FastAPI):
+    """FastAPI entered through ml-service's own edge: every HTTP request passes the metrics and
+    the guard first, and the prediction routes are answered there, never entering the
+    framework's middleware stack and router (see hot_routes.py); everything else, and the
+    lifespan, is FastAPI as usual."""
+
+    edge: Callable[..., Awaitable[None]]
+
+    async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        if scope["type"] != "http":
+            return await super().__call__(scope, receive, send)
+        scope["app"] = self  # what `request.app` returns to every endpoint
+        await self.edge(scope, receive, send)
+
+    async def framework(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, registry: CollectorRegistry | None = None):
     service = Service(settings or Settings(), default_registry() if registry is None else registry)
 
@@ -48,7 +66,7 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
                 await loader
             await service.close()
 
-    app = FastAPI(
+    app = ServingApp(
         title="ml-service",
         version=__version__,
         description="Predictions from the scikit-learn model registered in MLflow.",
@@ -64,10 +82,11 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
     app.include_router(mlflow_api.router)
     errors.install(app)
     openapi.install(app, service)
-    # Added innermost first: metrics see every answer, including the guard's own refusals.
-    handlers = frozenset(_route_paths(app.routes))
     hot = {("POST", "/predict"): api.predict, ("POST", "/invocations"): mlflow_api.invocations}
-    app.add_middleware(HotRoutes, routes=hot)
-    app.add_middleware(ConnectionGuard, service=service)
-    app.add_middleware(HttpMetrics, registry=service.registry, handlers=handlers)
+    # Outermost first: metrics see every answer, including the guard's own refusals.
+    app.edge = HttpMetrics(
+        ConnectionGuard(HotRoutes(app.framework, routes=hot), service=service),
+        registry=service.registry,
+        handlers=frozenset(_route_paths(app.routes)),
+    )
     return app

@@ -54,13 +54,19 @@ def _canned(status: bytes, detail: bytes, extra: bytes = b"") -> bytes:
     )
 
 
-@dataclass(frozen=True)
+# How often the deadlines are checked: one pass over the open connections, instead of a timer
+# started and cancelled on every request.
+SWEEP_SECONDS = 0.5
+
+
+@dataclass
 class ConnectionLimits:
     header_timeout: float
     body_timeout: float
     max_connections: int
     retry_after: int
     on_closed: Callable[[str], None]
+    _sweeping: bool = False
 
     def overload_response(self) -> bytes:
         retry = b"retry-after: %d\r\n" % self.retry_after
@@ -69,6 +75,21 @@ class ConnectionLimits:
     def body_timeout_response(self) -> bytes:
         detail = b"request body not received in time (REQUEST_BODY_TIMEOUT_SECONDS)"
         return _canned(b"408 Request Timeout", detail)
+
+    def watch(self, connections: set, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the deadline sweep over the server's connections (once)."""
+        if not self._sweeping:
+            self._sweeping = True
+            loop.call_later(SWEEP_SECONDS, self._sweep, connections, loop)
+
+    def _sweep(self, connections: set, loop: asyncio.AbstractEventLoop) -> None:
+        now = loop.time()
+        for conn in list(connections):
+            if conn.idle_since is not None and now - conn.idle_since > self.header_timeout:
+                conn.cut_off("header_timeout")
+            elif conn.body_since is not None and now - conn.body_since > self.body_timeout:
+                conn.cut_off("body_timeout", self.body_timeout_response())
+        loop.call_later(SWEEP_SECONDS, self._sweep, connections, loop)
 
 
 class LimitedConnection:
@@ -81,89 +102,56 @@ class LimitedConnection:
     """
 
     limits: ConnectionLimits
-    _idle_since: float | None = None
-    _deadline: asyncio.TimerHandle | None = None
-    _body_deadline: asyncio.TimerHandle | None = None
+    idle_since: float | None = None
+    body_since: float | None = None
     _cycle_at_idle: object = None
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
         super().connection_made(transport)  # type: ignore[misc]
-        self._start_idle()
+        self._idle()
+        self.limits.watch(self.connections, self.loop)  # type: ignore[attr-defined]
         if len(self.connections) > self.limits.max_connections:  # type: ignore[attr-defined]
             self._make_room()
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)  # type: ignore[misc]
-        self._check_headers_done()
-        self._check_body_done()
+        self._progress()
 
     def on_response_complete(self) -> None:
-        self._stop_body()
-        self._start_idle()
+        self.body_since = None
+        self._idle()
         super().on_response_complete()  # type: ignore[misc]
-        self._check_headers_done()  # a pipelined request may already be complete
-        self._check_body_done()
+        self._progress()  # a pipelined request may already be complete
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._stop_idle()
-        self._stop_body()
-        super().connection_lost(exc)  # type: ignore[misc]
-
-    # ---------------------------------------------------------------- idle state
-
-    def _start_idle(self) -> None:
-        self._stop_idle()
-        loop = self.loop  # type: ignore[attr-defined]
-        self._idle_since = loop.time()
+    def _idle(self) -> None:
+        self.idle_since = self.loop.time()  # type: ignore[attr-defined]
         self._cycle_at_idle = self.cycle  # type: ignore[attr-defined]
-        self._deadline = loop.call_later(self.limits.header_timeout, self._header_timeout)
 
-    def _stop_idle(self) -> None:
-        self._idle_since = None
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
-
-    def _check_headers_done(self) -> None:
+    def _progress(self) -> None:
         cycle = self.cycle  # type: ignore[attr-defined]
-        if self._idle_since is not None and cycle is not None and cycle is not self._cycle_at_idle:
-            self._stop_idle()
-            if cycle.more_body:
-                loop = self.loop  # type: ignore[attr-defined]
-                self._body_deadline = loop.call_later(self.limits.body_timeout, self._body_late)
+        if self.idle_since is not None:
+            if cycle is not None and cycle is not self._cycle_at_idle:  # headers complete
+                self.idle_since = None
+                self.body_since = self.loop.time() if cycle.more_body else None  # type: ignore[attr-defined]
+        elif self.body_since is not None and not cycle.more_body:
+            self.body_since = None
 
-    def _check_body_done(self) -> None:
-        if self._body_deadline is not None and not self.cycle.more_body:  # type: ignore[attr-defined]
-            self._stop_body()
-
-    def _stop_body(self) -> None:
-        if self._body_deadline is not None:
-            self._body_deadline.cancel()
-            self._body_deadline = None
-
-    def _body_late(self) -> None:
-        self._body_deadline = None
+    def cut_off(self, reason: str, answer: bytes = b"") -> None:
+        """Close for `reason`; `answer` is written first if the app has not started its own."""
+        self.idle_since = self.body_since = None
+        self.limits.on_closed(reason)
         cycle = self.cycle  # type: ignore[attr-defined]
-        self.limits.on_closed("body_timeout")
-        if cycle is not None and not cycle.response_started:
+        if answer and cycle is not None and not cycle.response_started:
             cycle.response_started = cycle.response_complete = True  # the app's answer is void
-            self.transport.write(self.limits.body_timeout_response())  # type: ignore[attr-defined]
-        self.transport.close()  # type: ignore[attr-defined]
-
-    def _header_timeout(self) -> None:
-        self._deadline = None
-        self.limits.on_closed("header_timeout")
+            self.transport.write(answer)  # type: ignore[attr-defined]
         self.transport.close()  # type: ignore[attr-defined]
 
     def _make_room(self) -> None:
-        idle = [c for c in self.connections if c is not self and c._idle_since is not None]  # type: ignore[attr-defined]
+        idle = [c for c in self.connections if c is not self and c.idle_since is not None]  # type: ignore[attr-defined]
         if idle:
-            victim = min(idle, key=lambda c: c._idle_since)
-            victim._stop_idle()
-            self.limits.on_closed("idle_evicted")
-            victim.transport.close()
+            min(idle, key=lambda c: c.idle_since).cut_off("idle_evicted")
             return
-        self._stop_idle()
+        self.idle_since = None
         self.limits.on_closed("over_capacity")
         self.transport.write(self.limits.overload_response())  # type: ignore[attr-defined]
         self.transport.close()  # type: ignore[attr-defined]
