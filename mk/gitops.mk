@@ -48,7 +48,7 @@ $(ARGOCD_DIR)/.built: $(ARGOCD_SRC)/go.mod $(ARGOCD_SRC)/go.sum $(wildcard $(ARG
 	  ./appset-render $(ARGOCD_MODULE)/cmd
 	mv $(ARGOCD_DIR)/cmd $(ARGOCD_DIR)/argocd
 	for name in $(ARGOCD_COMMANDS); do ln -sf argocd $(ARGOCD_DIR)/$$name; done
-	for name in argocd appset-render $(ARGOCD_COMMANDS); do ln -sf $(ARGOCD_DIR)/$$name $(TOOLS)/bin/$$name; done
+	for name in argocd appset-render $(ARGOCD_COMMANDS); do ln -sf ../$(notdir $(ARGOCD_DIR))/$$name $(TOOLS)/bin/$$name; done
 	test -f "$$(cd $(ARGOCD_SRC) && GOTOOLCHAIN=$(ARGOCD_GOTOOLCHAIN) go list -m -f '{{.Dir}}' $(ARGOCD_MODULE))/manifests/crds/application-crd.yaml"
 	touch $@
 

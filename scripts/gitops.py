@@ -536,7 +536,8 @@ def quality_gate(a: argparse.Namespace, t: Target, new: ReleaseState):
             raise GitopsError(str(exc)) from None
     if not result.passed and result.error:
         raise GitopsError(
-            result.failure_text() + "\nNothing pushed (--override-quality-gate 'reason' ships anyway)."
+            result.failure_text()
+            + "\nNothing pushed (--override-quality-gate 'reason' ships anyway)."
         )
     if not result.passed:
         raise Refused(

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 from .conftest import (
-    APPSET,
     APPS_DIR,
+    APPSET,
     ARGOCD_DIR,
     ENVIRONMENTS,
     ROOT,
@@ -61,7 +61,9 @@ def test_repository_url_is_one_github_url_everywhere():
         if "chart" not in o["spec"]["source"]
     }
     urls |= {s["repoURL"] for s in appset["spec"]["template"]["spec"]["sources"]}
-    urls |= {g["git"]["repoURL"] for g in appset["spec"]["generators"][0]["matrix"]["generators"][1:]}
+    urls |= {
+        g["git"]["repoURL"] for g in appset["spec"]["generators"][0]["matrix"]["generators"][1:]
+    }
     urls |= set(project("ml-service")["spec"]["sourceRepos"])
     assert urls == {REPO_URL}
     notifications = (ARGOCD_DIR / "install" / "argocd-notifications-cm.patch.yaml").read_text()
@@ -165,13 +167,17 @@ def test_applicationset_uses_go_templates_with_missingkey_error(tmp_path: Path, 
 
 
 def test_renderer_refuses_an_unknown_project(tmp_path: Path, released_repo):
-    """The controller's own check: every Application must name an existing AppProject."""
+    """An Application must name an existing AppProject. With a git generator Argo CD already
+    fails while generating (it reads the project's source-integrity policy first)."""
     broken = yaml.safe_load(APPSET.read_text())
     broken["spec"]["template"]["spec"]["project"] = "ml-servic"
     path = tmp_path / "appset.yaml"
     path.write_text(yaml.safe_dump(broken))
     proc = appset_render(released_repo, path)
-    assert proc.returncode == 1 and "project ml-servic which does not exist" in proc.stderr
+    assert proc.returncode == 1
+    assert 'error getting project ml-servic: appprojects.argoproj.io "ml-servic" not found' in (
+        proc.stderr
+    )
 
 
 def test_only_prod_notifies_github(generated_apps: dict[str, dict]):

@@ -367,7 +367,9 @@ def test_promotion_that_does_not_render_is_refused(sandbox: Sandbox):
     sandbox.merge("gitops/dev")
     # staging's static values carry a key the chart's schema rejects: the target no longer renders.
     values = (ROOT / "environments/staging/values.yaml").read_text()
-    sandbox.commit_on_main("typo", **{"environments/staging/values.yaml": values + "replicaCont: 3\n"})
+    sandbox.commit_on_main(
+        "typo", **{"environments/staging/values.yaml": values + "replicaCont: 3\n"}
+    )
 
     proc = sandbox.gitops("promote", "dev", "staging")
     assert proc.returncode == 2, proc.stdout + proc.stderr

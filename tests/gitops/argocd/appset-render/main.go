@@ -18,6 +18,7 @@ package main
 import (
 	"bufio"
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -39,6 +40,7 @@ import (
 	"github.com/argoproj/argo-cd/v3/applicationset/generators"
 	"github.com/argoproj/argo-cd/v3/applicationset/services"
 	"github.com/argoproj/argo-cd/v3/applicationset/utils"
+	"github.com/argoproj/argo-cd/v3/common"
 	"github.com/argoproj/argo-cd/v3/pkg/apis/application/v1alpha1"
 	"github.com/argoproj/argo-cd/v3/util/git"
 )
@@ -126,7 +128,11 @@ func run() error {
 	if flag.NArg() != 1 {
 		return errors.New("usage: appset-render --repo DIR [--project FILE]... APPSET.yaml")
 	}
-	log.SetOutput(io.Discard) // the controller logs every generation at info level
+	// The controller logs every generation, and util/exec every git call, at info level.
+	log.SetOutput(io.Discard)
+	if os.Getenv(common.EnvLogLevel) == "" {
+		_ = os.Setenv(common.EnvLogLevel, "error")
+	}
 
 	scheme := runtime.NewScheme()
 	if err := v1alpha1.AddToScheme(scheme); err != nil {
@@ -192,7 +198,17 @@ func run() error {
 	sort.Slice(apps, func(i, j int) bool { return apps[i].Name < apps[j].Name })
 	for _, app := range apps {
 		app.APIVersion, app.Kind = "argoproj.io/v1alpha1", "Application"
-		out, err := yaml.Marshal(app)
+		// What the controller creates: no status (the application controller writes it later).
+		var obj map[string]any
+		raw, err := json.Marshal(app)
+		if err == nil {
+			err = json.Unmarshal(raw, &obj)
+		}
+		if err != nil {
+			return err
+		}
+		delete(obj, "status")
+		out, err := yaml.Marshal(obj)
 		if err != nil {
 			return err
 		}
