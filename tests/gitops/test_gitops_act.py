@@ -82,8 +82,8 @@ class ActRepo:
             "--var",
             "GITOPS_APP_ID=12345",
         ]
-        for action in ("actions/setup-python", "actions/setup-go", "actions/create-github-app-token"):
-            cmd += ["--local-repository", f"{pinned(action)}={ACT_ACTIONS / action.split('/')[1]}"]
+        for name in ("setup-python", "setup-go", "create-github-app-token"):
+            cmd += ["--local-repository", f"{pinned('actions/' + name)}={ACT_ACTIONS / name}"]
         proc = subprocess.Popen(
             [*cmd, *args],
             cwd=self.work,
@@ -117,7 +117,8 @@ class ActRepo:
         run_git(self.work, "reset", "--quiet", "--hard", "origin/main")
 
     def release_on(self, ref: str, env: str) -> dict:
-        return yaml.safe_load(run_git(self.remote, "show", f"{ref}:environments/{env}/release.yaml"))
+        path = f"{ref}:environments/{env}/release.yaml"
+        return yaml.safe_load(run_git(self.remote, "show", path))
 
 
 @pytest.fixture(scope="module")
