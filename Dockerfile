@@ -40,7 +40,7 @@ RUN find /opt/venv -depth \( \( -type d \( -name tests -o -name test \) \) \
 # the image under its 400 MB budget.
 ARG PRECOMPILE=0
 RUN if [ "$PRECOMPILE" = 1 ]; then \
-        env -u PYTHONDONTWRITEBYTECODE /opt/venv/bin/python -c 'import fastapi, uvicorn, uvicorn.lifespan.on, uvicorn.protocols.http.h11_impl, pydantic_settings, prometheus_client, prometheus_fastapi_instrumentator, yaml, numpy, pandas, sklearn, sklearn.pipeline, sklearn.compose, sklearn.preprocessing, sklearn.ensemble, sklearn.linear_model, sklearn.impute, skops.io, mlflow, mlflow.pyfunc, mlflow.sklearn, mlflow.artifacts, mlflow.tracking'; \
+        env -u PYTHONDONTWRITEBYTECODE /opt/venv/bin/python -c 'import fastapi, uvicorn, uvicorn.lifespan.on, uvicorn.protocols.http.h11_impl, pydantic_settings, prometheus_client, msgspec, yaml, numpy, pandas, sklearn, sklearn.pipeline, sklearn.compose, sklearn.preprocessing, sklearn.ensemble, sklearn.linear_model, sklearn.impute, skops.io, mlflow, mlflow.pyfunc, mlflow.sklearn, mlflow.artifacts, mlflow.tracking'; \
     fi
 
 FROM ${BASE_IMAGE} AS serve

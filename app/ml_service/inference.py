@@ -54,14 +54,19 @@ class _Call:
         self.fn, self.args, self.future = fn, args, future
 
 
-def _settle(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
+def settle(future: asyncio.Future, value: Any, exc: BaseException | None) -> None:
+    """Complete a future from the event loop, unless its awaiter was cancelled meanwhile."""
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(value)
+
+
+def _settle_all(results: list[tuple[asyncio.Future, Any, BaseException | None]]) -> None:
     for future, value, exc in results:
-        if future.done():  # the awaiting request was cancelled
-            continue
-        if exc is not None:
-            future.set_exception(exc)
-        else:
-            future.set_result(value)
+        settle(future, value, exc)
 
 
 class InferenceEngine:
@@ -165,7 +170,7 @@ class InferenceEngine:
         self._submit(batch)
 
     def _batch_done(self, results: list) -> None:
-        _settle(results)
+        _settle_all(results)
         self._busy = False
         if self._pending and self._timer is None:
             self._dispatch()
@@ -194,14 +199,14 @@ class InferenceEngine:
                 capped = True
             if isinstance(item, _Call):
                 try:
-                    self._reply(_settle, [(item.future, item.fn(*item.args), None)])
+                    self._reply(_settle_all, [(item.future, item.fn(*item.args), None)])
                 except Exception as exc:
-                    self._reply(_settle, [(item.future, None, exc)])
+                    self._reply(_settle_all, [(item.future, None, exc)])
                 continue
             results: list = []
             for chunk in self._chunks(item):
                 results += self._predict_chunk(chunk)
-            self._reply(self._batch_done if self.microbatching else _settle, results)
+            self._reply(self._batch_done if self.microbatching else _settle_all, results)
 
     def _chunks(self, batch: list[_Pending]) -> Iterator[list[_Pending]]:
         """Consecutive runs with the same model and at most max_rows rows (a single larger
@@ -252,8 +257,7 @@ class DriftSink:
     """Feeds the drift monitor from its own thread through a bounded queue.
 
     The request never waits for drift statistics, and when the monitor falls behind, batches
-    are dropped (and counted in the log) instead of growing memory: the seed's leak was an
-    unbounded per-request list.
+    are dropped (and counted in the log) instead of growing memory.
     """
 
     def __init__(self, observe: Callable[[np.ndarray, np.ndarray], Any], maxsize: int = 256):

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
+import time
 
-from fastapi import FastAPI
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     GC_COLLECTOR,
@@ -15,15 +15,18 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Summary,
+    disable_created_metrics,
     generate_latest,
     multiprocess,
 )
 from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
-from prometheus_fastapi_instrumentator import Instrumentator
-from prometheus_fastapi_instrumentator.middleware import PrometheusInstrumentatorMiddleware
-from starlette.middleware import Middleware
+
+# `*_created` timestamps double the series of every counter and histogram and nothing here reads
+# them (Prometheus stores them as separate gauges from the text format).
+disable_created_metrics()
 
 # Requests here take ~1-5 ms: the default instrumentator buckets (0.1 s and up) would hide them.
 LATENCY_BUCKETS = (
@@ -57,10 +60,9 @@ def default_registry() -> CollectorRegistry:
 
 
 class ServiceMetrics:
-    """ml-service metrics bound to one registry (app.state.metrics), not module globals."""
+    """ml-service metrics bound to one registry (each app has its own), not module globals."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
-        self.registry = registry
         # multiprocess_mode only matters under PROMETHEUS_MULTIPROC_DIR (see docs/metrics.md).
         self.model_loaded = Gauge(
             "mlservice_model_loaded",
@@ -111,6 +113,13 @@ class ServiceMetrics:
             buckets=INFERENCE_BUCKETS,
             registry=registry,
         )
+        self.connections_closed = Counter(
+            "mlservice_connections_closed_total",
+            "Connections the server closed to protect itself: header_timeout, idle_evicted "
+            "(at MAX_CONNECTIONS, the longest-idle one), over_capacity (503, all busy)",
+            ["reason"],
+            registry=registry,
+        )
         self.model_loaded.set(0)
 
     def mark_loaded(self, name: str, version: str, run_id: str, load_seconds: float) -> None:
@@ -134,47 +143,87 @@ class ServiceMetrics:
             self.predictions.labels(model_version=version, **{"class": label}).inc(n)
 
 
-class _InstrumentatorMiddleware(PrometheusInstrumentatorMiddleware):
-    """The instrumentator registers its in-progress gauge in the global registry whatever
-    `registry` says; create it in the app's registry instead (same name, labels and mode)."""
-
-    def __init__(self, app, **kwargs) -> None:
-        inprogress = kwargs.pop("should_instrument_requests_inprogress", False)
-        super().__init__(app, should_instrument_requests_inprogress=False, **kwargs)
-        if inprogress:
-            self.should_instrument_requests_inprogress = True
-            self.inprogress = Gauge(
-                self.inprogress_name,
-                "Number of HTTP requests in progress.",
-                ("method", "handler") if self.inprogress_labels else (),
-                multiprocess_mode="livesum",
-                registry=self.registry,
-            )
+# Standard methods keep their name; anything else a client invents counts as one value.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
+OTHER_METHOD = "OTHER"
+UNKNOWN_HANDLER = "none"
 
 
-def instrument(app: FastAPI, registry: CollectorRegistry) -> Instrumentator:
-    """HTTP metrics with the instrumentator's default names (`http_requests_total`...)."""
-    instrumentator = Instrumentator(
-        should_group_status_codes=True,
-        # unknown paths count under handler="none" instead of one series per scanned URL
-        should_group_untemplated=True,
-        should_instrument_requests_inprogress=True,
-        inprogress_labels=True,
-        excluded_handlers=["/metrics"],
-        registry=registry,
-    )
-    instrumentator.instrument(
-        app,
-        latency_lowr_buckets=LATENCY_BUCKETS,
-        latency_highr_buckets=LATENCY_HIGHR_BUCKETS,
-    )
-    app.user_middleware = [
-        Middleware(_InstrumentatorMiddleware, *m.args, **m.kwargs)
-        if m.cls is PrometheusInstrumentatorMiddleware
-        else m
-        for m in app.user_middleware
-    ]
-    return instrumentator
+class HttpMetrics:
+    """The HTTP series of the metrics contract (docs/metrics.md), with the names and labels of
+    prometheus-fastapi-instrumentator's defaults, as a lean ASGI middleware.
+
+    Every label takes values from a bounded set: `handler` is a route path of the app or `none`,
+    `method` a standard method or `OTHER`, `status` the class (`2xx`...). The routes here have no
+    path parameters, so the handler is one dict lookup instead of a second routing pass.
+    """
+
+    def __init__(self, app, *, registry: CollectorRegistry, handlers: frozenset[str],
+                 excluded: frozenset[str] = frozenset({"/metrics"})) -> None:  # fmt: skip
+        self.app = app
+        self.handlers = handlers - excluded
+        self.excluded = excluded
+        self.requests = Counter(
+            "http_requests_total", "Total number of requests by method, status and handler.",
+            ("method", "status", "handler"), registry=registry,
+        )  # fmt: skip
+        self.duration = Histogram(
+            "http_request_duration_seconds", "Latency with only few buckets by handler.",
+            ("method", "handler"), buckets=LATENCY_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.duration_highr = Histogram(
+            "http_request_duration_highr_seconds", "Latency with many buckets but no labels.",
+            buckets=LATENCY_HIGHR_BUCKETS, registry=registry,
+        )  # fmt: skip
+        self.request_size = Summary(
+            "http_request_size_bytes", "Content length of incoming requests by handler.",
+            ("handler",), registry=registry,
+        )  # fmt: skip
+        self.response_size = Summary(
+            "http_response_size_bytes", "Content length of outgoing responses by handler.",
+            ("handler",), registry=registry,
+        )  # fmt: skip
+        self.inprogress = Gauge(
+            "http_requests_inprogress", "Number of HTTP requests in progress.",
+            ("method", "handler"), multiprocess_mode="livesum", registry=registry,
+        )  # fmt: skip
+
+    async def __call__(self, scope, receive, send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or path in self.excluded:
+            return await self.app(scope, receive, send)
+        method = scope["method"] if scope["method"] in HTTP_METHODS else OTHER_METHOD
+        handler = path if path in self.handlers else UNKNOWN_HANDLER
+        started = time.perf_counter()
+        inprogress = self.inprogress.labels(method, handler)
+        inprogress.inc()
+        status, size = 500, 0
+
+        async def send_and_observe(message) -> None:
+            nonlocal status, size
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            elif message["type"] == "http.response.body":
+                size += len(message.get("body", b""))
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_observe)
+        finally:
+            elapsed = time.perf_counter() - started
+            inprogress.dec()
+            self.requests.labels(method, f"{str(status)[0]}xx", handler).inc()
+            self.duration.labels(method, handler).observe(elapsed)
+            self.duration_highr.observe(elapsed)
+            self.request_size.labels(handler).observe(_content_length(scope))
+            self.response_size.labels(handler).observe(size)
+
+
+def _content_length(scope) -> int:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else 0
+    return 0
 
 
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:

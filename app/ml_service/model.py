@@ -1,7 +1,9 @@
 """Find, download, check and deserialize the model named by MODEL_URI.
 
-Everything here is blocking and runs off the event loop (see `main.ModelLoader`). MLflow is
-imported lazily so the port opens before its (slow) import finishes.
+Everything here is blocking: `service.Service` runs it on a loader thread, `preflight` in the
+foreground. MLflow is imported lazily so the port opens before its (slow) import finishes.
+A failure is a `LoadError` with one of the `Reason`s below: what `/ready`, the log, the preflight
+check and the pod's termination message say, with no URL, host or credential in it.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
+from .redact import redact
+from .reference import REFERENCE_KEY, TRAINING_KEY
 from .settings import Settings
 
 log = logging.getLogger(__name__)
@@ -27,10 +33,84 @@ log = logging.getLogger(__name__)
 # skops asks which types to trust; we trust library types, never what the model file lists itself.
 TRUSTED_TYPE_PREFIXES = ("sklearn.",)
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
+# `flavors.python_function.predict_fn` values /invocations can answer (MLflow's default: predict).
+PREDICT_FNS = ("predict", "predict_proba")
+
+
+class Reason(StrEnum):
+    """Why no model is serving. The value is the `reason` of `/ready`."""
+
+    STARTING = "starting"
+    REGISTRY_UNREACHABLE = "registry_unreachable"
+    MODEL_NOT_FOUND = "model_not_found"
+    UNAUTHORIZED = "unauthorized"
+    ARTIFACTS_UNAVAILABLE = "artifacts_unavailable"
+    MODEL_REJECTED = "model_rejected"
+
+    @property
+    def message(self) -> str:
+        return REASON_MESSAGES[self]
+
+
+REASON_MESSAGES = {
+    Reason.STARTING: "loading the model",
+    Reason.REGISTRY_UNREACHABLE: "waiting for the MLflow tracking server (MLFLOW_TRACKING_URI) "
+    "to answer",
+    Reason.MODEL_NOT_FOUND: "the registry has no such model version or alias (MODEL_URI)",
+    Reason.UNAUTHORIZED: "the tracking server or artifact store refused the credentials",
+    Reason.ARTIFACTS_UNAVAILABLE: "waiting for the model files in the artifact store",
+    Reason.MODEL_REJECTED: "the model files were found but cannot be served (see the log)",
+}
+
+
+class LoadError(Exception):
+    """A failed load: `reason` is public, `detail` (redacted) is for the log only."""
+
+    def __init__(self, reason: Reason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
 
 
 class ModelRejectedError(Exception):
     """The model was found but must not serve (incompatible, not a classifier, failed smoke)."""
+
+
+def describe(exc: BaseException) -> str:
+    """First line of an exception, redacted and bounded: safe for a log line."""
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return redact(f"{type(exc).__name__}: {first[:300]}")
+
+
+_AUTH_CODES = {"UNAUTHENTICATED", "PERMISSION_DENIED", "CUSTOMER_UNAUTHORIZED"}
+_NOT_FOUND_CODES = {"RESOURCE_DOES_NOT_EXIST", "NOT_FOUND"}
+# boto/S3 error codes that mean "your credentials were refused"
+_S3_AUTH_CODES = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "403", "401"}
+
+
+def _is_auth_failure(exc: BaseException) -> bool:
+    if getattr(exc, "error_code", None) in _AUTH_CODES:
+        return True
+    response = getattr(exc, "response", None)  # botocore ClientError
+    if isinstance(response, dict):
+        code = str((response.get("Error") or {}).get("Code", ""))
+        status = str((response.get("ResponseMetadata") or {}).get("HTTPStatusCode", ""))
+        return code in _S3_AUTH_CODES or status in ("401", "403")
+    return False
+
+
+def _classify(exc: BaseException, phase: str) -> Reason:
+    if isinstance(exc, LoadError):
+        return exc.reason
+    if isinstance(exc, ModelRejectedError) or phase == "load":
+        return Reason.MODEL_REJECTED
+    if _is_auth_failure(exc):
+        return Reason.UNAUTHORIZED
+    if phase == "resolve":
+        if getattr(exc, "error_code", None) in _NOT_FOUND_CODES:
+            return Reason.MODEL_NOT_FOUND
+        return Reason.REGISTRY_UNREACHABLE
+    return Reason.ARTIFACTS_UNAVAILABLE
 
 
 @dataclass(frozen=True)
@@ -56,6 +136,12 @@ class LoadedModel:
     input_example: np.ndarray
     mismatches: list[tuple[str, str, str]]
     training_metrics: dict[str, float] = field(default_factory=dict)
+    # MLflow's own view of the model, for the MLflow scoring protocol (mlflow_api.py)
+    input_schema: Any = None  # mlflow.types.Schema
+    params_schema: Any = None  # mlflow.types.ParamSchema | None
+    predict_fn: str = "predict"
+    # Columns the model predicts on when missing (NaN): found by the smoke test, see there.
+    nan_columns: frozenset[str] = frozenset()
     load_seconds: float = 0.0
     loaded_at: str = ""
 
@@ -123,7 +209,7 @@ def serving_versions() -> dict[str, str]:
 
 def trained_versions(metadata: dict[str, Any], flavors: dict[str, Any], model_dir: Path) -> dict:
     """Versions the model was trained with: our own metadata first, then MLflow's records."""
-    training = metadata.get("ml_service_training") or {}
+    training = metadata.get(TRAINING_KEY) or {}
     found: dict[str, str] = {}
     sources = [training, training.get("versions") or {}, training.get("packages") or {}]
     aliases = {
@@ -162,7 +248,6 @@ class Resolved:
     local_dir: Path
     training_metrics: dict[str, float]
     source: str = ""
-    downloaded: bool = False
 
 
 _ALIAS_RE = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?$")
@@ -184,39 +269,55 @@ def resolve_and_download(settings: Settings, scratch: Path) -> Resolved:
             name=settings.model_name or local.name,
             version=settings.model_version or "local",
             alias=None,
-            run_id=_run_id_from_mlmodel(local),
+            run_id=str(_read_mlmodel(local).get("run_id") or ""),
             local_dir=local,
             training_metrics={},
             source=str(local),
         )
-    import mlflow
-    from mlflow import MlflowClient
-
-    tracking_uri = settings.mlflow_tracking_uri
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
-    alias = None
-    if m := _ALIAS_RE.match(settings.model_uri):
-        name, alias = m["name"], m["alias"]
-        mv = client.get_model_version_by_alias(name, alias)
-    elif m := _VERSION_RE.match(settings.model_uri):
-        name = m["name"]
-        mv = client.get_model_version(name, m["version"])
-    else:
-        raise ModelRejectedError(
-            "MODEL_URI must be models:/<name>@<alias>, models:/<name>/<version> "
-            "or a local directory containing an MLmodel file"
+    if not settings.model_uri.startswith("models:/"):
+        # neither a registry URI nor a directory holding an MLmodel file (yet): a volume that is
+        # not mounted, a typo, or a model directory still being copied
+        raise LoadError(
+            Reason.MODEL_NOT_FOUND, "MODEL_URI is not models:/... and has no MLmodel file"
         )
+    m = _ALIAS_RE.match(settings.model_uri) or _VERSION_RE.match(settings.model_uri)
+    if m is None:
+        raise LoadError(
+            Reason.MODEL_REJECTED,
+            "MODEL_URI must be models:/<name>@<alias> or models:/<name>/<version>",
+        )
+    try:
+        from mlflow import MlflowClient
+
+        tracking_uri = settings.mlflow_tracking_uri
+        client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+        name, alias = m["name"], m.groupdict().get("alias")
+        if alias:
+            mv = client.get_model_version_by_alias(name, alias)
+        else:
+            mv = client.get_model_version(name, m["version"])
+    except Exception as exc:
+        raise LoadError(_classify(exc, "resolve"), describe(exc)) from None
+
     # Pin the exact version: an alias that moves during the download must not mix versions.
     dst = Path(tempfile.mkdtemp(prefix="model-", dir=scratch))
-    path = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{name}/{mv.version}", dst_path=str(dst), tracking_uri=tracking_uri
-    )
+    try:
+        import mlflow
+
+        path = mlflow.artifacts.download_artifacts(
+            artifact_uri=f"models:/{name}/{mv.version}",
+            dst_path=str(dst),
+            tracking_uri=tracking_uri,
+        )
+    except Exception as exc:
+        shutil.rmtree(dst, ignore_errors=True)
+        raise LoadError(_classify(exc, "download"), describe(exc)) from None
     metrics: dict[str, float] = {}
     if mv.run_id:
         try:
             metrics = dict(client.get_run(mv.run_id).data.metrics)
         except Exception as exc:  # training metrics are informative only
-            log.warning("could not read training metrics of run %s: %s", mv.run_id, exc)
+            log.warning("could not read training metrics of run %s: %s", mv.run_id, describe(exc))
     return Resolved(
         name,
         str(mv.version),
@@ -225,16 +326,11 @@ def resolve_and_download(settings: Settings, scratch: Path) -> Resolved:
         Path(path),
         metrics,
         source=f"models:/{name}/{mv.version}",
-        downloaded=True,
     )
 
 
 def _read_mlmodel(model_dir: Path) -> dict[str, Any]:
     return yaml.safe_load((model_dir / "MLmodel").read_text()) or {}
-
-
-def _run_id_from_mlmodel(model_dir: Path) -> str:
-    return str(_read_mlmodel(model_dir).get("run_id") or "")
 
 
 # ---------------------------------------------------------------- loading
@@ -259,6 +355,14 @@ def _signature_columns(mlmodel: dict[str, Any]) -> tuple[tuple[str, ...], dict[s
         "outputs": json.loads(outputs) if isinstance(outputs, str) else outputs,
     }
     return tuple(names), described
+
+
+def _mlflow_signature(mlmodel: dict[str, Any]) -> tuple[Any, Any]:
+    """The signature as MLflow's own objects: its schema enforcement runs on them."""
+    from mlflow.models.signature import ModelSignature
+
+    signature = ModelSignature.from_dict(mlmodel["signature"])
+    return signature.inputs, signature.params
 
 
 def _deserialize(model_dir: Path, flavor: dict[str, Any]) -> Any:
@@ -290,13 +394,11 @@ def _input_example(model_dir: Path, mlmodel: dict[str, Any], names: tuple[str, .
     if not path.is_file():
         raise ModelRejectedError("model has no logged input example for the smoke prediction")
     doc = json.loads(path.read_text())
+    if isinstance(doc, dict) and "dataframe_split" in doc:
+        doc = doc["dataframe_split"]
     if isinstance(doc, dict) and "columns" in doc and "data" in doc:
         index = {c: i for i, c in enumerate(doc["columns"])}
         rows = [[row[index[n]] for n in names] for row in doc["data"]]
-    elif isinstance(doc, dict) and "dataframe_split" in doc:
-        inner = doc["dataframe_split"]
-        index = {c: i for i, c in enumerate(inner["columns"])}
-        rows = [[row[index[n]] for n in names] for row in inner["data"]]
     elif isinstance(doc, list):
         rows = [[rec[n] for n in names] for rec in doc]
     else:
@@ -319,6 +421,10 @@ def load_local(resolved: Resolved) -> LoadedModel:
     for package, t, s in check.mismatches:
         log.warning("dependency mismatch: %s trained with %s, serving with %s", package, t, s)
     names, signature = _signature_columns(mlmodel)
+    input_schema, params_schema = _mlflow_signature(mlmodel)
+    predict_fn = (flavors.get("python_function") or {}).get("predict_fn") or "predict"
+    if predict_fn not in PREDICT_FNS:
+        raise ModelRejectedError(f"pyfunc predict_fn {predict_fn!r} is not one of {PREDICT_FNS}")
     estimator = _deserialize(model_dir, flavors["sklearn"])
     if not hasattr(estimator, "predict_proba") or not hasattr(estimator, "classes_"):
         raise ModelRejectedError("model is not a fitted classifier with predict_proba")
@@ -340,24 +446,71 @@ def load_local(resolved: Resolved) -> LoadedModel:
         classes=tuple(str(c) for c in estimator.classes_),
         signature=signature,
         trained_with=trained,
-        reference=metadata.get("ml_service_reference"),
+        reference=metadata.get(REFERENCE_KEY),
         input_example=_input_example(model_dir, mlmodel, names),
         mismatches=check.mismatches,
         training_metrics=resolved.training_metrics,
+        input_schema=input_schema,
+        params_schema=params_schema,
+        predict_fn=predict_fn,
     )
 
 
+def fetch_and_deserialize(settings: Settings, scratch: Path) -> LoadedModel:
+    """Resolve, download and deserialize (no smoke test): every failure is a LoadError."""
+    try:
+        resolved = resolve_and_download(settings, scratch)
+        try:
+            model = load_local(resolved)
+        except Exception as exc:
+            raise LoadError(_classify(exc, "load"), describe(exc)) from None
+    finally:
+        # Everything needed is in memory now; failed attempts must not pile up downloads.
+        for child in scratch.iterdir():
+            shutil.rmtree(child, ignore_errors=True)
+    return model
+
+
 def smoke_test(model: LoadedModel) -> None:
-    """Predict on the logged input example; the model only counts as loaded if this passes."""
-    proba = np.asarray(model.predict_proba(model.input_example))
+    """Predict on the logged input example; the model only counts as loaded if this passes.
+
+    It also asks the model itself which columns it can take missing: one row per column with
+    that column NaN (then column by column if the model refuses the batch). The MLflow endpoint
+    passes missing values on only for those columns, as `mlflow models serve` would succeed;
+    for the others it answers 400 naming the column instead of failing inside the model.
+    """
+    try:
+        proba = np.asarray(model.predict_proba(model.input_example))
+    except Exception as exc:
+        raise LoadError(
+            Reason.MODEL_REJECTED, f"smoke prediction failed: {describe(exc)}"
+        ) from None
     n = model.input_example.shape[0]
     if proba.shape != (n, len(model.classes)):
-        raise ModelRejectedError(f"smoke prediction returned shape {proba.shape}")
+        raise LoadError(Reason.MODEL_REJECTED, f"smoke prediction returned shape {proba.shape}")
     if not np.all(np.isfinite(proba)) or not np.allclose(proba.sum(axis=1), 1.0, atol=1e-6):
-        raise ModelRejectedError("smoke prediction returned invalid probabilities")
+        raise LoadError(Reason.MODEL_REJECTED, "smoke prediction returned invalid probabilities")
+    model.nan_columns = _nan_columns(model)
+
+
+def _nan_columns(model: LoadedModel) -> frozenset[str]:
+    names = model.feature_names
+    probe = np.repeat(model.input_example[:1], len(names), axis=0)
+    probe[np.arange(len(names)), np.arange(len(names))] = np.nan
+    if _predicts(model, probe):
+        return frozenset(names)
+    return frozenset(n for i, n in enumerate(names) if _predicts(model, probe[i : i + 1]))
+
+
+def _predicts(model: LoadedModel, features: np.ndarray) -> bool:
+    try:
+        return bool(np.all(np.isfinite(model.predict_proba(features))))
+    except Exception:
+        return False
 
 
 def stamp(model: LoadedModel, started: float) -> LoadedModel:
+    """Record the whole load time (fetch + smoke test) once the model is accepted."""
     model.load_seconds = time.perf_counter() - started
     model.loaded_at = datetime.now(UTC).isoformat(timespec="seconds")
     return model

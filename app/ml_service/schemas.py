@@ -1,35 +1,34 @@
-"""Request/response models. The per-row model is generated from the MLflow signature at load time.
+"""The typed contract of `/predict`, generated from the model's signature at load time.
 
-Validation turns the JSON body straight into a float64 matrix in signature order; error
-messages are field-level (`loc`, `msg`, `type`) and never carry the caller's values.
+Two validators share one rule set (every feature required, a JSON number, finite; nothing else):
+- msgspec decides: it decodes the raw body straight into per-row structs and stops at the first
+  error, so the work any body can cause is bounded by its size (no error list that grows with
+  the number of bad fields, no copy of the input per error);
+- pydantic explains: for a rejected body of at most `DETAIL_BODY_BYTES`, it lists up to 20
+  field-level errors of the first bad row (and it gives `/docs` the typed request schema).
+Errors never carry the caller's values.
 """
 
 from __future__ import annotations
 
-import operator
 import re
 from dataclasses import dataclass
 from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from typing_extensions import TypedDict
 
+from .errors import ApiError, InputError, error, safe_errors
+
+# Above this, a rejected body gets msgspec's first error only: explaining more would cost
+# work that grows with what the caller sent.
+DETAIL_BODY_BYTES = 16 * 1024
+_FLOAT_MAX = float(np.finfo(np.float64).max)
 # strict: "1.5" or true is not a number; allow_inf_nan=False: NaN/Infinity/1e999 are rejected.
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
-MAX_ERRORS = 20
-MAX_LOC_CHARS = 64
-_NAME_RE = re.compile(rf"[A-Za-z_][A-Za-z0-9_.\-]{{0,{MAX_LOC_CHARS - 1}}}")
-
-
-class ErrorItem(BaseModel):
-    loc: list[str | int]
-    msg: str
-    type: str
-
-
-class ErrorBody(BaseModel):
-    detail: list[ErrorItem] | str
+FiniteFloatMsgspec = Annotated[float, msgspec.Meta(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
 
 
 class ModelRef(BaseModel):
@@ -48,55 +47,47 @@ class PredictResponse(BaseModel):
     predictions: list[Prediction]
 
 
-class InvocationsResponse(BaseModel):
-    predictions: list[str] = Field(description="predicted class label per row")
-
-
 class GenericPredictRequest(BaseModel):
     """Shown by /docs until a model is loaded (the real one names every feature)."""
 
     instances: list[dict[str, float]] = Field(min_length=1)
 
 
-class InvocationsRequest(BaseModel):
-    """MLflow scoring-server payload: exactly one of the four keys."""
-
-    model_config = ConfigDict(extra="forbid")
-    dataframe_split: dict[str, Any] | None = Field(
-        None, description='{"columns": [...], "data": [[...], ...]}'
-    )
-    dataframe_records: list[dict[str, float]] | None = None
-    instances: list[dict[str, float]] | list[list[float]] | None = None
-    inputs: list[dict[str, float]] | list[list[float]] | dict[str, list[float]] | None = None
-    params: dict[str, Any] | None = Field(None, description="accepted and ignored")
-
-
-class InputError(Exception):
-    """Client input failed validation; `errors` are safe to return (no input values)."""
-
-    def __init__(self, errors: list[dict[str, Any]]) -> None:
-        super().__init__(f"{len(errors)} validation error(s)")
-        self.errors = errors
+# msgspec's messages, mapped to the pydantic wording and types the 422 bodies use
+_MS_PATH = re.compile(r" - at `\$(?P<path>[^`]*)`$")
+_MS_PATH_PART = re.compile(r"\.(?P<key>[A-Za-z_][A-Za-z0-9_]*)|\[(?P<index>\d+)\]")
+_MS_RULES = [
+    (re.compile(r"^Object missing required field `(?P<field>.*)`"), "Field required", "missing"),
+    (
+        re.compile(r"^Object contains unknown field `(?P<field>.*)`"),
+        "Extra inputs are not permitted",
+        "extra_forbidden",
+    ),
+    (re.compile(r"^Expected `float`"), "Input should be a valid number", "float_type"),
+    (re.compile(r"^Number out of range"), "Input should be a finite number", "finite_number"),
+    (re.compile(r"^Expected `array` of length >= 1"), "List should have at least 1 item",
+     "too_short"),
+    (re.compile(r"^Expected `array`"), "Input should be a valid list", "list_type"),
+    (re.compile(r"^Expected `object`"), "Input should be an object", "model_type"),
+]  # fmt: skip
 
 
-def _loc_part(part: Any) -> str | int:
-    """Field names are named back (that is what makes errors field-level) only when they look
-    like identifiers; anything else the caller put in a key is replaced, not echoed."""
-    if isinstance(part, int):
-        return part
-    text = str(part)
-    return text if _NAME_RE.fullmatch(text) else "<field>"
-
-
-def error(loc: tuple | list, msg: str, type_: str) -> dict[str, Any]:
-    return {"loc": [_loc_part(p) for p in loc], "msg": msg, "type": type_}
-
-
-def safe_errors(exc: ValidationError, prefix: tuple = ()) -> list[dict[str, Any]]:
-    out = []
-    for e in exc.errors(include_url=False, include_context=False, include_input=False)[:MAX_ERRORS]:
-        out.append(error((*prefix, *e["loc"]), e["msg"], e["type"]))
-    return out
+def msgspec_error(exc: msgspec.MsgspecError) -> dict[str, Any]:
+    """One value-free error item from a msgspec decode/validation error."""
+    if not isinstance(exc, msgspec.ValidationError):
+        return error((), "Invalid JSON", "json_invalid")
+    text = str(exc)
+    loc: list[Any] = []
+    if m := _MS_PATH.search(text):
+        for part in _MS_PATH_PART.finditer(m["path"]):
+            loc.append(int(part["index"]) if part["index"] is not None else part["key"])
+        text = text[: m.start()]
+    for pattern, msg, type_ in _MS_RULES:
+        if hit := pattern.match(text):
+            if "field" in pattern.groupindex:
+                loc.append(hit["field"])
+            return error(loc, msg, type_)
+    return error(loc, "Input is not valid", "value_error")
 
 
 @dataclass(frozen=True)
@@ -104,23 +95,19 @@ class ModelSchemas:
     """Validators and OpenAPI schemas for one model's feature set."""
 
     feature_names: tuple[str, ...]
-    instance: type[BaseModel]
     predict_request: type[BaseModel]
-    _records: TypeAdapter
-    _rows: TypeAdapter
-    _column: TypeAdapter
-    _getter: Any
-    _fast_predict: TypeAdapter
-    _item_getter: Any
+    row_struct: type[msgspec.Struct]
+    _predict_decoder: msgspec.json.Decoder
+    _explain: TypeAdapter
 
     @classmethod
     def build(cls, feature_names: tuple[str, ...], example: list[float] | None = None):
-        # Internal names f0..fn: column names need not be identifiers or avoid BaseModel's own.
+        names = tuple(feature_names)
+        # Internal names f0..fn: column names need not be identifiers or avoid reserved ones.
         fields: dict[str, Any] = {
-            f"f{i}": (FiniteFloat, Field(alias=name, title=name))
-            for i, name in enumerate(feature_names)
+            f"f{i}": (FiniteFloat, Field(alias=name, title=name)) for i, name in enumerate(names)
         }
-        extra = {"examples": [dict(zip(feature_names, example, strict=True))]} if example else {}
+        extra = {"examples": [dict(zip(names, example, strict=True))]} if example else {}
         instance = create_model(
             "Instance",
             __config__=ConfigDict(extra="forbid", json_schema_extra=extra or None),
@@ -132,196 +119,55 @@ class ModelSchemas:
             __config__=ConfigDict(extra="forbid", json_schema_extra=request_extra),
             instances=(list[instance], Field(min_length=1)),
         )
-        getter = operator.attrgetter(*fields)
-        # The same rules as TypedDicts keyed by the feature names: plain dicts are ~20% cheaper
-        # to validate than model instances (the 100-row hot path). Errors still come from the
-        # model above so their wording never depends on the fast path.
-        row = TypedDict("Row", {name: FiniteFloat for name in feature_names})  # type: ignore[misc]
-        row.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
-        # functional syntax: a class body could not see the local `row` (postponed annotations)
-        body = TypedDict(  # type: ignore[misc]  # noqa: UP013
-            "PredictBody", {"instances": Annotated[list[row], Field(min_length=1)]}
+        row = msgspec.defstruct(
+            "Row",
+            [(f"f{i}", FiniteFloatMsgspec) for i in range(len(names))],
+            rename=dict(zip((f"f{i}" for i in range(len(names))), names, strict=True)),
+            forbid_unknown_fields=True,
         )
-        body.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+        body = msgspec.defstruct(
+            "PredictBody",
+            [("instances", Annotated[list[row], msgspec.Meta(min_length=1)])],
+            forbid_unknown_fields=True,
+        )
+        # The same rules for the explanation, stopping at the first bad row (fail_fast).
+        row_td = TypedDict("Row", {name: FiniteFloat for name in names})  # type: ignore[misc]
+        row_td.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
+        body_td = TypedDict(  # type: ignore[misc]  # noqa: UP013
+            "PredictBody",
+            {"instances": Annotated[list[row_td], Field(min_length=1, fail_fast=True)]},
+        )
+        body_td.__pydantic_config__ = ConfigDict(extra="forbid")  # type: ignore[attr-defined]
         return cls(
-            feature_names=tuple(feature_names),
-            instance=instance,
+            feature_names=names,
             predict_request=predict_request,
-            _records=TypeAdapter(list[instance]),
-            _rows=TypeAdapter(list[list[FiniteFloat]]),
-            _column=TypeAdapter(list[FiniteFloat]),
-            _getter=getter,
-            _fast_predict=TypeAdapter(body),
-            _item_getter=operator.itemgetter(*feature_names),
+            row_struct=row,
+            _predict_decoder=msgspec.json.Decoder(body),
+            _explain=TypeAdapter(body_td),
         )
 
-    def invocations_json_schema(self, instance_ref: str) -> dict[str, Any]:
-        """OpenAPI for /invocations: one of MLflow's four payload shapes, with this model's
-        columns. (Columnar `inputs` is accepted too but left out: equal column lengths
-        cannot be expressed in JSON Schema.)"""
-        n = len(self.feature_names)
-        row = {"type": "array", "items": {"type": "number"}, "minItems": n, "maxItems": n}
-        records = {"type": "array", "items": {"$ref": instance_ref}, "minItems": 1}
-        rows = {"type": "array", "items": row, "minItems": 1}
-        split = {
-            "type": "object",
-            "additionalProperties": False,
-            "required": ["columns", "data"],
-            "properties": {
-                "columns": {
-                    "type": "array",
-                    "items": {"enum": list(self.feature_names)},
-                    "minItems": n,
-                    "maxItems": n,
-                    "uniqueItems": True,
-                },
-                "data": rows,
-                "index": {"type": "array"},
-            },
-        }
+    def rows_matrix(self, rows: list[msgspec.Struct], max_rows: int) -> np.ndarray:
+        """Decoded rows → float64 matrix in signature order (413 over `max_rows`)."""
+        if len(rows) > max_rows:
+            raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+        astuple = msgspec.structs.astuple
+        return np.asarray([astuple(r) for r in rows], dtype=np.float64).reshape(
+            len(rows), len(self.feature_names)
+        )
 
-        def variant(key: str, schema: dict[str, Any]) -> dict[str, Any]:
-            return {
-                "type": "object",
-                "additionalProperties": False,
-                "required": [key],
-                "properties": {key: schema, "params": {"type": "object"}},
-            }
-
-        return {
-            "title": "InvocationsRequest",
-            "description": "MLflow scoring-server payload (exactly one format key)",
-            "oneOf": [
-                variant("dataframe_split", split),
-                variant("dataframe_records", records),
-                variant("instances", {"anyOf": [records, rows]}),
-                variant("inputs", {"anyOf": [records, rows]}),
-            ],
-        }
-
-    # ---------------------------------------------------------------- conversions
-
-    def _matrix(self, instances: list[BaseModel]) -> np.ndarray:
-        getter = self._getter
-        if len(self.feature_names) == 1:
-            return np.asarray([[getter(r)] for r in instances], dtype=np.float64)
-        return np.asarray([getter(r) for r in instances], dtype=np.float64)
-
-    def parse_predict(self, body: bytes) -> np.ndarray:
+    def parse_predict(self, body: bytes, max_rows: int) -> np.ndarray:
         try:
-            rows = self._fast_predict.validate_json(body)["instances"]
-        except ValidationError:
+            rows = self._predict_decoder.decode(body).instances
+        except msgspec.MsgspecError as exc:
+            raise InputError(self.explain(body, exc)) from None
+        return self.rows_matrix(rows, max_rows)
+
+    def explain(self, body: bytes, exc: msgspec.MsgspecError) -> list[dict[str, Any]]:
+        """Field-level errors of a rejected body: pydantic's list when the body is small,
+        msgspec's first error otherwise (or should the two ever disagree)."""
+        if len(body) <= DETAIL_BODY_BYTES:
             try:
-                self.predict_request.model_validate_json(body)
-            except ValidationError as exc:
-                raise InputError(safe_errors(exc)) from None
-            raise  # the two validators disagree: a bug, not bad input
-        getter = self._item_getter
-        if len(self.feature_names) == 1:
-            return np.asarray([[getter(r)] for r in rows], dtype=np.float64)
-        return np.asarray([getter(r) for r in rows], dtype=np.float64)
-
-    def _records_matrix(self, value: Any, loc: tuple) -> np.ndarray:
-        try:
-            return self._matrix(self._records.validate_python(value))
-        except ValidationError as exc:
-            raise InputError(safe_errors(exc, loc)) from None
-
-    def _rows_matrix(self, value: Any, loc: tuple, width: int | None = None) -> np.ndarray:
-        try:
-            rows = self._rows.validate_python(value)
-        except ValidationError as exc:
-            raise InputError(safe_errors(exc, loc)) from None
-        width = width or len(self.feature_names)
-        bad = [
-            error((*loc, i), f"Row should have {width} values, not {len(r)}", "row_length")
-            for i, r in enumerate(rows)
-            if len(r) != width
-        ]
-        if bad:
-            raise InputError(bad[:MAX_ERRORS])
-        return np.asarray(rows, dtype=np.float64).reshape(len(rows), width)
-
-    def _check_columns(self, columns: Any, loc: tuple) -> list[int]:
-        """Positions of the signature's features within `columns` (missing/unknown → errors)."""
-        if not isinstance(columns, list) or not all(isinstance(c, str) for c in columns):
-            raise InputError([error(loc, "Input should be a list of column names", "list_type")])
-        errors = []
-        known = set(self.feature_names)
-        seen: set[str] = set()
-        for i, c in enumerate(columns):
-            if c not in known:
-                errors.append(error((*loc, i), "Unknown column", "extra_forbidden"))
-            elif c in seen:
-                errors.append(error((*loc, i), "Duplicate column", "duplicate"))
-            seen.add(c)
-        errors += [error((*loc, n), "Field required", "missing") for n in known - seen]
-        if errors:
-            raise InputError(errors[:MAX_ERRORS])
-        index = {c: i for i, c in enumerate(columns)}
-        return [index[n] for n in self.feature_names]
-
-    def _columns_matrix(self, value: dict[str, Any], loc: tuple) -> np.ndarray:
-        """Columnar `inputs`: {"feature": [v0, v1, ...], ...}, every column the same length."""
-        self._check_columns(list(value), loc)
-        columns = []
-        for name in self.feature_names:
-            try:
-                columns.append(self._column.validate_python(value[name]))
-            except ValidationError as exc:
-                raise InputError(safe_errors(exc, (*loc, name))) from None
-        if len({len(c) for c in columns}) > 1:
-            raise InputError([error(loc, "All columns should have the same length", "length")])
-        return np.ascontiguousarray(np.asarray(columns, dtype=np.float64).T)
-
-    def _non_empty(self, matrix: np.ndarray, loc: tuple) -> np.ndarray:
-        if matrix.shape[0] == 0:
-            raise InputError([error(loc, "List should have at least 1 item", "too_short")])
-        return matrix
-
-    def parse_invocations(self, payload: Any) -> np.ndarray:
-        """MLflow scoring-server formats → matrix in signature order."""
-        if not isinstance(payload, dict):
-            raise InputError([error((), "Input should be an object", "model_type")])
-        formats = ("dataframe_split", "dataframe_records", "instances", "inputs")
-        present = [k for k in formats if k in payload]
-        unknown = [k for k in payload if k not in (*formats, "params")]
-        if unknown:
-            raise InputError(
-                [error((k,), "Extra inputs are not permitted", "extra_forbidden") for k in unknown]
-            )
-        if len(present) != 1:
-            msg = "Exactly one of dataframe_split, dataframe_records, instances, inputs is required"
-            raise InputError([error((), msg, "format")])
-        key = present[0]
-        value = payload[key]
-        loc = (key,)
-        if key == "dataframe_split":
-            if not isinstance(value, dict):
-                raise InputError([error(loc, "Input should be an object", "model_type")])
-            extra = [k for k in value if k not in ("columns", "data", "index")]
-            if extra:
-                raise InputError(
-                    [
-                        error((*loc, k), "Extra inputs are not permitted", "extra_forbidden")
-                        for k in extra
-                    ]
-                )
-            if "data" not in value:
-                raise InputError([error((*loc, "data"), "Field required", "missing")])
-            if "columns" in value:
-                order = self._check_columns(value["columns"], (*loc, "columns"))
-                matrix = self._rows_matrix(value["data"], (*loc, "data"), len(order))
-                matrix = matrix[:, order]
-            else:
-                matrix = self._rows_matrix(value["data"], (*loc, "data"))
-            return self._non_empty(matrix, (*loc, "data"))
-        if key == "dataframe_records":
-            return self._non_empty(self._records_matrix(value, loc), loc)
-        if isinstance(value, dict) and key == "inputs":
-            return self._non_empty(self._columns_matrix(value, loc), loc)
-        if isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
-            return self._records_matrix(value, loc)
-        if isinstance(value, list):
-            return self._non_empty(self._rows_matrix(value, loc), loc)
-        raise InputError([error(loc, "Input should be a list of objects or rows", "list_type")])
+                self._explain.validate_json(body)
+            except ValidationError as detailed:
+                return safe_errors(detailed)
+        return [msgspec_error(exc)]

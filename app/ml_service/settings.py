@@ -1,4 +1,8 @@
-"""Serving settings: plain environment variables (no prefix), validated by pydantic-settings."""
+"""Serving settings: plain environment variables (no prefix), validated by pydantic-settings.
+
+Every field's description is the user-facing documentation: the settings tables of README.md and
+docs/api.md are generated from this class (`make docs`), and a test fails when they are stale.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
 class Settings(BaseSettings):
-    """Every knob of the serving process; `docs/api.md` lists them for users."""
+    """Every knob of the serving process."""
 
     model_config = SettingsConfigDict(
         env_prefix="",
@@ -22,31 +26,83 @@ class Settings(BaseSettings):
     model_uri: str = Field(
         "models:/ml-service@champion",
         min_length=1,
-        description="models:/<name>@<alias>, models:/<name>/<version> or a local model directory",
+        description="`models:/<name>@<alias>`, `models:/<name>/<version>`, or a local model "
+        "directory (the published image sets it to its baked demo model)",
     )
     mlflow_tracking_uri: str | None = Field(
-        None, description="MLflow tracking server; credentials via MLflow's own env vars"
+        None,
+        description="tracking/registry server for `models:/` URIs; credentials through MLflow's "
+        "own `MLFLOW_TRACKING_USERNAME`, `MLFLOW_TRACKING_PASSWORD`, `MLFLOW_TRACKING_TOKEN`",
     )
-    host: str = "127.0.0.1"
-    port: int = Field(8000, ge=0, le=65535)
-    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
-    access_log: bool = Field(False, description="uvicorn access log (metrics cover traffic)")
-    max_request_bytes: int = Field(1_048_576, ge=1024)
-    max_batch_rows: int = Field(1000, ge=1)
-    model_load_backoff_max_seconds: float = Field(30.0, gt=0)
-    model_load_backoff_initial_seconds: float = Field(0.5, gt=0)
-    shutdown_grace_seconds: float = Field(20.0, ge=0)
-    # Time between SIGTERM (readiness turns 503) and closing the listener, so that load balancers
-    # stop sending traffic before the port closes. SIGINT (Ctrl-C) skips it.
-    shutdown_drain_seconds: float = Field(5.0, ge=0)
-    numeric_threads: int = Field(1, ge=1, le=64)
-    # 2 ms: ~5x the 1-row throughput at concurrency 50, no cost at concurrency 1
-    # (docs/benchmarks.md); 0 turns micro-batching off.
-    microbatch_wait_ms: float = Field(2.0, ge=0, le=1000)
-    microbatch_max_rows: int = Field(256, ge=1)
-    model_name: str | None = Field(None, description="label for a local model directory")
-    model_version: str | None = Field(None, description="label for a local model directory")
-    retry_after_seconds: int = Field(5, ge=1, description="Retry-After on 503 while no model")
+    model_name: str | None = Field(
+        None, description="label for a model served from a local directory (default: its name)"
+    )
+    model_version: str | None = Field(
+        None, description="label for a model served from a local directory (default: `local`)"
+    )
+    host: str = Field("127.0.0.1", description="listen address (the image sets `0.0.0.0`)")
+    port: int = Field(8000, ge=0, le=65535, description="listen port")
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
+        "info", description="`critical`, `error`, `warning`, `info`, `debug` or `trace`"
+    )
+    access_log: bool = Field(
+        False, description="one log line per request (the metrics already count every request)"
+    )
+    max_request_bytes: int = Field(
+        1_048_576, ge=1024, description="largest accepted request body (413 above)"
+    )
+    max_batch_rows: int = Field(1000, ge=1, description="most rows per request (413 above)")
+    request_header_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="a connection must deliver complete request headers within this time of "
+        "opening (or of its previous response); otherwise it is closed",
+    )
+    request_body_timeout_seconds: float = Field(
+        15.0,
+        gt=0,
+        description="the whole request body must arrive within this time (408 and close above)",
+    )
+    keepalive_timeout_seconds: float = Field(
+        5.0, gt=0, description="an idle keep-alive connection is closed after this time"
+    )
+    max_connections: int = Field(
+        512,
+        ge=8,
+        description="open connections at most (also kept below the open-file limit); a new "
+        "connection beyond it closes the longest-idle one, or gets 503 if none is idle",
+    )
+    model_load_backoff_initial_seconds: float = Field(
+        0.5, gt=0, description="first retry delay while the model cannot be loaded"
+    )
+    model_load_backoff_max_seconds: float = Field(
+        30.0, gt=0, description="cap of the exponential backoff (delays double, ±20 % jitter)"
+    )
+    retry_after_seconds: int = Field(
+        5, ge=1, description="`Retry-After` on 503 while no model is loaded or shutting down"
+    )
+    shutdown_drain_seconds: float = Field(
+        5.0,
+        ge=0,
+        description="after SIGTERM: how long `/ready` answers 503 (and every response says "
+        "`Connection: close`) while the port stays open, so load balancers stop routing first",
+    )
+    shutdown_grace_seconds: float = Field(
+        20.0,
+        ge=0,
+        description="then: the most time in-flight requests get to finish (503 after it)",
+    )
+    numeric_threads: int = Field(
+        1, ge=1, le=64, description="OpenMP/BLAS threads of the inference thread"
+    )
+    microbatch_wait_ms: float = Field(
+        2.0,
+        ge=0,
+        le=1000,
+        description="micro-batching: how long a batch may wait for more rows once two or more "
+        "requests are queued (a lone request never waits); `0` turns it off",
+    )
+    microbatch_max_rows: int = Field(256, ge=1, description="most rows in one micro-batch")
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -60,7 +116,3 @@ class Settings(BaseSettings):
                 "MODEL_LOAD_BACKOFF_INITIAL_SECONDS must not exceed MODEL_LOAD_BACKOFF_MAX_SECONDS"
             )
         return self
-
-    @property
-    def is_registry_uri(self) -> bool:
-        return self.model_uri.startswith("models:/")

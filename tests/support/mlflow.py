@@ -134,3 +134,44 @@ def as_registered_model(result: dict) -> RegisteredModel:
         metrics=result.get("metrics", {}),
         result=result,
     )
+
+
+@dataclass(frozen=True)
+class ScoringServer:
+    """`mlflow models serve` of one model: the reference ml-service's MLflow endpoints match."""
+
+    base_url: str
+    port: int
+    log_path: Path
+    process: subprocess.Popen = field(repr=False, compare=False)
+
+    def url(self, path: str) -> str:
+        return self.base_url + path
+
+    def log_tail(self) -> str:
+        return tail(self.log_path)
+
+
+@contextlib.contextmanager
+def scoring_server(
+    model_dir: Path, log_dir: Path, timeout: float = 120.0, **env: str
+) -> Iterator[ScoringServer]:
+    """Run MLflow's own scoring server (`mlflow models serve --env-manager local`)."""
+    port = free_port()
+    log_path = Path(log_dir) / f"mlflow-serve-{port}.log"
+    cmd = [str(Path(sys.executable).with_name("mlflow")), "models", "serve", "-m", str(model_dir),
+           "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)]  # fmt: skip
+    # it execs `uvicorn` by name: the virtualenv's bin must be on PATH
+    path = f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"
+    proc = spawn(cmd, log_path=log_path, env=mlflow_env(PATH=path, **env))
+    server = ScoringServer(f"http://127.0.0.1:{port}", port, log_path, proc)
+    try:
+        try:
+            wait_http(server.url("/ping"), timeout=timeout, proc=proc)
+        except (RuntimeError, TimeoutError) as exc:
+            raise RuntimeError(
+                f"mlflow models serve did not start: {exc}\n{server.log_tail()}"
+            ) from exc
+        yield server
+    finally:
+        stop_group(proc)

@@ -72,7 +72,6 @@ def test_plain_env_var_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert s.numeric_threads == 2
     assert s.microbatch_wait_ms == 3
     assert (s.model_name, s.model_version) == ("local-model", "7")
-    assert s.is_registry_uri
 
 
 @pytest.mark.parametrize(
@@ -102,8 +101,3 @@ def test_backoff_initial_cannot_exceed_max(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.setenv("MODEL_LOAD_BACKOFF_INITIAL_SECONDS", "5")
     with pytest.raises(ValidationError, match="MODEL_LOAD_BACKOFF_INITIAL_SECONDS"):
         Settings()
-
-
-def test_local_directory_is_not_a_registry_uri(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MODEL_URI", "/opt/model")
-    assert not Settings().is_registry_uri

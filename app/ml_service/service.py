@@ -1,0 +1,208 @@
+"""The model's life in the serving process: load in the background, serve, shut down.
+
+`Service` is what every request needs (settings, metrics, the loaded model, the inference
+engine); the app keeps one on `app.state.service` and endpoints reach it through `deps.py`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import logging
+import random
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from .drift import DriftMonitor
+from .errors import ApiError
+from .inference import DriftSink, InferenceEngine, settle
+from .metrics import ServiceMetrics
+from .model import (
+    LoadedModel,
+    LoadError,
+    Reason,
+    describe,
+    fetch_and_deserialize,
+    smoke_test,
+    stamp,
+)
+from .reference import REFERENCE_KEY
+from .schemas import ModelSchemas
+from .settings import Settings
+
+log = logging.getLogger("ml_service")
+T = TypeVar("T")
+
+
+class Service:
+    def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.metrics = ServiceMetrics(registry)
+        self.engine = InferenceEngine(
+            numeric_threads=settings.numeric_threads,
+            microbatch_wait_ms=settings.microbatch_wait_ms,
+            microbatch_max_rows=settings.microbatch_max_rows,
+            observe_duration=self.metrics.inference_duration.observe,
+            on_batch=self._observe_drift,
+        )
+        self.model: LoadedModel | None = None
+        self.schemas: ModelSchemas | None = None
+        self.classes: np.ndarray | None = None
+        self.drift: DriftSink | None = None
+        self.reason = Reason.STARTING
+        self.load_attempts = 0
+        # SIGTERM received: readiness is 503 and every response closes its connection.
+        self.shutting_down = False
+        self.scratch = Path(tempfile.mkdtemp(prefix="ml-service-"))
+        self.on_model_loaded: list[Callable[[LoadedModel], None]] = []
+
+    # ---------------------------------------------------------------- state
+
+    @property
+    def ready(self) -> bool:
+        return self.model is not None and not self.shutting_down
+
+    def unavailable(self) -> ApiError:
+        """The 503 for requests that need a model while there is none (or shutdown began)."""
+        message = "shutting down" if self.shutting_down else "model not loaded yet"
+        headers = {"Retry-After": str(self.settings.retry_after_seconds)}
+        return ApiError(503, message, headers)
+
+    def require_model(self) -> LoadedModel:
+        if self.model is None:
+            raise self.unavailable()
+        return self.model
+
+    # ---------------------------------------------------------------- loading
+
+    async def load_forever(self) -> None:
+        """Retry with capped exponential backoff (+jitter) until a model passes its smoke test."""
+        s = self.settings
+        delay = s.model_load_backoff_initial_seconds
+        while self.model is None:
+            self.load_attempts += 1
+            started = time.perf_counter()
+            try:
+                model = await _in_thread(lambda: fetch_and_deserialize(s, self.scratch))
+                await self.engine.run(smoke_test, model)
+                self._install(model, started)
+                return
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not isinstance(exc, LoadError):  # a bug of ours, not the model's
+                    exc = LoadError(Reason.MODEL_REJECTED, describe(exc))
+                self.reason = exc.reason
+                self.metrics.model_load_failures.inc()
+                log.warning(
+                    "model load attempt %d failed: %s (%s); retrying in %.1fs",
+                    self.load_attempts,
+                    exc.reason.value,
+                    exc.detail,
+                    delay,
+                )
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))  # noqa: S311 - jitter
+            delay = min(delay * 2, s.model_load_backoff_max_seconds)
+
+    def _install(self, model: LoadedModel, started: float) -> None:
+        stamp(model, started)
+        example = model.input_example[0].tolist() if len(model.input_example) else None
+        self.schemas = ModelSchemas.build(model.feature_names, example)
+        self.classes = np.asarray(model.classes, dtype=object)
+        self.drift = _drift_sink(model, self.registry)
+        self.model = model
+        self.metrics.record_mismatches(model.mismatches)
+        self.metrics.mark_loaded(model.name, model.version, model.run_id, model.load_seconds)
+        for callback in self.on_model_loaded:
+            callback(model)
+        # Start-up objects (MLflow, sklearn, the model) live as long as the process: moving them
+        # out of the collector's generations makes full collections, the tail-latency spikes
+        # under load, much shorter. (No gc.collect() first: it would delay readiness.)
+        gc.freeze()
+        log.info(
+            "model %s version %s (run %s) loaded in %.2fs",
+            model.name,
+            model.version,
+            model.run_id,
+            model.load_seconds,
+        )
+
+    # ---------------------------------------------------------------- predicting
+
+    def check_rows(self, rows: int) -> None:
+        if rows > self.settings.max_batch_rows:
+            raise ApiError(
+                413, f"at most {self.settings.max_batch_rows} rows per request (MAX_BATCH_ROWS)"
+            )
+
+    async def predict_proba(self, model: LoadedModel, features: np.ndarray) -> np.ndarray:
+        self.check_rows(features.shape[0])
+        return await self.engine.predict_proba(model, features)
+
+    def labels(self, model: LoadedModel, proba: np.ndarray) -> list[str]:
+        """Most probable class per row, counted in the prediction metrics."""
+        assert self.classes is not None
+        label_list = self.classes[np.argmax(proba, axis=1)].tolist()
+        self.metrics.record_predictions(model.version, label_list, proba.shape[0])
+        return label_list
+
+    def _observe_drift(self, features: np.ndarray, proba: np.ndarray) -> None:
+        # On the inference thread, once per predict call (a whole micro-batch at a time).
+        drift, classes = self.drift, self.classes
+        if drift is not None and classes is not None:
+            drift.submit(features, classes[np.argmax(proba, axis=1)])
+
+    async def close(self) -> None:
+        await self.engine.close()
+        if self.drift is not None:
+            self.drift.close()
+        shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _drift_sink(model: LoadedModel, registry: CollectorRegistry) -> DriftSink | None:
+    """Start the drift monitor when the model carries reference statistics."""
+    if not model.reference:
+        log.warning("model has no %s metadata; drift monitoring is off", REFERENCE_KEY)
+        return None
+    try:
+        monitor = DriftMonitor.from_model_metadata(
+            {REFERENCE_KEY: model.reference}, registry=registry
+        )
+    except Exception as exc:
+        log.warning("drift monitoring is off: %s", describe(exc))
+        return None
+    if tuple(monitor.feature_names) != model.feature_names:
+        monitor.unregister()
+        log.warning("drift reference features differ from the signature; drift monitoring is off")
+        return None
+    return DriftSink(monitor.observe)
+
+
+async def _in_thread(fn: Callable[[], T]) -> T:
+    """Run blocking work on a daemon thread: a hung MLflow call must not block process exit
+    (the default executor's threads are joined at interpreter exit)."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def runner() -> None:
+        result, error = None, None
+        try:
+            result = fn()
+        except BaseException as exc:
+            error = exc
+        # the loop may be gone when the app stopped while this thread was still loading
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(settle, future, result, error)
+
+    threading.Thread(target=runner, name="model-loader", daemon=True).start()
+    return await future
