@@ -43,7 +43,7 @@ argocd: $(ARGOCD_DIR)/.built ## build Argo CD $(ARGOCD_VERSION) and appset-rende
 # tests validate against are read from the same module in the module cache.
 $(ARGOCD_DIR)/.built: $(ARGOCD_SRC)/go.mod $(ARGOCD_SRC)/go.sum $(wildcard $(ARGOCD_SRC)/appset-render/*.go)
 	rm -rf $(ARGOCD_DIR) && mkdir -p $(ARGOCD_DIR) $(TOOLS)/bin
-	cd $(ARGOCD_SRC) && GOTOOLCHAIN=$(ARGOCD_GOTOOLCHAIN) GOFLAGS=-mod=readonly CGO_ENABLED=0 \
+	cd $(ARGOCD_SRC) && GOTOOLCHAIN=$(ARGOCD_GOTOOLCHAIN) GOFLAGS='-mod=readonly -buildvcs=false' CGO_ENABLED=0 \
 	  nice -n 10 go build -trimpath -ldflags '$(ARGOCD_LDFLAGS)' -o $(ARGOCD_DIR)/ \
 	  ./appset-render $(ARGOCD_MODULE)/cmd
 	mv $(ARGOCD_DIR)/cmd $(ARGOCD_DIR)/argocd
