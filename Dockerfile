@@ -29,10 +29,15 @@ RUN --mount=type=secret,id=pip_cert \
         --only-binary=:all: -r runtime.txt \
     && /opt/venv/bin/python -m pip uninstall --quiet --yes pip setuptools
 # Test suites, type stubs and Cython sources are never imported when serving (~55 MB).
+# botocore carries the API models of ~450 AWS services (28 MB); the app only reads S3, and the
+# credential chain may call STS (IRSA/web identity), SSO and sign-in: keep those (docs/image.md).
 RUN find /opt/venv -depth \( \( -type d \( -name tests -o -name test \) \) \
         -o -name '*.pyi' -o -name '*.pyx' -o -name '*.pxd' -o -name '*.pxi' \) \
         -exec rm -rf {} + \
     && purelib="$(/opt/venv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+    && find "$purelib/botocore/data" -mindepth 1 -maxdepth 1 -type d -not -name s3 -not -name sts \
+        -not -name sso -not -name sso-oidc -not -name signin -exec rm -rf {} + \
+    && find "$purelib/boto3/data" -mindepth 1 -maxdepth 1 -type d -not -name s3 -exec rm -rf {} + \
     && echo /opt/ml-service/app >"$purelib/ml_service_app.pth"
 # The root FS is read-only at run time, so Python cannot cache bytecode there and compiles every
 # module it imports at each start. PRECOMPILE=1 ships bytecode for the modules the server imports:

@@ -19,7 +19,7 @@ UV := $(TOOLS)/uv/bin/uv
 SETUP_TARGETS :=
 include $(sort $(wildcard mk/*.mk))
 
-.PHONY: help setup venv lock test lint run train serve
+.PHONY: help setup venv lock test lint run train serve docs version
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
@@ -30,8 +30,11 @@ $(UV):
 lock: $(UV) ## re-resolve requirements/*.txt from pyproject.toml (exact versions + hashes)
 	$(UV) pip compile pyproject.toml --python-version 3.11 --generate-hashes --no-emit-index-url \
 	  --no-header --quiet -o requirements/runtime.txt
-	$(UV) pip compile pyproject.toml --extra train --extra dev -c requirements/runtime.txt \
+	$(UV) pip compile pyproject.toml --extra train --extra server --extra dev -c requirements/runtime.txt \
 	  --python-version 3.11 --generate-hashes --no-emit-index-url --no-header --quiet -o requirements/dev.txt
+	# The mlflow-server image (charts/mlflow-platform): the server extra alone, same pins as dev.
+	$(UV) pip compile requirements/mlflow-server.in -c requirements/dev.txt \
+	  --python-version 3.11 --generate-hashes --no-emit-index-url --no-header --quiet -o requirements/mlflow-server.txt
 
 $(VENV)/.synced: requirements/dev.txt pyproject.toml | $(UV)
 	test -x $(BIN)/python || $(UV) venv -q --python $(PYTHON) $(VENV)
@@ -47,6 +50,12 @@ setup: venv $(SETUP_TARGETS) ## install everything the tests need (apt, Go and n
 test: venv ## run every test suite
 	$(BIN)/pytest $(PYTEST_ARGS)
 
+version: ## set the project version everywhere: make version V=x.y.z
+	$(PYTHON) scripts/set_version.py "$(V)"
+
+docs: venv ## regenerate the generated parts of the docs (settings table...)
+	$(BIN)/python scripts/gen_docs.py
+
 lint: venv ## ruff
-	$(BIN)/ruff check app tests scripts
-	$(BIN)/ruff format --check app tests scripts
+	$(BIN)/ruff check app tests scripts benchmarks
+	$(BIN)/ruff format --check app tests scripts benchmarks

@@ -16,7 +16,7 @@ def load_rows(model_dir: str | Path, n: int) -> tuple[list[str], list[list[float
 
 def body(kind: str, columns: list[str], rows: list[list[float]]) -> dict:
     records = [dict(zip(columns, row, strict=True)) for row in rows]
-    if kind in ("ml-service", "bentoml"):
+    if kind in ("ml-service", "bentoml", "http-floor"):  # the floor gets ml-service's bytes
         return {"instances": records}
     if kind == "mlflow":
         return {"dataframe_split": {"columns": columns, "data": rows}}
@@ -32,8 +32,11 @@ def body(kind: str, columns: list[str], rows: list[list[float]]) -> dict:
     raise ValueError(kind)
 
 
-def predicted_rows(kind: str, response: object) -> int:
-    """How many predictions a server's response carries (checked before any load is sent)."""
+def predicted_rows(kind: str, response: object) -> int | None:
+    """How many predictions a server's response carries (checked before any load is sent);
+    None for the HTTP floor, which has no model."""
+    if kind == "http-floor":
+        return None
     if kind in ("ml-service", "mlflow"):
         return len(response["predictions"])
     if kind == "mlserver":

@@ -1,18 +1,27 @@
-# Benchmarks tier (issue 7): `make bench` measures ml-service against `mlflow models serve`, MLServer and
-# BentoML. `setup-bench` stays light (wrk only, for the smoke test); the competitors' virtualenvs are
-# heavy, so only `make bench` (via bench-envs) installs them.
+# Benchmarks tier: `make bench` measures ml-service against `mlflow models serve`, MLServer and
+# BentoML. `setup-bench` stays light (wrk and vegeta, for the smoke test); the competitors'
+# virtualenvs are heavy, so only `make bench` (via bench-envs) installs them.
 BENCH_DIR  := $(TOOLS)/bench
 BENCH_REQS := benchmarks/requirements
 BENCH_ENVS := mlserver bentoml profile
-# e.g. make bench BENCH_ARGS="--duration 5 --servers ml-service,mlflow"
+# e.g. make bench BENCH_ARGS="--quick --servers ml-service,mlflow,http-floor"
 BENCH_ARGS ?=
+# Open-loop (constant-rate) load generator, built from its Go module (~1 min of CPU cold).
+VEGETA_VERSION := v12.13.0
+VEGETA_STAMP   := $(TOOLS)/bin/vegeta-$(VEGETA_VERSION)
 
 .PHONY: setup-bench bench-envs bench-bytecode bench bench-lock bench-clean
 SETUP_TARGETS += setup-bench
 
-setup-bench: ## install wrk (Debian) for the benchmark harness
+setup-bench: $(VEGETA_STAMP) ## install wrk (Debian) and vegeta (Go) for the benchmark harness
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
 	@{ wrk --version || true; } 2>&1 | head -1  # wrk exits 1 after printing its version
+
+$(VEGETA_STAMP):
+	mkdir -p $(TOOLS)/bin
+	cd /tmp && nice go install -trimpath -ldflags '-s -w -X main.Version=$(VEGETA_VERSION)' \
+	  github.com/tsenart/vegeta/v12@$(VEGETA_VERSION)
+	touch $@
 
 $(BENCH_DIR)/%/.synced: $(BENCH_REQS)/%.txt | $(UV)
 	test -x $(BENCH_DIR)/$*/bin/python || $(UV) venv -q --python $(PYTHON) $(BENCH_DIR)/$*

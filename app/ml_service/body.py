@@ -1,8 +1,8 @@
-"""Reading a request body under the limits: size (413), time (408), media type (415)."""
+"""Reading a request body under the limits: size (413) and media type (415). The time limit
+(REQUEST_BODY_TIMEOUT_SECONDS, 408) is the server's: server.py cuts off a body that is late,
+with no per-request timer here."""
 
 from __future__ import annotations
-
-import asyncio
 
 from fastapi import Request
 
@@ -17,32 +17,21 @@ def require_json(request: Request) -> None:
 
 
 async def read_body(request: Request, settings: Settings) -> bytes:
-    """The whole body, at most MAX_REQUEST_BYTES, within REQUEST_BODY_TIMEOUT_SECONDS.
+    """The whole body, at most MAX_REQUEST_BYTES.
 
     Content-Length is checked before reading; a chunked body is measured while it streams. Both
-    refusals close the connection: the rest of an oversized or stalled upload is never read.
+    refusals close the connection: the rest of an oversized upload is never read.
     """
     limit = settings.max_request_bytes
     declared = request.headers.get("content-length")
+    too_large = f"request body larger than {limit} bytes (MAX_REQUEST_BYTES)"
     if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise ApiError(
-            413, f"request body larger than {limit} bytes (MAX_REQUEST_BYTES)", close=True
-        )
+        raise ApiError(413, too_large, close=True)
     chunks: list[bytes] = []
     size = 0
-    try:
-        async with asyncio.timeout(settings.request_body_timeout_seconds):
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > limit:
-                    raise ApiError(
-                        413,
-                        f"request body larger than {limit} bytes (MAX_REQUEST_BYTES)",
-                        close=True,
-                    )
-                chunks.append(chunk)
-    except TimeoutError:
-        raise ApiError(
-            408, "request body not received in time (REQUEST_BODY_TIMEOUT_SECONDS)", close=True
-        ) from None
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, too_large, close=True)
+        chunks.append(chunk)
     return b"".join(chunks)

@@ -18,6 +18,7 @@ from prometheus_client import CollectorRegistry
 
 from . import __version__, api, errors, mlflow_api, openapi
 from .guard import ConnectionGuard
+from .hot_routes import HotRoutes
 from .metrics import HttpMetrics, default_registry
 from .service import Service
 from .settings import Settings
@@ -54,14 +55,19 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
         lifespan=lifespan,
         # A redirect would copy the caller's Host header into a Location: none are issued.
         redirect_slashes=False,
+        # FastAPI's native OpenTelemetry would check its providers on every request; the
+        # service's telemetry is its Prometheus metrics.
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.service = service
     app.include_router(api.router)
     app.include_router(mlflow_api.router)
     errors.install(app)
     openapi.install(app, service)
-    # Outermost first: metrics see every answer, including the guard's own refusals.
+    # Added innermost first: metrics see every answer, including the guard's own refusals.
     handlers = frozenset(_route_paths(app.routes))
+    hot = {("POST", "/predict"): api.predict, ("POST", "/invocations"): mlflow_api.invocations}
+    app.add_middleware(HotRoutes, routes=hot)
     app.add_middleware(ConnectionGuard, service=service)
     app.add_middleware(HttpMetrics, registry=service.registry, handlers=handlers)
     return app

@@ -115,8 +115,8 @@ class ServiceMetrics:
         )
         self.connections_closed = Counter(
             "mlservice_connections_closed_total",
-            "Connections the server closed to protect itself: header_timeout, idle_evicted "
-            "(at MAX_CONNECTIONS, the longest-idle one), over_capacity (503, all busy)",
+            "Connections the server closed to protect itself: header_timeout, body_timeout (408), "
+            "idle_evicted (at MAX_CONNECTIONS, the longest-idle one), over_capacity (503)",
             ["reason"],
             registry=registry,
         )
@@ -187,6 +187,22 @@ class HttpMetrics:
             "http_requests_inprogress", "Number of HTTP requests in progress.",
             ("method", "handler"), multiprocess_mode="livesum", registry=registry,
         )  # fmt: skip
+        self._cache: dict[tuple[str, str], tuple] = {}
+
+    def _children(self, method: str, handler: str) -> tuple:
+        """The labelled series of one (method, handler), created once: `labels()` validates and
+        locks on every call, which costs more than the observations themselves."""
+        key = (method, handler)
+        children = self._cache.get(key)
+        if children is None:
+            children = self._cache[key] = (
+                self.inprogress.labels(method, handler),
+                self.duration.labels(method, handler),
+                self.request_size.labels(handler),
+                self.response_size.labels(handler),
+                {c: self.requests.labels(method, f"{c}xx", handler) for c in "12345"},
+            )
+        return children
 
     async def __call__(self, scope, receive, send) -> None:
         path = scope.get("path", "")
@@ -194,8 +210,10 @@ class HttpMetrics:
             return await self.app(scope, receive, send)
         method = scope["method"] if scope["method"] in HTTP_METHODS else OTHER_METHOD
         handler = path if path in self.handlers else UNKNOWN_HANDLER
+        inprogress, duration, request_size, response_size, requests = self._children(
+            method, handler
+        )
         started = time.perf_counter()
-        inprogress = self.inprogress.labels(method, handler)
         inprogress.inc()
         status, size = 500, 0
 
@@ -212,11 +230,11 @@ class HttpMetrics:
         finally:
             elapsed = time.perf_counter() - started
             inprogress.dec()
-            self.requests.labels(method, f"{str(status)[0]}xx", handler).inc()
-            self.duration.labels(method, handler).observe(elapsed)
+            requests[str(status)[0]].inc()
+            duration.observe(elapsed)
             self.duration_highr.observe(elapsed)
-            self.request_size.labels(handler).observe(_content_length(scope))
-            self.response_size.labels(handler).observe(size)
+            request_size.observe(_content_length(scope))
+            response_size.observe(size)
 
 
 def _content_length(scope) -> int:

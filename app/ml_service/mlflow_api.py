@@ -118,6 +118,23 @@ def fast_path(schemas: ModelSchemas) -> FastPath:
 # ---------------------------------------------------------------- MLflow's own path
 
 
+# Columns beyond the signature that a payload may carry (ids, timestamps...): MLflow drops them;
+# past this many, the payload is refused instead of building a frame that wide.
+MAX_EXTRA_COLUMNS = 64
+
+
+def _too_wide(value: Any, width: int) -> bool:
+    """Unnamed rows (lists) or split columns wider than the signature allows."""
+    if isinstance(value, dict) and "data" in value:
+        rows = value.get("data")
+        columns = value.get("columns")
+        if isinstance(columns, list) and len(columns) > width:
+            return True
+    else:
+        rows = value
+    return isinstance(rows, list) and any(isinstance(r, list) and len(r) > width for r in rows)
+
+
 def _rows(value: Any) -> int:
     if isinstance(value, dict):
         data = value.get("data", value)
@@ -170,6 +187,11 @@ def _mlflow_frame(model: LoadedModel, payload: dict[str, Any], max_rows: int) ->
     key, value = next(iter(data.items()))
     if _rows(value) > max_rows:
         raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+    if _too_wide(value, len(model.feature_names) + MAX_EXTRA_COLUMNS):
+        raise _bad_request(
+            f"Rows are wider than the model signature plus {MAX_EXTRA_COLUMNS} extra columns.",
+            "INVALID_PARAMETER_VALUE",
+        )
     data[key] = _keep_signature_columns(value, frozenset(model.feature_names))
     try:
         frame = infer_and_parse_data(data, model.input_schema)
@@ -231,6 +253,11 @@ def _parse_csv(model: LoadedModel, body: bytes, max_rows: int) -> Any:
         ) from None
     if text.count("\n") > max_rows + 1:  # a header, then at most max_rows rows (+ final newline)
         raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+    if text.split("\n", 1)[0].count(",") >= len(model.feature_names) + MAX_EXTRA_COLUMNS:
+        raise _bad_request(
+            f"Rows are wider than the model signature plus {MAX_EXTRA_COLUMNS} extra columns.",
+            "INVALID_PARAMETER_VALUE",
+        )
     try:
         frame = parse_csv_input(io.StringIO(text), model.input_schema)
     except MlflowException:

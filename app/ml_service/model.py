@@ -359,6 +359,9 @@ def _signature_columns(mlmodel: dict[str, Any]) -> tuple[tuple[str, ...], dict[s
 
 def _mlflow_signature(mlmodel: dict[str, Any]) -> tuple[Any, Any]:
     """The signature as MLflow's own objects: its schema enforcement runs on them."""
+    # The /invocations fallback runs MLflow's scoring-server parsing: imported here, on the
+    # loader thread, not by the first request that needs it.
+    import mlflow.pyfunc.scoring_server  # noqa: F401
     from mlflow.models.signature import ModelSignature
 
     signature = ModelSignature.from_dict(mlmodel["signature"])

@@ -5,7 +5,6 @@ Timings are never asserted: the machine is shared and `make bench` reports ratio
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 import signal
@@ -15,40 +14,38 @@ from pathlib import Path
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # the harness is the `benchmarks` package at the repository root
+
+from benchmarks import BenchError, harness, report, run, servers  # noqa: E402
+
 pytestmark = pytest.mark.bench
 
-ROOT = Path(__file__).resolve().parents[2]
 RUN = ROOT / "benchmarks" / "run.py"
 CONNECTIONS = (1, 4)
 ROWS = (1, 100)
-
-
-def _load_harness():
-    sys.path.insert(0, str(RUN.parent))
-    spec = importlib.util.spec_from_file_location("bench_run", RUN)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
-    spec.loader.exec_module(module)
-    return module
-
-
-harness = _load_harness()
+RATES = (20, 100)
+LADDERS = 2
 
 
 @pytest.fixture(scope="module")
 def smoke(local_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
     if not shutil.which("wrk"):
         pytest.fail("wrk is not installed: run `make setup` (target setup-bench)")
+    harness.find_vegeta()  # BenchError naming `make setup` when missing
     out = tmp_path_factory.mktemp("bench")
     argv = [
         sys.executable, str(RUN),
         "--model-dir", str(local_model_dir),
-        "--servers", "ml-service,mlflow",
+        "--servers", "ml-service,mlflow,http-floor",
         "--microbatch-ms", "0",
         "--rows", ",".join(map(str, ROWS)),
         "--connections", ",".join(map(str, CONNECTIONS)),
         "--duration", "1", "--warmup", "0", "--rounds", "1",
-        "--rss-requests", "300", "--profile-seconds", "0",
+        "--open-loop-rates", ",".join(map(str, RATES)),
+        "--open-loop-step", "0.5", "--open-loop-repetitions", str(LADDERS),
+        "--open-loop-pause", "0",
+        "--rss-requests", "300", "--profile-seconds", "0", "--floor-seconds", "0.3",
         "--work-dir", str(out / "work"),
         "--out-json", str(out / "report.json"),
         "--out-md", str(out / "benchmarks.md"),
@@ -70,18 +67,20 @@ def smoke(local_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
     }
 
 
-SERVERS = ["ml-service", "ml-service mb=0ms", "mlflow"]
+SERVERS = ["ml-service", "ml-service mb=0ms", "mlflow", "http-floor"]
 
 
 def test_every_server_started_and_was_measured(smoke):
-    servers = {s["key"]: s for s in smoke["report"]["servers"]}
-    assert list(servers) == SERVERS
-    for s in servers.values():
+    servers_ = {s["key"]: s for s in smoke["report"]["servers"]}
+    assert list(servers_) == SERVERS
+    for s in servers_.values():
         assert s["startup_s"] > 0
         assert s["rss_at_ready"]["main_mb"] > 0
         assert s["requests_served"] > 0
     # mlflow serve runs uvicorn in a child process: the whole session is counted
-    assert servers["mlflow"]["rss_at_ready"]["processes"] >= 2
+    assert servers_["mlflow"]["rss_at_ready"]["processes"] >= 2
+    assert servers_["ml-service mb=0ms"]["env"] == {"MICROBATCH_WAIT_MS": "0"}
+    assert servers_["mlflow"]["env"] == {"OMP_NUM_THREADS": "1"}
 
 
 @pytest.mark.parametrize("rows", ROWS)
@@ -95,52 +94,131 @@ def test_every_scenario_has_throughput_and_percentiles(smoke, rows, conns):
         assert 0 < a["p50"] <= a["p95"] <= a["p99"], a
 
 
+def test_open_loop_ladders_are_interleaved_and_summarised(smoke):
+    rep = smoke["report"]
+    results = rep["open_loop_results"]
+    # every server at the first rate in every ladder, the order rotating per ladder
+    for ladder in range(1, LADDERS + 1):
+        first = [
+            r["server"] for r in results if r["repetition"] == ladder and r["rate"] == RATES[0]
+        ]
+        assert sorted(first) == sorted(SERVERS), first
+    firsts = [next(r["server"] for r in results if r["repetition"] == k) for k in (1, 2)]
+    assert firsts[0] != firsts[1]
+    for r in results:
+        assert r["requests"] > 0 and r["sent_rate"] > 0, r
+        assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"], r
+        assert r["loadavg_start"] >= 0 and r["loadavg_end"] >= 0
+    steps = {(s["server"], s["rate"]): s for s in rep["open_loop"]["steps"]}
+    for server in SERVERS:
+        s = steps[server, RATES[0]]
+        assert s["ladders"] == LADDERS, s
+        if not s["saturated"]:
+            assert s["p99_min"] <= s["p99_median"] <= s["p99_max"], s
+    limits = {x["server"]: x for x in rep["open_loop"]["limits"]}
+    assert set(limits) == set(SERVERS)
+    for x in limits.values():
+        assert x["max_rate_under_slo"] in (None, *RATES)
+        every = x["max_rate_under_slo_every_ladder"]
+        assert every is None or every <= x["max_rate_under_slo"]
+    assert rep["versions"]["vegeta"] == "vegeta v12.13.0"
+
+
 def test_ratios_are_paired_per_scenario(smoke):
     ratios = smoke["report"]["ratios"]
     got = {(r["ours"], r["theirs"], r["rows"], r["connections"]) for r in ratios}
-    want = {(o, "mlflow", n, c) for o in SERVERS[:2] for n in ROWS for c in CONNECTIONS}
+    want = {
+        (o, t, n, c) for o in SERVERS[:2] for t in SERVERS[2:] for n in ROWS for c in CONNECTIONS
+    }
     assert got == want
     assert all(r["throughput_ratio"] > 0 and r["rounds"] == 1 for r in ratios)
 
 
-def test_goals_memory_floor_and_versions_are_reported(smoke):
-    report = smoke["report"]
-    goals = {g["goal"]: g for g in report["goals"]}
-    assert len(goals) == 6 + len(CONNECTIONS) - 1
-    assert goals["1 row, c=4: throughput vs MLServer"]["status"] == "not measured"
-    mlflow_goal = goals["1 row, c=4: throughput vs mlflow models serve"]
-    assert mlflow_goal["status"] in {"met", "MISSED"}
-    assert report["rss_growth"]["requests"] >= 300
+def test_goals_memory_floor_load_and_versions_are_reported(smoke):
+    rep = smoke["report"]
+    goals = {g["goal"]: g for g in rep["goals"]}
+    c = max(CONNECTIONS)
+    assert len(goals) == 12, list(goals)
+    assert goals[f"1 row, c={c}: throughput vs MLServer"]["status"] == "not measured"
+    for name in (
+        f"1 row, c={c}: throughput vs mlflow models serve",
+        f"1 row, c={c}: throughput vs HTTP floor (hello world, same uvicorn settings)",
+        f"1 row, c={c}: ml-service p99",
+        "RSS at ready (main process)",
+    ):
+        assert goals[name]["status"] == "met" or goals[name]["status"].startswith("MISSED: "), (
+            goals[name]
+        )
+    # the ladder stops at 100/s: the 3,000 req/s goal cannot be judged from it
+    [ol] = [g for g in rep["goals"] if g["goal"].startswith("open loop, 1 row")]
+    assert ol["status"] in {"not measured (the ladder stops at 100/s)"} or "MISSED" in ol["status"]
+    lone = next(g for g in rep["goals"] if g["goal"].startswith("a lone request"))
+    assert "p50" in lone["value"] and "MICROBATCH_WAIT_MS=0" in lone["goal"]
+    assert rep["rss_growth"]["requests"] >= 300
     for n in ("1", "100"):
         for path in ("sklearn_predict_proba", "pyfunc_predict"):
-            assert report["floor"][n][path]["calls"] > 0
-            assert report["floor"][n][path]["median_ms"] > 0
-    assert report["microbatch"]["recommendation"]
-    assert report["machine"]["nproc"] >= 1 and report["machine"]["cpu_model"]
-    assert report["versions"]["ml-service / mlflow serve env"]["mlflow"]
-    assert report["versions"]["wrk"].startswith("wrk")
+            assert rep["floor"][n][path]["calls"] > 0
+            assert rep["floor"][n][path]["median_ms"] > 0
+    assert rep["microbatch"]["recommendation"]
+    assert rep["machine"]["nproc"] >= 1 and rep["machine"]["cpu_model"]
+    assert len(rep["machine"]["loadavg_at_start"]) == 3
+    load = rep["load"]
+    assert load["measurements"] >= len(rep["results"]) + len(rep["open_loop_results"])
+    for r in rep["results"] + rep["open_loop_results"]:
+        high = max(r["loadavg_start"], r["loadavg_end"]) > load["threshold"]
+        assert r["busy"] == (high or r["other_cpu"] > load["cpu_threshold"]), r
+    assert rep["versions"]["ml-service / mlflow serve env"]["mlflow"]
+    assert rep["versions"]["wrk"].startswith("wrk")
 
 
 def test_markdown_and_plot_are_written(smoke):
     md = smoke["md"]
     assert md.startswith("# Benchmarks")
-    assert harness.BEGIN in md and harness.END in md
-    for heading in ("### Goals", "### Throughput and latency", "### Ratios", "### Start-up",
-                    "### In-process floor", "### Micro-batching", "### Versions"):  # fmt: skip
+    assert report.BEGIN in md and report.END in md
+    for heading in ("### Goals", "### Latency against offered load", "### Throughput and latency",
+                    "### Ratios", "### Start-up", "### In-process floor", "### Micro-batching",
+                    "### Versions"):  # fmt: skip
         assert heading in md
     assert "](benchmarks.png)" in md
+    assert "HTTP floor (hello world)" in md
     import matplotlib.image
 
     image = matplotlib.image.imread(smoke["png"])
-    assert image.shape[0] > 300 and image.shape[1] > 300
+    assert image.shape[0] > 600 and image.shape[1] > 600  # open loop and closed loop panels
+
+
+def test_busy_machine_is_flagged_in_the_report():
+    rep = {
+        "load": {"threshold": 4.0, "cpu_threshold": 0.25, "peak": 11.5, "peak_other_cpu": 1.6,
+                 "measurements": 10, "busy_measurements": [{"what": "x"}]},
+        "machine": {"loadavg_at_start": [10.2, 9.0, 8.0]},
+    }  # fmt: skip
+    [warning, _] = report._busy_warning(rep)
+    assert "do not publish" in warning and "1 of 10" in warning and "10.2" in warning
+    assert "1.6 cores" in warning
+    rep["load"]["busy_measurements"], rep["machine"]["loadavg_at_start"] = [], [0.5, 1, 1]
+    assert report._busy_warning(rep) == []
+
+
+def test_load_log_counts_only_other_processes_cpu():
+    log = harness.LoadLog(threshold=4.0, cpu_threshold=0.25)
+    # 10 s in which the machine used 25 CPU-seconds, 20 of them the benchmark's own
+    others = log.measure("a", harness.Probe(0, 2.5, 100, 50), harness.Probe(10, 3.0, 125, 70))
+    assert others == {"loadavg_start": 2.5, "loadavg_end": 3.0, "other_cpu": 0.5, "busy": True}
+    ours = log.measure("b", harness.Probe(0, 2.5, 100, 50), harness.Probe(10, 3.0, 121, 70))
+    assert ours["other_cpu"] == 0.1 and not ours["busy"]
+    loaded = log.measure("c", harness.Probe(0, 9.0, 0, 0), harness.Probe(10, 9.5, 1, 1))
+    assert loaded["busy"]
+    assert [b["what"] for b in log.busy] == ["a", "c"] and log.count == 3
+    assert log.peak == 9.5 and log.peak_other_cpu == 0.5
+    p = harness.probe()  # the real one reads /proc and getrusage
+    assert p.busy_s > 0 and p.ours_s > 0 and p.load >= 0
 
 
 def test_markdown_regeneration_keeps_hand_written_text(tmp_path):
     doc = tmp_path / "b.md"
-    doc.write_text(
-        f"# Title\n\nintro\n\n{harness.BEGIN}\nold\n{harness.END}\n\n## Analysis\nmine\n"
-    )
-    harness.write_markdown(doc, "new table")
+    doc.write_text(f"# Title\n\nintro\n\n{report.BEGIN}\nold\n{report.END}\n\n## Analysis\nmine\n")
+    report.write_markdown(doc, "new table")
     text = doc.read_text()
     assert "intro" in text and "## Analysis\nmine" in text and "new table" in text
     assert "old" not in text
@@ -152,9 +230,56 @@ def test_ratios_pair_rounds_and_take_the_geometric_mean():
                 "latency_ms": {"p95": 1000 / rps}}  # fmt: skip
 
     results = [res("a", 1, 400), res("b", 1, 100), res("a", 2, 100), res("b", 2, 100)]
-    [r] = harness.ratios(results, ["a"], ["b"])
+    [r] = report.ratios(results, ["a"], ["b"])
     assert r["throughput_ratio"] == 2.0  # sqrt(4 * 1), not mean(400, 100) / 100 = 2.5
     assert r["rounds"] == 2
+
+
+def test_open_loop_limit_is_the_highest_rate_under_the_slo_at_and_below_it():
+    def step(server, rep, rate, p99, saturated=False):
+        return {"server": server, "repetition": rep, "rate": rate, "throughput": rate,
+                "saturated": saturated, "lagged": False, "busy": False,
+                "latency_ms": {"p50": p99 / 2, "p99": p99}}  # fmt: skip
+
+    results = [
+        # ladder 1: a noise spike at 200/s; ladder 2 and 3 clean up to 400, saturated at 800
+        step("a", 1, 100, 10), step("a", 1, 200, 900), step("a", 1, 400, 30),
+        step("a", 1, 800, 3000, saturated=True),
+        step("a", 2, 100, 12), step("a", 2, 200, 20), step("a", 2, 400, 40),
+        step("a", 2, 800, 2500, saturated=True),
+        step("a", 3, 100, 11), step("a", 3, 200, 25), step("a", 3, 400, 45),
+        step("a", 3, 800, 70),
+        # b saturates at 200/s in every ladder: 400 and 800 were never sent
+        *[step("b", k, 100, 45) for k in (1, 2, 3)],
+        *[step("b", k, 200, 5000, saturated=True) for k in (1, 2, 3)],
+    ]  # fmt: skip
+    params = {"rates": [100, 200, 400, 800], "repetitions": 3, "slo_ms": 50}
+    summary = report.open_loop_summary(results, ["a", "b"], params)
+    limits = {x["server"]: x for x in summary["limits"]}
+    assert limits["a"]["max_rate_under_slo"] == 400  # median p99 at 200/s is 25 ms
+    assert limits["a"]["max_rate_under_slo_every_ladder"] == 100  # ladder 1 broke at 200/s
+    assert limits["a"]["saturated_from"] == 800
+    assert limits["b"]["max_rate_under_slo"] == 100
+    assert limits["b"]["saturated_from"] == 200
+    steps = {(s["server"], s["rate"]): s for s in summary["steps"]}
+    assert steps["a", 200]["p99_median"] == 25 and steps["a", 200]["p99_max"] == 900
+    assert steps["a", 800]["p99_median"] is None  # 2 of 3 ladders saturated: no median
+    assert steps["b", 200] == steps["b", 200] | {"ladders": 3, "saturated": 3, "p99_median": None}
+    assert ("b", 400) not in steps  # saturated in every ladder at 200/s: no more rows
+
+
+def test_goals_say_by_how_much_they_are_missed():
+    assert (
+        report._goal("x", 3.52, 4, True, "x")["status"] == "MISSED: 0.48x short (12% of the target)"
+    )
+    assert (
+        report._goal("x", 36, 30, False, " ms")["status"] == "MISSED: 6 ms over (20% of the target)"
+    )
+    assert report._goal("x", 0.27, 0.45, True, "%")["status"] == (
+        "MISSED: 18 points short (40% of the target)"
+    )
+    assert report._goal("x", 0.5, 0.45, True, "%")["status"] == "met"
+    assert report._goal("x", None, 3, True)["status"] == "not measured"
 
 
 def test_profile_summary_ranks_frames(tmp_path):
@@ -173,13 +298,68 @@ def test_profile_summary_ranks_frames(tmp_path):
     ]
 
 
+@pytest.mark.parametrize(
+    ("text", "key", "kind", "env", "argv"),
+    [
+        ("ml-service", "ml-service", "ml-service", {}, ()),
+        ("ml-service[MICROBATCH_WAIT_MS=0]", "ml-service[MICROBATCH_WAIT_MS=0]", "ml-service",
+         {"MICROBATCH_WAIT_MS": "0"}, ()),
+        ("nomb=ml-service[MICROBATCH_WAIT_MS=0, NUMERIC_THREADS=1]", "nomb", "ml-service",
+         {"MICROBATCH_WAIT_MS": "0", "NUMERIC_THREADS": "1"}, ()),
+        ("g=ml-service[X=a=b] -- {bin}/granian --port {port} 'a b'", "g", "ml-service",
+         {"X": "a=b"}, ("{bin}/granian", "--port", "{port}", "a b")),
+        ("http-floor[HELLO_HTTP=httptools]", "http-floor[HELLO_HTTP=httptools]", "http-floor",
+         {"HELLO_HTTP": "httptools"}, ()),
+    ],
+)  # fmt: skip
+def test_server_specs_parse(text, key, kind, env, argv):
+    assert servers.parse_spec(text) == servers.ServerSpec(key, kind, env, argv)
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [("torchserve", "unknown kind 'torchserve'"), ("ml-service[lower=1]", "is not NAME=VALUE"),
+     ("ml-service[X]", "is not NAME=VALUE"), ("ml-service[X=1", "expected")],
+)  # fmt: skip
+def test_bad_server_specs_are_rejected(spec, message):
+    with pytest.raises(ValueError, match=message):
+        servers.parse_spec(spec)
+
+
+def test_server_list_keeps_commas_inside_brackets():
+    got = servers.split_specs("ml-service,a=ml-service[A=1,B=2], mlflow")
+    assert got == ["ml-service", "a=ml-service[A=1,B=2]", "mlflow"]
+
+
+def test_variant_command_gets_the_kind_env_and_placeholders(tmp_path):
+    spec = servers.parse_spec("v=ml-service[MICROBATCH_WAIT_MS=0] -- {python} -m x --port {port}")
+    launch = servers.command(spec, tmp_path / "model", 4321, tmp_path, tmp_path)
+    assert launch.argv == [sys.executable, "-m", "x", "--port", "4321"]
+    assert launch.env["MODEL_URI"] == str(tmp_path / "model") and launch.env["PORT"] == "4321"
+    assert launch.env["MICROBATCH_WAIT_MS"] == "0"
+    assert (launch.ready_path, launch.predict_path) == ("/ready", "/predict")
+
+
+def test_run_orders_servers_and_applies_quick_presets():
+    args = run.parse(["--quick", "--servers", "mlflow,ml-service,ml-service[A=1]", "--rounds", "3"])
+    assert [s.key for s in args.specs] == ["ml-service", "ml-service mb=0ms", "ml-service[A=1]",
+                                           "mlflow"]  # fmt: skip
+    assert args.specs[-1].env == {"OMP_NUM_THREADS": "1"}
+    assert args.rounds == 3  # an explicit flag wins over the preset
+    assert args.duration == run.PRESETS["quick"]["duration"]
+    assert run.parse([]).duration == run.PRESETS["full"]["duration"]
+
+
 def test_unknown_server_is_rejected(capsys):
     with pytest.raises(SystemExit):
-        harness.parse(["--servers", "ml-service,torchserve"])
-    assert "--servers must include ml-service" in capsys.readouterr().err
+        run.parse(["--servers", "ml-service,torchserve"])
+    assert "unknown kind 'torchserve'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        run.parse(["--servers", "mlflow"])
+    assert "must include ml-service" in capsys.readouterr().err
 
 
 def test_missing_competitor_env_names_the_make_target(tmp_path):
-    spec = harness.ServerSpec("mlserver", "mlserver")
-    with pytest.raises(harness.BenchError, match="make bench-envs"):
-        harness.start(spec, tmp_path, tmp_path, tmp_path / "no-tools", timeout=5)
+    spec = servers.ServerSpec("mlserver", "mlserver")
+    with pytest.raises(BenchError, match="make bench-envs"):
+        servers.start(spec, tmp_path, tmp_path, tmp_path / "no-tools", timeout=5)

@@ -65,6 +65,7 @@ def test_repository_url_is_one_github_url_everywhere():
         g["git"]["repoURL"] for g in appset["spec"]["generators"][0]["matrix"]["generators"][1:]
     }
     urls |= set(project("ml-service")["spec"]["sourceRepos"])
+    urls |= set(project("mlflow-platform")["spec"]["sourceRepos"])
     assert urls == {REPO_URL}
     notifications = (ARGOCD_DIR / "install" / "argocd-notifications-cm.patch.yaml").read_text()
     assert f"path: /repos/{m[1]}/{m[2]}/dispatches" in notifications
@@ -136,15 +137,19 @@ def test_first_sync_survives_missing_crds(generated_apps: dict[str, dict], env: 
 
 
 def test_sync_waves_put_projects_then_platform_then_environments():
-    """#13.2: the bootstrap syncs AppProjects, then the CRD-bearing platform, then the
-    ApplicationSet; argocd/install/argocd-cm.patch.yaml restores the Application health check the
-    waves need to wait on (Argo CD's docs/operator-manual/health.md)."""
+    """#13.2: the bootstrap syncs AppProjects, then the platform (monitoring with its CRDs, the
+    MLflow server the environments load from), then the ApplicationSet;
+    argocd/install/argocd-cm.patch.yaml restores the Application health check the waves need to
+    wait on (Argo CD's docs/operator-manual/health.md)."""
     projects = [wave(p) for p in objects("AppProject")]
-    (platform,) = [
-        wave(a) for a in objects("Application") if a["metadata"]["name"] == "kube-prometheus-stack"
-    ]
+    platform = {
+        a["metadata"]["name"]: wave(a)
+        for a in objects("Application")
+        if a["metadata"]["name"] != BOOTSTRAP["metadata"]["name"]
+    }
+    assert set(platform) == {"kube-prometheus-stack", "mlflow-platform"}
     (appset,) = [wave(a) for a in objects("ApplicationSet")]
-    assert max(projects) < platform < appset
+    assert max(projects) < min(platform.values()) and max(platform.values()) < appset
     patch = yaml.safe_load((ARGOCD_DIR / "install" / "argocd-cm.patch.yaml").read_text())
     lua = patch["data"]["resource.customizations.health.argoproj.io_Application"]
     assert "obj.status.health.status" in lua
@@ -260,7 +265,7 @@ def test_bootstrap_is_one_app_of_apps():
     path = ROOT / BOOTSTRAP["spec"]["source"]["path"]
     assert path == APPS_DIR
     kinds = sorted(o["kind"] for f in path.glob("*.yaml") for o in load_all(f))
-    assert kinds == ["AppProject", "AppProject", "Application", "ApplicationSet"]
+    assert kinds == ["AppProject"] * 3 + ["Application"] * 2 + ["ApplicationSet"]
 
 
 def test_renderer_is_argo_cds_own_code():

@@ -145,5 +145,5 @@ def test_image_size_budget(docker: Docker, image: str, record_property):
     record_property("venv_bytes", venv)
     SUMMARY["image"] = f"{size / mb:.0f} MB"
     SUMMARY["runtime virtualenv"] = f"{venv / mb:.0f} MB"
-    # The budget (the seed's image was 680 MB); the base image accounts for ~125 MB.
+    # The image budget is 400 MB; the base image accounts for ~125 MB.
     assert size < 400 * mb, f"image is {size / mb:.0f} MB, over the 400 MB budget"

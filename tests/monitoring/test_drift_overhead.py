@@ -1,4 +1,4 @@
-"""/predict latency with drift monitoring on and off (the issue asks for the figure).
+"""/predict latency with drift monitoring on and off, in one run (docs/drift.md reports it).
 
 Same model twice, from two local copies: one as trained, one with its `ml_service_reference`
 metadata removed (the app then runs without a drift monitor: there is no setting to switch it off).

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import resource
 import signal
 import subprocess
 import sys
@@ -89,14 +90,27 @@ def app_server(
     wait_ready: bool = False,
     timeout: float = 60.0,
     log_dir: Path | None = None,
+    max_open_files: int | None = None,
+    env_extra: dict[str, str] | None = None,
     **settings: str | int | float,
 ) -> Iterator[AppServer]:
-    """Start the app in its own process group, wait for /health (and /ready if asked)."""
+    """Start the app in its own process group, wait for /health (and /ready if asked).
+
+    `max_open_files` caps the app's file descriptors (soft and hard), as a container runtime
+    might; `env_extra` adds variables verbatim (e.g. credentials MLflow reads)."""
     port = free_port()
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="ml-service-app-"))
     log_path = log_dir / f"app-{port}.log"
     env = app_env(model_uri=model_uri, tracking_uri=tracking_uri, port=port, **settings)
-    proc = spawn([sys.executable, "-m", "ml_service"], log_path=log_path, env=env)
+    env.update(env_extra or {})
+
+    def limit_files() -> None:
+        if max_open_files is not None:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (max_open_files, max_open_files))
+
+    proc = spawn(
+        [sys.executable, "-m", "ml_service"], log_path=log_path, env=env, preexec_fn=limit_files
+    )
     server = AppServer(f"http://127.0.0.1:{port}", port, log_path, proc)
     try:
         try:

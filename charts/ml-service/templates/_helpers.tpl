@@ -130,4 +130,10 @@ MLFLOW_TRACKING_URI: {{ . | quote }}
 LOG_LEVEL: {{ .Values.logLevel | quote }}
 SHUTDOWN_DRAIN_SECONDS: {{ .Values.shutdown.drainSeconds | quote }}
 SHUTDOWN_GRACE_SECONDS: {{ .Values.shutdown.graceSeconds | quote }}
+MAX_REQUEST_BYTES: {{ .Values.limits.maxRequestBytes | int64 | quote }}
+MAX_BATCH_ROWS: {{ .Values.limits.maxBatchRows | int64 | quote }}
+REQUEST_HEADER_TIMEOUT_SECONDS: {{ .Values.limits.requestHeaderTimeoutSeconds | quote }}
+REQUEST_BODY_TIMEOUT_SECONDS: {{ .Values.limits.requestBodyTimeoutSeconds | quote }}
+KEEPALIVE_TIMEOUT_SECONDS: {{ .Values.limits.keepaliveTimeoutSeconds | quote }}
+MAX_CONNECTIONS: {{ .Values.limits.maxConnections | int64 | quote }}
 {{- end }}

@@ -1,0 +1,555 @@
+"""The measurements: load generators, the interleaved runs, and what is measured beside them.
+
+- Closed loop: wrk with N connections (each sends its next request when the previous answer
+  arrives), so a saturated server's latency is its queue. Servers interleaved per scenario, A B C
+  A B C, so machine noise hits every server alike.
+- Open loop: vegeta at a constant request rate, whatever the answers do; a ladder of rates up to
+  saturation, repeated, the servers interleaved at every step: latency against offered load.
+- The model's in-process floor (floor.py), RSS growth, a py-spy profile, machine and versions.
+
+Every measurement records the machine's load average at its start and end and the CPU that other
+processes used meanwhile; above `LOAD`'s thresholds it is flagged: the machine is shared, and
+figures from a busy machine are not published.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import platform
+import re
+import resource
+import shutil
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import HERE, ROOT, BenchError
+from .payloads import body, load_rows, predicted_rows
+from .servers import RUNNING, Server, session_pids
+
+# An open-loop step is saturated (the server no longer keeps up) when fewer than this share of
+# its requests succeed or complete at the offered rate, or p99 passes SATURATED_P99_MS.
+SATURATED_SUCCESS = 0.99
+SATURATED_THROUGHPUT = 0.8
+SATURATED_P99_MS = 2000.0
+# vegeta sent at less than this share of the offered rate: the generator itself was starved.
+LAGGED_RATE = 0.9
+
+
+# ---------------------------------------------------------------- machine load
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def _machine_busy_s() -> float:
+    """CPU seconds all processes have used since boot (user, nice, system). Interrupt time is
+    left out: loopback traffic at thousands of requests a second is the benchmark's own."""
+    with open("/proc/stat") as fh:
+        f = [int(x) for x in fh.readline().split()[1:4]]
+    return sum(f) / CLOCK_TICKS
+
+
+def _our_cpu_s() -> float:
+    """CPU seconds of the benchmark: this process, its exited children (wrk, vegeta, floor.py)
+    and every process of every running server's session."""
+    s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    ticks = 0
+    for server in RUNNING:
+        for pid in session_pids(server.proc.pid):
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime + ticks / CLOCK_TICKS
+
+
+@dataclass(frozen=True)
+class Probe:
+    t: float
+    load: float
+    busy_s: float
+    ours_s: float
+
+
+def probe() -> Probe:
+    return Probe(time.monotonic(), loadavg()[0], _machine_busy_s(), _our_cpu_s())
+
+
+@dataclass
+class LoadLog:
+    """The machine around every measurement: 1-min load average at start and end, and the cores
+    used meanwhile by processes that are not the benchmark's. Above either threshold the
+    measurement ran on a busy machine (a benchmark at full load runs a load average of 2-3 by
+    itself on two cores, hence the default of twice the cores)."""
+
+    threshold: float = 2.0 * (os.cpu_count() or 1)
+    cpu_threshold: float = 0.25
+    busy: list[dict] = field(default_factory=list)
+    peak: float = 0.0
+    peak_other_cpu: float = 0.0
+    count: int = 0
+
+    def measure(self, what: str, a: Probe, b: Probe) -> dict:
+        other = ((b.busy_s - a.busy_s) - (b.ours_s - a.ours_s)) / max(b.t - a.t, 1e-3)
+        res = {"loadavg_start": a.load, "loadavg_end": b.load, "other_cpu": round(max(0, other), 2)}
+        self.count += 1
+        self.peak = max(self.peak, a.load, b.load)
+        self.peak_other_cpu = max(self.peak_other_cpu, res["other_cpu"])
+        res["busy"] = max(a.load, b.load) > self.threshold or res["other_cpu"] > self.cpu_threshold
+        if res["busy"]:
+            self.busy.append({"what": what, **res})
+        return res
+
+    def summary(self) -> dict:
+        return {
+            "threshold": self.threshold,
+            "cpu_threshold": self.cpu_threshold,
+            "peak": self.peak,
+            "peak_other_cpu": self.peak_other_cpu,
+            "measurements": self.count,
+            "busy_measurements": self.busy,
+        }
+
+
+LOAD = LoadLog()
+
+
+def busy_note(res: dict) -> str:
+    if not res["busy"]:
+        return ""
+    return (
+        f"  [BUSY: load {res['loadavg_start']} -> {res['loadavg_end']}, "
+        f"{res['other_cpu']} cores used by others]"
+    )
+
+
+# ---------------------------------------------------------------- HTTP and payloads
+
+
+def http(
+    method: str, url: str, data: bytes | None = None, timeout: float = 10
+) -> tuple[int, bytes]:
+    req = urllib.request.Request(  # noqa: S310 - 127.0.0.1 only
+        url, data=data, method=method, headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def bodies(servers: list[Server], model_dir: Path, sizes: list[int], work: Path) -> dict:
+    """One body file per (kind, rows); each server must answer it with `rows` predictions."""
+    files = {}
+    for n in sizes:
+        columns, rows = load_rows(model_dir, n)
+        for kind in {s.spec.kind for s in servers}:
+            path = work / f"body-{kind}-{n}.json"
+            path.write_text(json.dumps(body(kind, columns, rows)))
+            files[kind, n] = path
+        for s in servers:
+            status, payload = http(
+                "POST", s.url(s.predict_path), files[s.spec.kind, n].read_bytes()
+            )
+            if status != 200:
+                raise BenchError(f"{s.spec.key} answered {status} to {n} rows: {payload[:500]!r}")
+            got = predicted_rows(s.spec.kind, json.loads(payload))
+            if got is not None and got != n:
+                raise BenchError(f"{s.spec.key} returned {got} predictions for {n} rows")
+    return files
+
+
+# ---------------------------------------------------------------- load generators
+
+
+def check_wrk() -> str:
+    if not shutil.which("wrk"):
+        raise BenchError("wrk is not installed: run `make setup` (setup-bench installs it)")
+    out = subprocess.run(["wrk", "--version"], capture_output=True, text=True, check=False)
+    return (out.stdout + out.stderr).splitlines()[0].strip()
+
+
+def wrk(url: str, body_file: Path, connections: int, seconds: float, what: str = "wrk") -> dict:
+    """Closed loop: `connections` clients, each sending as soon as its previous answer arrived."""
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+    argv += ["-s", str(HERE / "wrk/post.lua"), url]
+    env = {**os.environ, "WRK_BODY_FILE": str(body_file)}
+    before = probe()
+    out = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=seconds + 60)
+    load = LOAD.measure(what, before, probe())
+    line = next((x for x in out.stdout.splitlines() if x.startswith("WRK_JSON ")), None)
+    if out.returncode != 0 or line is None:
+        raise BenchError(f"wrk failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
+    raw = json.loads(line.removeprefix("WRK_JSON "))
+    secs = raw["duration_us"] / 1e6
+    return {
+        "requests": raw["requests"],
+        "seconds": round(secs, 3),
+        "rps": round(raw["requests"] / secs, 2) if secs else 0.0,
+        "latency_ms": {k: round(v / 1000, 3) for k, v in raw["latency_us"].items()},
+        "errors": raw["errors"],
+        **load,
+    }
+
+
+def find_vegeta() -> str:
+    found = shutil.which("vegeta") or shutil.which("vegeta", path=str(ROOT / ".tools/bin"))
+    if not found:
+        raise BenchError("vegeta is not installed: run `make setup` (setup-bench builds it)")
+    return found
+
+
+def vegeta_version(exe: str) -> str:
+    out = subprocess.run([exe, "-version"], capture_output=True, text=True, check=False)
+    version = re.search(r"Version:\s*(\S+)", out.stdout)
+    return f"vegeta {version[1] if version else '?'}"
+
+
+def vegeta(
+    exe: str, url: str, body_file: Path, rate: int, seconds: float, work: Path, what: str = ""
+) -> dict:
+    """Open loop: `rate` requests per second for `seconds`, sent on schedule whatever the server
+    does (vegeta adds workers and connections as needed); latencies from vegeta's own report."""
+    targets = work / "vegeta-targets.txt"
+    targets.write_text(f"POST {url}\nContent-Type: application/json\n@{body_file}\n")
+    results = work / "vegeta-results.bin"
+    argv = [exe, "attack", f"-rate={rate}/1s", f"-duration={seconds:g}s", "-timeout=10s"]
+    argv += ["-max-body=0", f"-targets={targets}", f"-output={results}"]
+    before = probe()
+    out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
+    load = LOAD.measure(what or f"vegeta {rate}/s", before, probe())
+    if out.returncode != 0:
+        raise BenchError(f"vegeta attack failed ({out.returncode}): {out.stderr[-2000:]}")
+    rep = subprocess.run(
+        [exe, "report", "-type=json", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    if rep.returncode != 0:
+        raise BenchError(f"vegeta report failed ({rep.returncode}): {rep.stderr[-2000:]}")
+    raw = json.loads(rep.stdout)
+    lat = raw["latencies"]
+    res = {
+        "rate": rate,
+        "seconds": round(raw["duration"] / 1e9, 3),
+        "requests": raw["requests"],
+        "sent_rate": round(raw["rate"], 1),
+        "throughput": round(raw["throughput"], 1),
+        "success": round(raw["success"], 4),
+        "latency_ms": {
+            k: round(lat[src] / 1e6, 3)
+            for k, src in (("p50", "50th"), ("p90", "90th"), ("p95", "95th"), ("p99", "99th"))
+        }
+        | {"mean": round(lat["mean"] / 1e6, 3), "max": round(lat["max"] / 1e6, 3)},
+        "status_codes": raw.get("status_codes") or {},
+        "errors": (raw.get("errors") or [])[:5],
+        **load,
+    }
+    res["saturated"] = (
+        res["success"] < SATURATED_SUCCESS
+        or res["throughput"] < SATURATED_THROUGHPUT * rate
+        or res["latency_ms"]["p99"] > SATURATED_P99_MS
+    )
+    res["lagged"] = res["sent_rate"] < LAGGED_RATE * rate
+    return res
+
+
+# ---------------------------------------------------------------- the model
+
+
+def prepare_model(model_dir: str | None, work: Path) -> tuple[Path, dict]:
+    from support.mlflow import mlflow_env
+
+    if model_dir:
+        return Path(model_dir).resolve(), {"source": str(model_dir)}
+    tracking = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work / 'mlflow.db'}"
+    result_file = work / "train.json"
+    print(f"training the default model (MLFLOW_TRACKING_URI={tracking})", flush=True)
+    subprocess.run(  # in `work`: MLflow puts a sqlite store's artifacts under ./mlruns
+        [sys.executable, "-m", "ml_service.train", "--output-json", str(result_file)],
+        cwd=work,
+        env=mlflow_env(tracking),
+        check=True,
+    )
+    result = json.loads(result_file.read_text())
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=tracking)
+    dst = work / f"model-v{result['version']}"
+    shutil.rmtree(dst, ignore_errors=True)
+    dst.mkdir()
+    path = mlflow.artifacts.download_artifacts(
+        artifact_uri=client.get_model_version_download_uri(result["name"], result["version"]),
+        dst_path=str(dst),
+        tracking_uri=tracking,
+    )
+    return Path(path), {"source": result["model_uri"], "run_id": result["run_id"]}
+
+
+# ---------------------------------------------------------------- phases
+
+
+def interleaved(servers, files, sizes, conns, rounds, duration, warmup) -> list[dict]:
+    """Closed loop, every (rows, connections) scenario, servers A B C A B C."""
+    results = []
+    for n in sizes:
+        for c in conns:
+            for r in range(rounds):
+                for s in servers:  # A B C, A B C: noise hits every server alike
+                    url = s.url(s.predict_path)
+                    if warmup > 0:
+                        s.requests_sent += wrk(url, files[s.spec.kind, n], c, warmup)["requests"]
+                    what = f"wrk {s.spec.key} rows={n} c={c} round {r + 1}"
+                    res = wrk(url, files[s.spec.kind, n], c, duration, what)
+                    s.requests_sent += res["requests"]
+                    results.append(
+                        {"server": s.spec.key, "rows": n, "connections": c, "round": r + 1, **res}
+                    )
+                    print(
+                        f"  {s.spec.key:<22} rows={n:<4} c={c:<3} round {r + 1}: "
+                        f"{res['rps']:8.1f} req/s  p95 {res['latency_ms']['p95']:8.1f} ms"
+                        f"  p99 {res['latency_ms']['p99']:8.1f} ms{busy_note(res)}",
+                        flush=True,
+                    )
+    return results
+
+
+def open_loop(
+    servers: list[Server],
+    files: dict,
+    rates: list[int],
+    repetitions: int,
+    seconds: float,
+    pause: float,
+    work: Path,
+) -> list[dict]:
+    """Ladders of constant rates (1-row requests), repeated; at every rate each server in turn
+    (the order rotates per repetition). A server leaves a ladder at its first saturated step:
+    higher rates would only pile up a backlog."""
+    exe = find_vegeta()
+    results = []
+    for rep in range(repetitions):
+        k = rep % len(servers)
+        active = servers[k:] + servers[:k]
+        for rate in rates:
+            for s in list(active):
+                what = f"vegeta {s.spec.key} {rate}/s ladder {rep + 1}"
+                res = vegeta(
+                    exe, s.url(s.predict_path), files[s.spec.kind, 1], rate, seconds, work, what
+                )
+                s.requests_sent += res["requests"]
+                results.append({"server": s.spec.key, "repetition": rep + 1, **res})
+                flags = " SATURATED" * res["saturated"] + " (generator lagged)" * res["lagged"]
+                print(
+                    f"  {s.spec.key:<22} {rate:>6}/s ladder {rep + 1}: "
+                    f"p50 {res['latency_ms']['p50']:8.1f} ms  "
+                    f"p99 {res['latency_ms']['p99']:8.1f} ms"
+                    f"  {res['throughput']:8.1f} ok/s{flags}{busy_note(res)}",
+                    flush=True,
+                )
+                if res["saturated"]:
+                    active.remove(s)
+                time.sleep(pause)  # let the server drain whatever is left before the next step
+            if not active:
+                break
+    return results
+
+
+def rss_growth(server: Server, body_file: Path, total: int, max_seconds: float) -> dict:
+    """RSS before and after `total` more 1-row requests at 50 connections (runs of 10 s, the
+    first one 1 s long to size them, so a small `total` takes seconds)."""
+    before = server.rss()
+    sent, t0, seconds = 0, time.monotonic(), 1
+    while sent < total and time.monotonic() - t0 < max_seconds:
+        res = wrk(server.url(server.predict_path), body_file, 50, seconds, "RSS growth")
+        sent += res["requests"]
+        seconds = min(10, max(1, math.ceil((total - sent) / max(res["rps"], 1))))
+    time.sleep(1)
+    after = server.rss()
+    server.requests_sent += sent
+    return {
+        "server": server.spec.key,
+        "requests": sent,
+        "target_requests": total,
+        "seconds": round(time.monotonic() - t0, 1),
+        "rss_before_mb": before["main_mb"],
+        "rss_after_mb": after["main_mb"],
+        "growth_mb": round(after["main_mb"] - before["main_mb"], 1),
+    }
+
+
+def model_floor(model_dir: Path, sizes: list[int], seconds: float) -> dict:
+    """The model alone, in process (floor.py), on one numeric thread, `seconds` per timing."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "BENCH_FLOOR_SECONDS": f"{seconds:g}"}
+    before = probe()
+    out = subprocess.run(
+        [sys.executable, str(HERE / "floor.py"), str(model_dir), *map(str, sizes)],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=False,
+        timeout=300,
+    )
+    if out.returncode != 0:
+        raise BenchError(f"floor.py failed: {out.stderr[-3000:]}")
+    LOAD.measure("in-process floor", before, probe())
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def profile(server: Server, body_file: Path, seconds: float, tools: Path, work: Path) -> dict:
+    """py-spy (sampling on-CPU stacks of every thread) while wrk drives 1-row requests at c=50."""
+    pyspy = tools / "profile/bin/py-spy"
+    if not pyspy.exists():
+        return {"skipped": f"{pyspy} missing: run `make bench-envs`"}
+    raw = work / "profile-ml-service.txt"
+    spy = subprocess.Popen(
+        [
+            str(pyspy),
+            "record",
+            "--pid",
+            str(server.proc.pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "-o",
+            str(raw),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    load = wrk(server.url(server.predict_path), body_file, 50, seconds + 1, "profile")
+    server.requests_sent += load["requests"]
+    _, err = spy.communicate(timeout=seconds + 60)
+    if spy.returncode != 0 or not raw.exists():
+        return {"skipped": f"py-spy failed: {err.decode(errors='replace')[-500:]}"}
+    return {"rps_while_profiled": load["rps"], "file": str(raw), **summarise_profile(raw)}
+
+
+# Component of a sample's innermost frame (first match wins): "where does the time go".
+COMPONENTS = (
+    ("model (scikit-learn, numpy)", ("sklearn/", "numpy/", "scipy/", "threadpoolctl")),
+    ("ml-service code", ("ml_service/",)),
+    ("metrics (prometheus)", ("prometheus",)),
+    ("validation, JSON (pydantic, json)", ("pydantic", "json/")),
+    ("framework (FastAPI, Starlette, anyio)", ("fastapi/", "starlette/", "anyio/")),
+    ("HTTP server (uvicorn, h11)", ("uvicorn/", "h11/", "httptools")),
+    ("event loop, sockets (asyncio)", ("asyncio/", "selectors.py", "socket.py")),
+    ("thread hand-off (threading, futures)", ("threading.py", "concurrent/", "queue.py")),
+)
+
+
+def summarise_profile(raw: Path, top: int = 12) -> dict:
+    """Shares of on-CPU samples per function (inclusive and self) and per component, from
+    py-spy's collapsed stacks (`frame;frame;... count` per line, innermost frame last)."""
+    total, incl, leaf, comp = 0, {}, {}, {}
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        # one entry per function: drop line numbers and the interpreter's own path prefixes
+        frames = [
+            re.sub(r":\d+\)$", ")", re.sub(r" \(.*(site-packages/|lib/python3\.\d+/)", " (", f))
+            for f in stack.split(";")
+        ]
+        for f in set(frames):
+            incl[f] = incl.get(f, 0) + n
+        if frames:
+            leaf[frames[-1]] = leaf.get(frames[-1], 0) + n
+            name = next(
+                (c for c, keys in COMPONENTS if any(k in frames[-1] for k in keys)), "other"
+            )
+            comp[name] = comp.get(name, 0) + n
+
+    def rank(d: dict, limit: int) -> list[dict]:
+        ordered = sorted(d.items(), key=lambda kv: -kv[1])[:limit]
+        return [{"frame": f, "share": round(v / total, 3)} for f, v in ordered] if total else []
+
+    return {
+        "samples": total,
+        "components": rank(comp, len(COMPONENTS) + 1),
+        "inclusive": rank(incl, top),
+        "self": rank(leaf, top),
+    }
+
+
+# ---------------------------------------------------------------- context
+
+
+def default_microbatch() -> float:
+    from ml_service.settings import Settings
+
+    return float(Settings.model_fields["microbatch_wait_ms"].default)
+
+
+def versions(tools: Path, generators: dict[str, str]) -> dict:
+    def pkgs(python: Path, names: list[str]) -> dict:
+        code = (
+            "import importlib.metadata as m, json, sys\n"
+            "print(json.dumps({n: m.version(n) for n in sys.argv[1:]}))"
+        )
+        if not python.exists():
+            return {}
+        out = subprocess.run(
+            [str(python), "-c", code, *names], capture_output=True, text=True, check=False
+        )
+        return json.loads(out.stdout) if out.returncode == 0 else {"error": out.stderr[-300:]}
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", *args], cwd=ROOT, capture_output=True, text=True, check=False
+        ).stdout.strip()
+
+    common = ["mlflow-skinny", "scikit-learn", "numpy", "pandas", "uvicorn"]
+    dirty = git("status", "--porcelain", "--", "app")
+    return {
+        "python": platform.python_version(),
+        "git_commit": git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else ""),
+        **generators,
+        "ml-service / mlflow serve env": pkgs(
+            Path(sys.executable), ["ml-service", "mlflow", "fastapi", *common]
+        ),
+        "mlserver env": pkgs(
+            tools / "mlserver/bin/python",
+            ["mlserver", "mlserver-mlflow", "mlflow", "fastapi", *common],
+        ),
+        "bentoml env": pkgs(tools / "bentoml/bin/python", ["bentoml", *common]),
+    }
+
+
+def machine() -> dict:
+    def first(path: str, prefix: str) -> str | None:
+        with contextlib.suppress(OSError):
+            for line in Path(path).read_text().splitlines():
+                if line.startswith(prefix):
+                    return line
+        return None
+
+    cpu = first("/proc/cpuinfo", "model name")
+    mem = first("/proc/meminfo", "MemTotal:")
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": cpu.split(":", 1)[1].strip() if cpu else platform.processor(),
+        "memory_gb": round(int(mem.split()[1]) / 1024**2, 1) if mem else 0,
+        "kernel": platform.release(),
+        "loadavg_at_start": loadavg(),
+    }

@@ -1,0 +1,143 @@
+"""Idle and slow clients: connections that never speak used to be held forever. At a 1,024
+open-file limit 1,100 of them stopped the listener, /health timed out (the kubelet would have
+restarted the pod) and the log grew 57 MB in 21 s."""
+
+from __future__ import annotations
+
+import contextlib
+import resource
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from support.app_server import AppServer, app_server
+
+from .conftest import HealthWatch, read_until_close
+
+pytestmark = pytest.mark.adversarial
+
+HEADER_TIMEOUT = 2.0
+
+
+@pytest.fixture
+def app(tiny_model: Path, tmp_path: Path) -> Iterator[AppServer]:
+    with app_server(
+        model_uri=str(tiny_model),
+        wait_ready=True,
+        log_dir=tmp_path,
+        max_open_files=1024,  # what many container runtimes give
+        REQUEST_HEADER_TIMEOUT_SECONDS=HEADER_TIMEOUT,
+        MAX_CONNECTIONS=400,
+    ) as server:
+        yield server
+
+
+@pytest.fixture(autouse=True)
+def enough_client_sockets() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the test client needs 4096 open files, the hard limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
+
+
+@contextlib.contextmanager
+def open_connections(port: int, n: int) -> Iterator[list[socket.socket]]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.settimeout(5)
+            with contextlib.suppress(OSError):
+                s.connect(("127.0.0.1", port))
+            socks.append(s)
+        yield socks
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _closed_by_server(sock: socket.socket) -> bool:
+    try:
+        sock.setblocking(False)
+        return sock.recv(4096) == b""
+    except BlockingIOError:
+        return False
+    except OSError:
+        return True
+
+
+def test_silent_connections_are_cut_off_and_never_lock_out_health(app: AppServer) -> None:
+    with HealthWatch(app).running() as health, open_connections(app.port, 1100) as socks:
+        time.sleep(HEADER_TIMEOUT + 2)
+        closed = sum(_closed_by_server(s) for s in socks)
+        # the server must keep answering new clients while the flood is held
+        assert httpx.get(app.url("/ready"), timeout=3).status_code == 200
+    health.check()
+    assert closed == len(socks), f"{len(socks) - closed} silent connections still open"
+    log = app.log_path.read_bytes()
+    assert len(log) < 64 * 1024, f"log grew to {len(log)} bytes"
+    metrics = httpx.get(app.url("/metrics")).text
+    assert 'mlservice_connections_closed_total{reason="header_timeout"}' in metrics
+    assert 'mlservice_connections_closed_total{reason="idle_evicted"}' in metrics
+
+
+def test_slowloris_headers_are_cut_off(app: AppServer) -> None:
+    """500 connections sending one header byte a second: the deadline covers the whole
+    header, so trickling bytes does not keep a connection alive."""
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 200
+    stop = threading.Event()
+    with HealthWatch(app).running() as health, open_connections(app.port, 500) as socks:
+
+        def trickle() -> None:
+            for i in range(len(request)):
+                if stop.is_set():
+                    return
+                for s in socks:
+                    with contextlib.suppress(OSError):
+                        s.send(request[i : i + 1])
+                stop.wait(1.0)
+
+        thread = threading.Thread(target=trickle, daemon=True)
+        thread.start()
+        time.sleep(HEADER_TIMEOUT + 3)
+        stop.set()
+        thread.join(timeout=10)
+        closed = sum(_closed_by_server(s) for s in socks)
+    health.check()
+    assert closed == len(socks), f"{len(socks) - closed} slow connections still open"
+
+
+def test_idle_keepalive_connection_is_closed(app: AppServer) -> None:
+    with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        received, closed = read_until_close(sock, timeout=5 + HEADER_TIMEOUT + 3)
+    assert received.startswith(b"HTTP/1.1 200")
+    assert closed, "an idle keep-alive connection must be closed by the server"
+
+
+def test_all_busy_sheds_load_with_503(tiny_model: Path, tmp_path: Path) -> None:
+    """Every connection mid-request (bodies arriving slowly) and the cap reached: a new
+    connection gets a canned 503 and is closed; nothing is logged per connection."""
+    with (
+        app_server(
+            model_uri=str(tiny_model),
+            wait_ready=True,
+            log_dir=tmp_path,
+            MAX_CONNECTIONS=20,
+            REQUEST_BODY_TIMEOUT_SECONDS=30,
+        ) as app,
+        open_connections(app.port, 20) as socks,
+    ):
+        head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        for s in socks:
+            s.sendall(head + b"Content-Length: 100\r\n\r\n{")  # busy: body never finished
+        time.sleep(0.5)
+        with socket.create_connection(("127.0.0.1", app.port), timeout=5) as extra:
+            received, closed = read_until_close(extra, timeout=5)
+    assert received.startswith(b"HTTP/1.1 503"), received[:200]
+    assert b"retry-after" in received.lower()
+    assert closed
