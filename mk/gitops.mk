@@ -1,37 +1,65 @@
-# GitOps tier: actionlint for the workflows, the Argo CD CRD schemas (argo-cd Go module, read from the
-# module cache) and appset-render (expands the ApplicationSet like the ApplicationSet controller).
+# GitOps tier: actionlint for the workflows; Argo CD built from its Go module (argocd: application-
+# controller, repo-server, applicationset-controller... by binary name; the cluster tier runs it) and
+# appset-render (the ApplicationSet controller's own generator + template code, tests/gitops/argocd), in
+# ONE `go build` so they share every compiled package; act (runs the workflows' jobs locally).
 ACTIONLINT_VERSION := v1.7.12
-# argo-cd v3.6.x needs Go >= 1.27; v3.5.7 is the newest that the machine's Go 1.26 accepts.
-ARGOCD_VERSION := v3.5.7
+ACT_VERSION := v0.2.89
+ARGOCD_VERSION := v3.6.1
 export ARGOCD_VERSION
+# argo-cd v3.6 needs Go >= 1.27: the go command fetches this toolchain (a Go module) by itself.
+ARGOCD_GOTOOLCHAIN := go1.27.3
 ARGOCD_MODULE := github.com/argoproj/argo-cd/v3
-APPSET_RENDER_SRC := tests/gitops/appsetrender
+ARGOCD_SRC := tests/gitops/argocd
+ARGOCD_DIR := $(TOOLS)/argocd-$(ARGOCD_VERSION)
+# The names the argocd binary answers to (cmd/main.go switches on its own file name).
+ARGOCD_COMMANDS := argocd-server argocd-application-controller argocd-repo-server \
+  argocd-applicationset-controller argocd-notifications argocd-cmp-server argocd-commit-server \
+  argocd-git-ask-pass argocd-k8s-auth argocd-dex
+ARGOCD_LDFLAGS := -s -w -X $(ARGOCD_MODULE)/common.version=$(ARGOCD_VERSION:v%=%) \
+  -X $(ARGOCD_MODULE)/common.gitTag=$(ARGOCD_VERSION) -X $(ARGOCD_MODULE)/common.gitTreeState=clean
 
-.PHONY: setup-gitops test-gitops release-dry-run
+.PHONY: setup-gitops test-gitops release-dry-run argocd adopt
 SETUP_TARGETS += setup-gitops
 
-setup-gitops: $(TOOLS)/bin/actionlint-$(ACTIONLINT_VERSION) $(TOOLS)/bin/appset-render ## actionlint (+shellcheck), appset-render, the Argo CD CRDs (go mod download)
+setup-gitops: $(TOOLS)/bin/actionlint-$(ACTIONLINT_VERSION) $(ARGOCD_DIR)/.built $(TOOLS)/bin/act-$(ACT_VERSION) ## actionlint (+shellcheck), Argo CD + appset-render, act
 	@# actionlint runs shellcheck on every `run:` script when it is on PATH.
 	@command -v shellcheck >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get -o DPkg::Lock::Timeout=600 update -qq; \
 	  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends shellcheck >/dev/null; }
-	@dir=$$(cd /tmp && GOFLAGS= go mod download -json $(ARGOCD_MODULE)@$(ARGOCD_VERSION) | $(PYTHON) -c 'import json,sys; d=json.load(sys.stdin); print(d.get("Dir") or sys.exit(d.get("Error")))'); \
-	  test -f "$$dir/manifests/crds/application-crd.yaml" && echo "argo-cd CRDs: $$dir/manifests/crds"
 
 $(TOOLS)/bin/actionlint-$(ACTIONLINT_VERSION):
 	mkdir -p $(TOOLS)/bin
 	cd /tmp && GOFLAGS= go install github.com/rhysd/actionlint/cmd/actionlint@$(ACTIONLINT_VERSION)
 	touch $@
 
-$(TOOLS)/bin/appset-render: $(APPSET_RENDER_SRC)/main.go $(APPSET_RENDER_SRC)/go.mod $(APPSET_RENDER_SRC)/go.sum
+$(TOOLS)/bin/act-$(ACT_VERSION):
 	mkdir -p $(TOOLS)/bin
-	cd $(APPSET_RENDER_SRC) && nice go build -trimpath -o $(TOOLS)/bin/appset-render .
+	cd /tmp && GOFLAGS= CGO_ENABLED=0 nice go install -trimpath -ldflags='-s -w' github.com/nektos/act@$(ACT_VERSION)
+	touch $@
 
-test-gitops: venv ## run the gitops tier (actionlint, Argo CD schemas, rendered environments, release tooling)
+argocd: $(ARGOCD_DIR)/.built ## build Argo CD $(ARGOCD_VERSION) and appset-render from the Go module (one go build)
+
+# CGO off like upstream's release build; -trimpath and -s -w keep the link small. The Argo CD CRDs the
+# tests validate against are read from the same module in the module cache.
+$(ARGOCD_DIR)/.built: $(ARGOCD_SRC)/go.mod $(ARGOCD_SRC)/go.sum $(wildcard $(ARGOCD_SRC)/appset-render/*.go)
+	rm -rf $(ARGOCD_DIR) && mkdir -p $(ARGOCD_DIR) $(TOOLS)/bin
+	cd $(ARGOCD_SRC) && GOTOOLCHAIN=$(ARGOCD_GOTOOLCHAIN) GOFLAGS='-mod=readonly -buildvcs=false' CGO_ENABLED=0 \
+	  nice -n 10 go build -trimpath -ldflags '$(ARGOCD_LDFLAGS)' -o $(ARGOCD_DIR)/ \
+	  ./appset-render $(ARGOCD_MODULE)/cmd
+	mv $(ARGOCD_DIR)/cmd $(ARGOCD_DIR)/argocd
+	for name in $(ARGOCD_COMMANDS); do ln -sf argocd $(ARGOCD_DIR)/$$name; done
+	for name in argocd appset-render $(ARGOCD_COMMANDS); do ln -sf ../$(notdir $(ARGOCD_DIR))/$$name $(TOOLS)/bin/$$name; done
+	test -f "$$(cd $(ARGOCD_SRC) && GOTOOLCHAIN=$(ARGOCD_GOTOOLCHAIN) go list -m -f '{{.Dir}}' $(ARGOCD_MODULE))/manifests/crds/application-crd.yaml"
+	touch $@
+
+test-gitops: venv ## run the gitops tier (actionlint, act, Argo CD's ApplicationSet rendering, release tooling, quality gate)
 	$(BIN)/pytest -m gitops tests/gitops $(PYTEST_ARGS)
 
 release-dry-run: venv ## local end-to-end: train -> register (local MLflow) -> make image -> dev release branch -> render
 	$(BIN)/python scripts/release_dry_run.py
+
+adopt: ## point argocd/ at your repository: make adopt REPO=<owner>/<name>
+	$(PYTHON) scripts/adopt.py "$(REPO)"
 
 # The release/promote workflows only need helm for their render check: not the whole chart tier.
 # (HELM3_VERSION and CHART_STAMP come from mk/chart.mk, included before this file.)

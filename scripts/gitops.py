@@ -3,15 +3,17 @@
 
     gitops.py release --image-repository R --tag T --digest D --model-version V   # -> dev
     gitops.py promote dev staging                                               # copy release.yaml
-    gitops.py set-alias prod                                                    # MLflow alias
+    gitops.py set-alias prod [--version V]                                      # MLflow alias
     gitops.py render dev                                                        # helm template
 
 `release` and `promote` never touch the caller's work tree: they check out the base branch in a
-temporary git worktree, edit `environments/<env>/release.yaml` there (round-trip, comments and
-formatting kept), check that the environment still renders, commit on the deterministic branch
-`gitops/<env>`, force-push it and open or update the one pull request of that environment with `gh`.
-Exit codes: 0 done (or already up to date), 2 bad input or failure, 3 refused (no-op or downgrade
-without --force).
+temporary git worktree, write `environments/<env>/release.yaml` there (round-trip, comments and
+formatting kept; created on the first release to an environment), run the quality gate
+(ml_service.quality_gate: the new model against the one the environment runs), check that the
+environment still renders, commit on the deterministic branch `gitops/<env>`, force-push it and
+open or update the one pull request of that environment with `gh`.
+Exit codes: 0 done (or already up to date), 2 bad input or failure, 3 refused (no-op, downgrade
+without --force, a skipped environment, a failed quality gate without --override-quality-gate).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tarfile
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,11 +35,18 @@ from pathlib import Path
 from ruamel.yaml import YAML
 from ruamel.yaml.scalarstring import ScalarString
 
+ROOT = Path(__file__).resolve().parents[1]
+# The quality gate lives in the app package of this same checkout (ml_service.quality_gate).
+if (ROOT / "app" / "ml_service").is_dir() and str(ROOT / "app") not in sys.path:
+    sys.path.insert(0, str(ROOT / "app"))
+
+# Promotion order: a release goes to dev, each promotion to the next environment only.
 ENVIRONMENTS = ("dev", "staging", "prod")
 RELEASE_NAME = "ml-service"
 CHART_PATH = "charts/ml-service"
 BRANCH_PREFIX = "gitops/"
 DEFAULT_ALIAS = "champion"
+GATE_CONFIG = "environments/quality-gate.yaml"
 # Bot identity used only when git has none configured (fresh CI runners).
 BOT_NAME = "ml-service-gitops"
 BOT_EMAIL = "ml-service-gitops@users.noreply.github.com"
@@ -50,6 +60,26 @@ REPOSITORY_RE = re.compile(r"^[a-z0-9]+([._/-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([
 VERSION_RE = re.compile(r"^[1-9][0-9]{0,8}$")
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 COMMIT_RE = re.compile(r"^[0-9a-f]{7,40}$")
+REVISION_RE = re.compile(r"^[0-9a-f]{40}$")
+
+# Written on the first release to an environment (then edited round-trip, comments kept).
+RELEASE_TEMPLATE = """\
+# Promotable state of {env}: what runs here. Written by scripts/gitops.py (release / promote) and
+# changed only by pull request; promotion copies it to the next environment. The ApplicationSet
+# reads it (argocd/apps/applicationset.yaml): no file, no Application. Static settings live in
+# values.yaml beside this file.
+# The commit of this repository the environment runs: Argo CD renders charts/ml-service from it.
+revision: ""
+image:
+  repository: ""
+  # The commit the image was built from; the digest pins the exact image that runs.
+  tag: ""
+  digest: ""
+model:
+  name: ""
+  # An exact registered version, never an alias: what runs is what was reviewed.
+  version: ""
+"""
 
 
 class GitopsError(Exception):
@@ -67,6 +97,7 @@ class Refused(GitopsError):
 
 @dataclass(frozen=True)
 class ReleaseState:
+    revision: str
     image_repository: str
     image_tag: str
     image_digest: str
@@ -78,6 +109,7 @@ class ReleaseState:
         try:
             image, model = doc["image"], doc["model"]
             state = cls(
+                str(doc["revision"]),
                 str(image["repository"]),
                 str(image["tag"]),
                 str(image.get("digest") or ""),
@@ -86,13 +118,14 @@ class ReleaseState:
             )
         except (KeyError, TypeError) as exc:
             raise GitopsError(
-                f"{where}: missing key {exc} (needs image.repository/tag/digest, "
+                f"{where}: missing key {exc} (needs revision, image.repository/tag/digest, "
                 "model.name/version)"
             ) from None
         return state
 
     def validate(self) -> None:
         checks = [
+            ("revision (full commit sha)", self.revision, REVISION_RE),
             ("image repository", self.image_repository, REPOSITORY_RE),
             ("image tag", self.image_tag, TAG_RE),
             ("model name", self.model_name, MODEL_NAME_RE),
@@ -108,9 +141,20 @@ class ReleaseState:
     def describe(self) -> str:
         digest = self.image_digest[:19] + "…" if self.image_digest else "no digest"
         return (
-            f"image {self.image_repository}:{self.image_tag} ({digest}), "
-            f"model {self.model_name} v{self.model_version}"
+            f"chart at {self.revision[:12]}, image {self.image_repository}:{self.image_tag} "
+            f"({digest}), model {self.model_name} v{self.model_version}"
         )
+
+    def values_object(self) -> dict:
+        """The chart values the ApplicationSet template builds from these keys (valuesObject)."""
+        return {
+            "image": {
+                "repository": self.image_repository,
+                "tag": self.image_tag,
+                "digest": self.image_digest,
+            },
+            "model": {"name": self.model_name, "version": self.model_version},
+        }
 
 
 def _yaml() -> YAML:
@@ -140,6 +184,7 @@ def _like(old, new: str):
 
 
 def apply_state(doc: dict, state: ReleaseState) -> None:
+    doc["revision"] = _like(doc.get("revision"), state.revision)
     for section, key, value in (
         ("image", "repository", state.image_repository),
         ("image", "tag", state.image_tag),
@@ -157,8 +202,11 @@ def dump(doc: dict) -> str:
     return buf.getvalue()
 
 
-def edit_release_text(text: str, state: ReleaseState, where: str) -> str:
-    doc, _ = load_release(text, where)
+def edit_release_text(text: str | None, state: ReleaseState, where: str, env: str) -> str:
+    """`text` with the new state (None: the environment's first release, from the template)."""
+    doc = _yaml().load(text if text is not None else RELEASE_TEMPLATE.format(env=env))
+    if not isinstance(doc, dict):
+        raise GitopsError(f"{where}: not a YAML mapping")
     apply_state(doc, state)
     return dump(doc)
 
@@ -213,7 +261,7 @@ def resolve_base(repo: Path, base: str, remote: str) -> Base:
     return Base(base, git(repo, "rev-parse", f"{base}^{{commit}}"), None)
 
 
-def read_at(repo: Path, ref: str, path: str) -> str:
+def read_at(repo: Path, ref: str, path: str, missing_ok: bool = False) -> str | None:
     proc = subprocess.run(
         ["git", "-C", str(repo), "show", f"{ref}:{path}"],
         capture_output=True,
@@ -221,6 +269,8 @@ def read_at(repo: Path, ref: str, path: str) -> str:
         check=False,
     )
     if proc.returncode != 0:
+        if missing_ok and not git_ok(repo, "cat-file", "-e", f"{ref}:{path}"):
+            return None
         raise GitopsError(f"{path} not found on {ref}")
     return proc.stdout
 
@@ -250,8 +300,10 @@ def known_commit(repo: Path, sha: str) -> bool:
 
 
 def check_change(
-    repo: Path, current: ReleaseState, new: ReleaseState, env: str, force: bool
+    repo: Path, current: ReleaseState | None, new: ReleaseState, env: str, force: bool
 ) -> None:
+    if current is None:
+        return  # the environment's first release
     if current == new:
         raise Refused(
             f"{env} already runs {new.describe()}: nothing to do (use --force to rewrite it anyway)"
@@ -260,34 +312,65 @@ def check_change(
     if current.model_name == new.model_name and int(new.model_version) < int(current.model_version):
         problems.append(f"model version {new.model_version} < {current.model_version}")
     if (
-        new.image_tag != current.image_tag
-        and known_commit(repo, new.image_tag)
-        and known_commit(repo, current.image_tag)
-        and is_ancestor(repo, new.image_tag, current.image_tag)
+        new.revision != current.revision
+        and known_commit(repo, new.revision)
+        and known_commit(repo, current.revision)
+        and is_ancestor(repo, new.revision, current.revision)
     ):
-        problems.append(f"image {new.image_tag[:12]} is older than {current.image_tag[:12]}")
+        problems.append(f"commit {new.revision[:12]} is older than {current.revision[:12]}")
     if problems and not force:
         raise Refused(f"refusing to downgrade {env}: " + "; ".join(problems) + " (use --force)")
 
 
-def helm_args(env: str, root: Path) -> tuple[list[str], Path]:
+def helm_args(
+    env: str, values_root: Path, chart_root: Path, values_object: Path
+) -> tuple[list[str], Path]:
     """`helm template` args as Argo CD's repo-server builds them for the env's Application.
 
-    tests/gitops checks these against what the ApplicationSet generates."""
-    chart = root / CHART_PATH
+    The chart comes from the commit release.yaml pins (`chart_root`: that commit's tree),
+    values.yaml from the base branch (`values_root`, the `$values` source), then the valuesObject
+    the ApplicationSet builds from release.yaml (`values_object`, written to a file: the
+    repo-server passes it last). tests/gitops checks these against the generated Application."""
+    chart = chart_root / CHART_PATH
     args = ["template", ".", "--name-template", RELEASE_NAME, "--namespace", f"ml-service-{env}"]
-    for name in ("values.yaml", "release.yaml"):
-        args += ["--values", str((chart / ".." / ".." / "environments" / env / name).resolve())]
+    args += ["--values", str((values_root / "environments" / env / "values.yaml").resolve())]
+    args += ["--values", str(values_object)]
     return [*args, "--include-crds"], chart
 
 
-def render(env: str, root: Path) -> str:
+def tree_at(repo: Path, revision: str, dest: Path) -> Path:
+    """The repository's tree at `revision`, extracted to `dest` (the chart source Argo CD uses)."""
+    if not known_commit(repo, revision):
+        raise GitopsError(
+            f"commit {revision[:12]} (release.yaml `revision`) is not in this clone: fetch it"
+        )
+    proc = subprocess.run(
+        ["git", "-C", str(repo), "archive", "--format=tar", revision],
+        capture_output=True,
+        check=False,
+    )
+    if proc.returncode != 0:
+        raise GitopsError(f"git archive {revision[:12]} failed: {proc.stderr.decode()[-500:]}")
+    with tarfile.open(fileobj=io.BytesIO(proc.stdout)) as tar:
+        tar.extractall(dest, filter="tar")
+    return dest
+
+
+def render(env: str, values_root: Path, state: ReleaseState, repo: Path | None = None) -> str:
+    """The environment as its Application renders: chart at state.revision, values from
+    `values_root`, image/model from `state`."""
     helm = shutil.which("helm")
     helm = os.path.abspath(helm) if helm else None
     if helm is None:
         raise GitopsError("helm not found on PATH: run `make setup` (or pass --no-render-check)")
-    args, chart = helm_args(env, root)
-    proc = subprocess.run([helm, *args], cwd=chart, capture_output=True, text=True, check=False)
+    with tempfile.TemporaryDirectory(prefix="gitops-render-") as tmp:
+        chart_root = tree_at(repo or values_root, state.revision, Path(tmp) / "tree")
+        values_object = Path(tmp) / "values-object.yaml"
+        values_object.write_text(dump(state.values_object()))
+        args, chart = helm_args(env, values_root, chart_root, values_object)
+        if not (chart / "Chart.yaml").is_file():
+            raise GitopsError(f"{CHART_PATH} does not exist at {state.revision[:12]}")
+        proc = subprocess.run([helm, *args], cwd=chart, capture_output=True, text=True, check=False)
     if proc.returncode != 0:
         raise GitopsError(f"environment {env} does not render: {proc.stderr.strip()[-2000:]}")
     return proc.stdout
@@ -357,53 +440,113 @@ def open_or_update_pr(
 # --------------------------------------------------------------------------- the bump
 
 
+@dataclass
+class Target:
+    """An environment's release state on the base branch (state None: nothing released yet)."""
+
+    env: str
+    base: Base
+    path: str
+    text: str | None
+    state: ReleaseState | None
+
+
+def target(repo: Path, env: str, base: str, remote: str) -> Target:
+    path = f"environments/{env}/release.yaml"
+    b = resolve_base(repo, base, remote)
+    text = read_at(repo, b.ref, path, missing_ok=True)
+    state = None
+    if text is not None:
+        _, state = load_release(text, f"{path} on {b.ref}")
+        state.validate()
+    return Target(env, b, path, text, state)
+
+
 def bump(
     repo: Path,
-    env: str,
+    t: Target,
     new: ReleaseState,
     *,
-    base: str,
-    remote: str,
-    force: bool,
     no_pr: bool,
     render_check: bool,
     title: str,
     body: str,
+    commit_body: str,
 ) -> str:
-    path = f"environments/{env}/release.yaml"
-    b = resolve_base(repo, base, remote)
-    current_text = read_at(repo, b.ref, path)
-    _, current = load_release(current_text, f"{path} on {b.ref}")
-    current.validate()
-    check_change(repo, current, new, env, force)
-
-    branch = f"{BRANCH_PREFIX}{env}"
-    with worktree(repo, branch, b.commit) as wt:
-        (wt / path).write_text(edit_release_text(current_text, new, path))
+    branch = f"{BRANCH_PREFIX}{t.env}"
+    base = t.base
+    with worktree(repo, branch, base.commit) as wt:
+        (wt / t.path).parent.mkdir(parents=True, exist_ok=True)
+        (wt / t.path).write_text(edit_release_text(t.text, new, t.path, t.env))
         if render_check:
-            render(env, wt)
-        git(wt, "add", path)
+            render(t.env, wt, new, repo)
+        git(wt, "add", t.path)
         if git_ok(wt, "diff", "--cached", "--quiet"):
-            raise Refused(f"{path} unchanged after the edit: nothing to commit")
-        git(wt, *identity_args(repo), "commit", "--quiet", "-m", title, "-m", body)
+            raise Refused(f"{t.path} unchanged after the edit: nothing to commit")
+        git(wt, *identity_args(repo), "commit", "--quiet", "-m", title, "-m", commit_body)
         tree = git(wt, "rev-parse", "HEAD^{tree}")
-    if b.remote is None:
-        return f"committed on local branch {branch} (no remote {remote!r}: not pushed)"
-    remote_branch = f"refs/remotes/{b.remote}/{branch}"
-    git(repo, "fetch", "--quiet", b.remote, f"+refs/heads/{branch}:{remote_branch}", check=False)
+    base_name = base.ref.removeprefix(f"{base.remote}/") if base.remote else base.ref
+    if base.remote is None:
+        return f"committed on local branch {branch} (no remote: not pushed)"
+    remote_branch = f"refs/remotes/{base.remote}/{branch}"
+    git(repo, "fetch", "--quiet", base.remote, f"+refs/heads/{branch}:{remote_branch}", check=False)
     if git_ok(repo, "rev-parse", "--verify", "--quiet", remote_branch):
         same_tree = git(repo, "rev-parse", f"{remote_branch}^{{tree}}") == tree
-        same_base = git(repo, "rev-parse", f"{remote_branch}^") == b.commit
+        same_base = git(repo, "rev-parse", f"{remote_branch}^") == base.commit
         if same_tree and same_base:
             # Keep the pushed commit (and its CI run) rather than push an identical new one.
             git(repo, "branch", "--force", branch, remote_branch)
             return (
-                f"{branch} already holds this change on {b.remote}: nothing pushed; "
-                + open_or_update_pr(repo, branch, base, title, body, no_pr)
+                f"{branch} already holds this change on {base.remote}: nothing pushed; "
+                + open_or_update_pr(repo, branch, base_name, title, body, no_pr)
             )
     # One branch per environment: a newer bump replaces the older one in the same PR.
-    git(repo, "push", "--quiet", "--force", b.remote, f"refs/heads/{branch}:refs/heads/{branch}")
-    return open_or_update_pr(repo, branch, base, title, body, no_pr)
+    git(repo, "push", "--quiet", "--force", base.remote, f"refs/heads/{branch}:refs/heads/{branch}")
+    return open_or_update_pr(repo, branch, base_name, title, body, no_pr)
+
+
+# --------------------------------------------------------------------------- quality gate
+
+
+def quality_gate(a: argparse.Namespace, t: Target, new: ReleaseState):
+    """ml_service.quality_gate against what t.env runs, with the thresholds of the base branch.
+
+    Returns the result (its markdown goes into the PR); a failure without an override is Refused
+    (exit 3, nothing pushed)."""
+    from ml_service import quality_gate as qg
+
+    config_text = read_at(a.repo, t.base.ref, GATE_CONFIG, missing_ok=True)
+    if config_text is None:
+        raise GitopsError(f"{GATE_CONFIG} not found on {t.base.ref}: the quality gate needs it")
+    baseline = (t.state.model_name, t.state.model_version) if t.state else None
+    with tempfile.TemporaryDirectory(prefix="gitops-gate-") as tmp:
+        config = Path(tmp) / GATE_CONFIG
+        config.parent.mkdir(parents=True)
+        config.write_text(config_text)
+        try:
+            result = qg.run_gate(
+                t.env,
+                (new.model_name, new.model_version),
+                baseline,
+                config_path=config,
+                config_name=GATE_CONFIG,
+                override_reason=a.override_gate,
+            )
+        except qg.GateError as exc:
+            raise GitopsError(str(exc)) from None
+    if not result.passed and result.error:
+        raise GitopsError(
+            result.failure_text()
+            + "\nNothing pushed (--override-quality-gate 'reason' ships anyway)."
+        )
+    if not result.passed:
+        raise Refused(
+            result.failure_text()
+            + "\nNothing pushed. A person may override with --override-quality-gate 'reason' "
+            "(recorded in the MLflow run and the pull request)."
+        )
+    print(f"quality gate {result.verdict} for {t.env}", file=sys.stderr)
+    return result
 
 
 # --------------------------------------------------------------------------- commands
@@ -421,70 +564,141 @@ def repo_root(start: Path) -> Path:
     return Path(out.stdout.strip())
 
 
-def bump_from_args(
-    a: argparse.Namespace, env: str, new: ReleaseState, title: str, body: str
-) -> str:
-    """`bump` with the options every PR-opening command shares."""
+def chart_changes(repo: Path, old: ReleaseState | None, new: ReleaseState) -> str:
+    """What the environment's chart gains: the commits touching charts/ between the two pins."""
+    if old is None or old.revision == new.revision:
+        return "Chart: unchanged." if old else f"Chart: `{CHART_PATH}` at {new.revision[:12]}."
+    if not (known_commit(repo, old.revision) and known_commit(repo, new.revision)):
+        return f"Chart: {old.revision[:12]} -> {new.revision[:12]}."
+    log = git(
+        repo,
+        "log",
+        "--format=- %h %s",
+        "-n",
+        "30",
+        f"{old.revision}..{new.revision}",
+        "--",
+        "charts/",
+        "dashboards/",
+    )
+    head = f"Chart: {old.revision[:12]} -> {new.revision[:12]}"
+    return f"{head}, changes under charts/:\n{log}" if log else f"{head} (no change under charts/)."
+
+
+def pr_body(intro: str, t: Target, new: ReleaseState, gate, repo: Path) -> str:
+    parts = [intro, "", chart_changes(repo, t.state, new), "", gate.markdown(), ""]
+    parts.append(
+        f"Only `{t.path}` changes. Written by `scripts/gitops.py`; a newer run force-pushes "
+        f"this branch and updates this pull request."
+    )
+    return "\n".join(parts)
+
+
+def cmd_release(a: argparse.Namespace) -> str:
+    revision = a.revision or a.tag
+    new = ReleaseState(
+        revision, a.image_repository, a.tag, a.digest, a.model_name, str(a.model_version)
+    )
+    new.validate()
+    t = target(a.repo, a.env, a.base, a.remote)
+    check_change(a.repo, t.state, new, a.env, a.force)
+    gate = quality_gate(a, t, new)
+    title = f"release({a.env}): image {a.tag[:12]}, model {a.model_name} v{a.model_version}"
+    intro = f"Release of {new.describe()} to `{a.env}`."
+    body = pr_body(intro, t, new, gate, a.repo)
     return bump(
         a.repo,
-        env,
+        t,
         new,
-        base=a.base,
-        remote=a.remote,
-        force=a.force,
         no_pr=a.no_pr,
         render_check=a.render_check,
         title=title,
         body=body,
+        commit_body=f"{intro}\nQuality gate: {gate.verdict}.",
     )
-
-
-def cmd_release(a: argparse.Namespace) -> str:
-    new = ReleaseState(a.image_repository, a.tag, a.digest, a.model_name, str(a.model_version))
-    new.validate()
-    title = f"release({a.env}): image {a.tag[:12]}, model {a.model_name} v{a.model_version}"
-    body = (
-        f"Automated release of {new.describe()} to `{a.env}`.\n\n"
-        f"Only `environments/{a.env}/release.yaml` changes. Written by `scripts/gitops.py "
-        "release`; a newer release force-pushes this branch and updates this pull request."
-    )
-    return bump_from_args(a, a.env, new, title, body)
 
 
 def cmd_promote(a: argparse.Namespace) -> str:
-    if a.source == a.target:
+    src, dst = ENVIRONMENTS.index(a.source), ENVIRONMENTS.index(a.target)
+    if src == dst:
         raise GitopsError("from and to are the same environment")
-    if ENVIRONMENTS.index(a.target) < ENVIRONMENTS.index(a.source) and not a.force:
+    if dst > src + 1:
+        # Never skipped, not even with --force: each environment is where the next one's
+        # release is proven.
+        raise Refused(
+            f"promotion goes {' -> '.join(ENVIRONMENTS)} one environment at a time: "
+            f"{a.source} -> {a.target} skips {', '.join(ENVIRONMENTS[src + 1 : dst])}"
+        )
+    if dst < src and not a.force:
         raise Refused(
             f"promotion goes {' -> '.join(ENVIRONMENTS)}; {a.source} -> {a.target} "
-            "goes backwards (use --force)"
+            "goes backwards (use --force for a rollback)"
         )
-    b = resolve_base(a.repo, a.base, a.remote)
-    src_path = f"environments/{a.source}/release.yaml"
-    _, new = load_release(read_at(a.repo, b.ref, src_path), f"{src_path} on {b.ref}")
-    new.validate()
+    source = target(a.repo, a.source, a.base, a.remote)
+    if source.state is None:
+        raise Refused(f"nothing is released to {a.source} yet: nothing to promote")
+    new = source.state
+    t = target(a.repo, a.target, a.base, a.remote)
+    check_change(a.repo, t.state, new, a.target, a.force)
+    gate = quality_gate(a, t, new)
     title = (
         f"promote({a.source}->{a.target}): image {new.image_tag[:12]}, "
         f"model {new.model_name} v{new.model_version}"
     )
-    body = (
-        f"Promotes what `{a.source}` runs to `{a.target}`: {new.describe()}.\n\n"
-        f"Only `environments/{a.target}/release.yaml` changes; static settings stay."
-    )
+    intro = f"Promotes what `{a.source}` runs to `{a.target}`: {new.describe()}."
     if a.target == "prod":
-        body += (
-            "\n\nMerging this moves the MLflow alias `champion` to model version "
-            f"{new.model_version} (workflow `champion-alias`)."
+        intro += (
+            "\n\nprod syncs only by hand, inside its sync window. The MLflow alias `champion` "
+            f"moves to version {new.model_version} once Argo CD reports prod synced and healthy "
+            "with it (workflow `champion-alias`), not when this merges."
         )
-    return bump_from_args(a, a.target, new, title, body)
+    body = pr_body(intro, t, new, gate, a.repo)
+    return bump(
+        a.repo,
+        t,
+        new,
+        no_pr=a.no_pr,
+        render_check=a.render_check,
+        title=title,
+        body=body,
+        commit_body=f"{intro}\nQuality gate: {gate.verdict}.",
+    )
+
+
+def pinned_versions(repo: Path, env: str, ref: str) -> set[tuple[str, str]]:
+    """Every (model name, version) env's release.yaml has pinned on `ref` (its git history)."""
+    path = f"environments/{env}/release.yaml"
+    commits = git(repo, "log", "--format=%H", "-n", "500", ref, "--", path).split()
+    seen = set()
+    for commit in commits:
+        text = read_at(repo, commit, path, missing_ok=True)
+        if text is None:
+            continue
+        try:
+            _, state = load_release(text, f"{path} at {commit[:12]}")
+        except GitopsError:
+            continue
+        seen.add((state.model_name, state.model_version))
+    return seen
 
 
 def cmd_set_alias(a: argparse.Namespace) -> str:
     path = a.repo / "environments" / a.env / "release.yaml"
     if not path.is_file():
-        raise GitopsError(f"{path.relative_to(a.repo)} not found")
+        raise GitopsError(f"{path.relative_to(a.repo)} not found: nothing released to {a.env}")
     _, state = load_release(path.read_text(), str(path.relative_to(a.repo)))
     state.validate()
+    name, version = state.model_name, state.model_version
+    if a.version is not None:
+        # The version Argo CD reports as synced and healthy (champion-alias.yml). It must be one a
+        # reviewed pull request pinned for this environment, whatever the caller sends.
+        if not VERSION_RE.match(a.version):
+            raise GitopsError(f"invalid model version (expected {VERSION_RE.pattern})")
+        if (name, a.version) not in pinned_versions(a.repo, a.env, "HEAD"):
+            raise Refused(
+                f"{name} version {a.version} was never pinned by environments/{a.env}/release.yaml"
+            )
+        version = a.version
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         raise GitopsError("MLFLOW_TRACKING_URI is not set")
     from mlflow import MlflowClient
@@ -492,23 +706,26 @@ def cmd_set_alias(a: argparse.Namespace) -> str:
 
     client = MlflowClient()
     try:
-        client.get_model_version(state.model_name, state.model_version)
+        client.get_model_version(name, version)
     except MlflowException:
-        raise GitopsError(
-            f"model {state.model_name} version {state.model_version} is not in the registry"
-        ) from None
+        raise GitopsError(f"model {name} version {version} is not in the registry") from None
     try:
-        before = client.get_model_version_by_alias(state.model_name, a.alias).version
+        before = client.get_model_version_by_alias(name, a.alias).version
     except MlflowException:
         before = None
-    if str(before) == state.model_version:
-        return f"alias {a.alias} already on {state.model_name} v{state.model_version}"
-    client.set_registered_model_alias(state.model_name, a.alias, state.model_version)
-    return f"alias {a.alias}: {state.model_name} v{before or '-'} -> v{state.model_version}"
+    if str(before) == version:
+        return f"alias {a.alias} already on {name} v{version}"
+    client.set_registered_model_alias(name, a.alias, version)
+    return f"alias {a.alias}: {name} v{before or '-'} -> v{version}"
 
 
 def cmd_render(a: argparse.Namespace) -> str:
-    out = render(a.env, a.repo)
+    path = a.repo / "environments" / a.env / "release.yaml"
+    if not path.is_file():
+        raise GitopsError(f"nothing released to {a.env}: no Application, nothing to render")
+    _, state = load_release(path.read_text(), str(path.relative_to(a.repo)))
+    state.validate()
+    out = render(a.env, a.repo, state)
     if a.output:
         Path(a.output).write_text(out)
         return f"rendered {a.env} to {a.output}"
@@ -530,7 +747,7 @@ def parser() -> argparse.ArgumentParser:
     def bump_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--base", default="main", help="branch the PR targets (default main)")
         sp.add_argument("--remote", default="origin", help="remote to push to (default origin)")
-        sp.add_argument("--force", action="store_true", help="allow a no-op or a downgrade")
+        sp.add_argument("--force", action="store_true", help="allow a no-op, downgrade, rollback")
         sp.add_argument("--no-pr", action="store_true", help="push the branch, open no PR")
         sp.add_argument(
             "--no-render-check",
@@ -538,12 +755,21 @@ def parser() -> argparse.ArgumentParser:
             action="store_false",
             help="skip `helm template` of the changed environment",
         )
+        sp.add_argument(
+            "--override-quality-gate",
+            dest="override_gate",
+            metavar="REASON",
+            help="ship even if the quality gate fails; REASON goes into the MLflow run and the PR",
+        )
 
     r = sub.add_parser("release", help="bump an environment (dev) to a new image and model version")
     r.add_argument("--env", default="dev", choices=ENVIRONMENTS)
     r.add_argument("--image-repository", required=True)
     r.add_argument("--tag", required=True, help="image tag (the commit it was built from)")
     r.add_argument("--digest", required=True, help="image digest sha256:...")
+    r.add_argument(
+        "--revision", help="commit whose chart the environment runs (default: --tag, a full sha)"
+    )
     r.add_argument("--model-name", default="ml-service")
     r.add_argument("--model-version", required=True)
     bump_opts(r)
@@ -558,6 +784,9 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("set-alias", help="point an MLflow alias at the env's model version")
     s.add_argument("env", choices=ENVIRONMENTS)
     s.add_argument("--alias", default=DEFAULT_ALIAS)
+    s.add_argument(
+        "--version", help="the version the environment serves (must be one it pinned by PR)"
+    )
     s.set_defaults(func=cmd_set_alias)
 
     rd = sub.add_parser("render", help="helm template the env as its Argo CD Application would")

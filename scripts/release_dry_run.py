@@ -5,10 +5,11 @@
 2. train and register a new version of `ml-service` on it (`python -m ml_service.train`);
 3. build the serving image (`make image`, the image tier's build);
 4. snapshot the work tree into a scratch repository with a local bare remote, clone it, and run
-   `scripts/gitops.py release --no-pr` there: branch `gitops/dev` with the new image and model
-   version;
-5. render the dev Application the ApplicationSet generates, from that branch, the way Argo CD's
-   repo-server does, and validate it strictly (tests/support/kube.py).
+   `scripts/gitops.py release --no-pr` there (quality gate against the same MLflow server):
+   branch `gitops/dev` with the new image and model version;
+5. "merge" it, let Argo CD's own ApplicationSet code (appset-render) generate the dev Application
+   from the clone, render it the way the repo-server does (chart at the pinned commit, values,
+   valuesObject) and validate it strictly (tests/support/kube.py).
 
 Differences from CI, on purpose: the image is not pushed, so its "digest" is the local image ID (a
 registry manifest digest exists only after a push), and no pull request is opened (`--no-pr`).
@@ -98,16 +99,36 @@ def snapshot_clone(scratch: Path) -> tuple[Path, str]:
     return clone, sh("git", "-C", str(clone), "rev-parse", "HEAD")
 
 
-def render_dev(clone: Path) -> list[dict]:
-    appset = clone / "argocd" / "apps" / "applicationset.yaml"
-    apps = yaml.safe_load_all(sh(str(ROOT / ".tools" / "bin" / "appset-render"), str(appset)))
+def render_dev(clone: Path, scratch: Path) -> list[dict]:
+    apps_dir = clone / "argocd" / "apps"
+    apps = yaml.safe_load_all(
+        sh(
+            str(ROOT / ".tools" / "bin" / "appset-render"),
+            "--repo",
+            str(clone),
+            "--project",
+            str(apps_dir / "projects.yaml"),
+            str(apps_dir / "applicationset.yaml"),
+        )
+    )
     (app,) = [a for a in apps if a and a["metadata"]["name"] == "ml-service-dev"]
-    src, helm = app["spec"]["source"], app["spec"]["source"]["helm"]
-    chart = clone / src["path"]
+    (src,) = [s for s in app["spec"]["sources"] if "path" in s]
+    helm = src["helm"]
+    tree = scratch / "chart-tree"
+    tree.mkdir()
+    archive = subprocess.run(
+        ["git", "-C", str(clone), "archive", src["targetRevision"]], capture_output=True, check=True
+    )
+    subprocess.run(["tar", "-x", "-C", str(tree)], input=archive.stdout, check=True)
+    chart = tree / src["path"]
     args = ["template", ".", "--name-template", helm["releaseName"]]
     args += ["--namespace", app["spec"]["destination"]["namespace"]]
     for f in helm["valueFiles"]:
-        args += ["--values", str((chart / f).resolve())]
+        # `$values/...`: the values source is main of the same repository (the clone's work tree).
+        args += ["--values", str(clone / f.removeprefix("$values/"))]
+    values_object = scratch / "values-object.yaml"
+    values_object.write_text(yaml.safe_dump(helm["valuesObject"]))
+    args += ["--values", str(values_object)]
     args += ["--api-versions", "monitoring.coreos.com/v1", "--include-crds"]
     proc = kube.run_helm(args, cwd=chart)
     if proc.returncode != 0:
@@ -134,38 +155,38 @@ def main() -> int:
             done(t)
             print(f"    registered ml-service version {version}")
 
-        t = step("snapshot the work tree into a local clone with a bare remote")
-        clone, commit = snapshot_clone(scratch)
-        done(t)
+            t = step("snapshot the work tree into a local clone with a bare remote")
+            clone, commit = snapshot_clone(scratch)
+            done(t)
 
-        t = step(f"make image (tag {commit[:12]})")
-        iid = build_image(commit[:12])
-        done(t)
-        print(f"    image ml-service:{commit[:12]} id {iid}")
+            t = step(f"make image (tag {commit[:12]})")
+            iid = build_image(commit[:12])
+            done(t)
+            print(f"    image ml-service:{commit[:12]} id {iid}")
 
-        t = step("scripts/gitops.py release --no-pr in the clone")
-        out = sh(
-            sys.executable,
-            str(ROOT / "scripts" / "gitops.py"),
-            "-C",
-            str(clone),
-            "release",
-            "--image-repository",
-            IMAGE_REPOSITORY,
-            "--tag",
-            commit,
-            "--digest",
-            iid,
-            "--model-version",
-            version,
-            "--no-pr",
-            env={
-                **os.environ,
-                "PATH": f"{ROOT / '.tools' / 'bin'}{os.pathsep}{os.environ['PATH']}",
-            },
-        )
-        done(t)
-        print(f"    {out}")
+            t = step("scripts/gitops.py release --no-pr in the clone (quality gate included)")
+            out = sh(
+                sys.executable,
+                str(ROOT / "scripts" / "gitops.py"),
+                "-C",
+                str(clone),
+                "release",
+                "--image-repository",
+                IMAGE_REPOSITORY,
+                "--tag",
+                commit,
+                "--digest",
+                iid,
+                "--model-version",
+                version,
+                "--no-pr",
+                env=mlflow_env(
+                    server.tracking_uri,
+                    PATH=f"{ROOT / '.tools' / 'bin'}{os.pathsep}{os.environ['PATH']}",
+                ),
+            )
+            done(t)
+            print(f"    {out}")
         changed = sh(
             "git", "-C", str(clone), "diff", "--name-only", "origin/main", "origin/gitops/dev"
         )
@@ -177,8 +198,9 @@ def main() -> int:
         t = step(
             "render the dev Application from gitops/dev (as the repo-server) + strict validation"
         )
-        sh("git", "-C", str(clone), "checkout", "--quiet", "gitops/dev")
-        docs = render_dev(clone)
+        # What merging the PR does: main becomes the branch; the git generator reads main.
+        sh("git", "-C", str(clone), "checkout", "--quiet", "-B", "main", "origin/gitops/dev")
+        docs = render_dev(clone, scratch)
         findings = kube.validate(docs, [a.kube_version], crd_files=kube.prometheus_operator_crds())
         if findings:
             raise SystemExit(

@@ -1,5 +1,6 @@
 """Fixtures of the gitops tier: the repository's Argo CD objects, the Applications the
-ApplicationSet generates, the Argo CD CRDs (from the argo-cd Go module) and the release tool."""
+ApplicationSet generates (computed by Argo CD's own ApplicationSet code, tests/gitops/argocd), the
+Argo CD CRDs (from the argo-cd Go module) and the release tool."""
 
 from __future__ import annotations
 
@@ -17,9 +18,13 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = ROOT / ".tools" / "bin"
 ARGOCD_DIR = ROOT / "argocd"
-APPSET = ARGOCD_DIR / "apps" / "applicationset.yaml"
+APPS_DIR = ARGOCD_DIR / "apps"
+APPSET = APPS_DIR / "applicationset.yaml"
+PROJECTS = APPS_DIR / "projects.yaml"
 ENVIRONMENTS = ("dev", "staging", "prod")
 SETUP_HINT = "run `make setup` (or `make setup-gitops`)"
+IMAGE_REPOSITORY = "ghcr.io/owner/ml-service"
+DIGEST = "sha256:" + "d" * 64
 
 
 def tool(name: str) -> str:
@@ -38,6 +43,83 @@ def argocd_version() -> str:
 
 def load_all(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def run_git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def appset_render(repo: Path, appset: Path = APPSET, projects: Path = PROJECTS):
+    """`appset-render`: the Applications Argo CD's ApplicationSet code generates from `appset`,
+    with `repo` (a git work tree) standing for the repository its git generator reads."""
+    return subprocess.run(
+        [tool("appset-render"), "--repo", str(repo), "--project", str(projects), str(appset)],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+
+
+def generate(repo: Path, appset: Path = APPSET, projects: Path = PROJECTS) -> dict[str, dict]:
+    proc = appset_render(repo, appset, projects)
+    assert proc.returncode == 0, proc.stderr
+    apps = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    return {a["metadata"]["labels"]["ml-service.io/environment"]: a for a in apps}
+
+
+def release_text(env: str, revision: str, version: str = "3") -> str:
+    """An environment's release.yaml as scripts/gitops.py writes it."""
+    return f"""\
+# Promotable state of {env} (test copy).
+revision: "{revision}"
+image:
+  repository: {IMAGE_REPOSITORY}
+  tag: "{revision}"
+  digest: "{DIGEST}"
+model:
+  name: ml-service
+  version: "{version}"
+"""
+
+
+def snapshot_repo(dest: Path) -> str:
+    """The work tree as it is (tracked + untracked, not ignored) committed into a new git repo at
+    `dest`; returns the commit."""
+    files = run_git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    dest.mkdir(parents=True)
+    for rel in filter(None, files.split("\0")):
+        src = ROOT / rel
+        if not src.exists() and not src.is_symlink():
+            continue  # deleted, not yet committed
+        dst = dest / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            dst.symlink_to(os.readlink(src))
+        else:
+            shutil.copy2(src, dst)
+    run_git(dest.parent, "init", "--quiet", "-b", "main", str(dest))
+    run_git(dest, "config", "user.name", "Test")
+    run_git(dest, "config", "user.email", "test@example.invalid")
+    run_git(dest, "add", "-A")
+    run_git(dest, "commit", "--quiet", "-m", "snapshot")
+    return run_git(dest, "rev-parse", "HEAD")
+
+
+@pytest.fixture(scope="session")
+def released_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A copy of this repository where every environment has a release: release.yaml pins the
+    snapshot commit (chart and image) and model version 3, as after a first release and two
+    promotions."""
+    repo = tmp_path_factory.mktemp("released") / "repo"
+    commit = snapshot_repo(repo)
+    for env in ENVIRONMENTS:
+        (repo / "environments" / env / "release.yaml").write_text(release_text(env, commit))
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "--quiet", "-m", "releases")
+    return repo
 
 
 @pytest.fixture(scope="session")
@@ -59,14 +141,10 @@ def argocd_crd_files(argocd_crd_dir: Path) -> list[Path]:
 
 
 @pytest.fixture(scope="session")
-def generated_apps() -> dict[str, dict]:
-    """env -> the Application the ApplicationSet generates for it (tests/gitops/appsetrender)."""
-    proc = subprocess.run(
-        [tool("appset-render"), str(APPSET)], capture_output=True, text=True, check=False
-    )
-    assert proc.returncode == 0, proc.stderr
-    apps = [d for d in yaml.safe_load_all(proc.stdout) if d]
-    return {a["metadata"]["labels"]["ml-service.io/environment"]: a for a in apps}
+def generated_apps(released_repo: Path) -> dict[str, dict]:
+    """env -> the Application the ApplicationSet generates for it once every environment has a
+    release (Argo CD's own generator and template code)."""
+    return generate(released_repo)
 
 
 @pytest.fixture(scope="session")

@@ -1,9 +1,10 @@
 """A stand-in for the `gh` CLI on PATH: the GitHub API cannot be reached from here.
 
-It records every call (one JSON line each in $FAKE_GH_LOG) and keeps the open pull requests in
-$FAKE_GH_STATE, answering only the calls scripts/gitops.py makes: `pr list --head B --base M
---state open --json number --jq .[0].number`, `pr create --head B --base M --title T --body X`,
-`pr edit N --title T --body X`. Anything else exits 1 so a new call cannot pass unnoticed.
+It records every call (one JSON line each in $FAKE_GH_LOG) and keeps the pull requests (head,
+base, title, body, open) in $FAKE_GH_STATE, answering only the calls scripts/gitops.py makes:
+`pr list --head B --base M --state open --json number --jq .[0].number`,
+`pr create --head B --base M --title T --body X`, `pr edit N --title T --body X`.
+Anything else exits 1 so a new call cannot pass unnoticed.
 """
 
 import json
@@ -35,6 +36,7 @@ def main() -> int:
                 "head": opt(args, "--head"),
                 "base": opt(args, "--base"),
                 "title": opt(args, "--title"),
+                "body": opt(args, "--body"),
                 "open": True,
             }
         )
@@ -46,6 +48,7 @@ def main() -> int:
         for pr in state["prs"]:
             if pr["number"] == number:
                 pr["title"] = opt(args, "--title")
+                pr["body"] = opt(args, "--body")
         state_path.write_text(json.dumps(state))
         print(f"https://github.invalid/pull/{number}")
         return 0

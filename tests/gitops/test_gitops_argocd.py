@@ -1,5 +1,6 @@
-"""The Argo CD objects: what the ApplicationSet generates, what the AppProjects allow, the platform
-Application, the bootstrap; every object validated against Argo CD's own CRD schemas."""
+"""The Argo CD objects: what the ApplicationSet generates (Argo CD's own ApplicationSet code,
+tests/gitops/argocd/appset-render), what the AppProjects allow, the platform Application, the
+bootstrap and its sync waves."""
 
 from __future__ import annotations
 
@@ -11,16 +12,32 @@ from pathlib import Path
 import pytest
 import yaml
 
-from .conftest import APPSET, ARGOCD_DIR, ENVIRONMENTS, ROOT, load_all, tool
+from .conftest import (
+    APPS_DIR,
+    APPSET,
+    ARGOCD_DIR,
+    ENVIRONMENTS,
+    ROOT,
+    appset_render,
+    generate,
+    load_all,
+    release_text,
+    run_git,
+    snapshot_repo,
+)
 
 pytestmark = pytest.mark.gitops
 
-REPO_URL = "https://github.com/OWNER/ml-service.git"
 ARGOCD_FILES = sorted(ARGOCD_DIR.rglob("*.yaml"))
+# Objects Argo CD syncs: the bootstrap and what it syncs (argocd/install holds ConfigMap patches).
+SYNCED_FILES = [ARGOCD_DIR / "bootstrap.yaml", *sorted(APPS_DIR.glob("*.yaml"))]
+BOOTSTRAP = load_all(ARGOCD_DIR / "bootstrap.yaml")[0]
+# The one place the repository URL is written; `make adopt` rewrites it everywhere.
+REPO_URL = BOOTSTRAP["spec"]["source"]["repoURL"]
 
 
 def objects(kind: str) -> list[dict]:
-    return [o for f in ARGOCD_FILES for o in load_all(f) if o["kind"] == kind]
+    return [o for f in SYNCED_FILES for o in load_all(f) if o["kind"] == kind]
 
 
 def project(name: str) -> dict:
@@ -29,29 +46,71 @@ def project(name: str) -> dict:
     return found[0]
 
 
-def test_one_application_per_environment(generated_apps: dict[str, dict]):
+def wave(obj: dict) -> int:
+    return int((obj["metadata"].get("annotations") or {}).get("argocd.argoproj.io/sync-wave", 0))
+
+
+def test_repository_url_is_one_github_url_everywhere():
+    """After `make adopt REPO=acme/ml-service` as before it: one URL, in every place."""
+    m = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+)\.git", REPO_URL)
+    assert m, REPO_URL
+    appset = load_all(APPSET)[0]
+    urls = {
+        o["spec"]["source"]["repoURL"]
+        for o in objects("Application")
+        if "chart" not in o["spec"]["source"]
+    }
+    urls |= {s["repoURL"] for s in appset["spec"]["template"]["spec"]["sources"]}
+    urls |= {
+        g["git"]["repoURL"] for g in appset["spec"]["generators"][0]["matrix"]["generators"][1:]
+    }
+    urls |= set(project("ml-service")["spec"]["sourceRepos"])
+    urls |= set(project("mlflow-platform")["spec"]["sourceRepos"])
+    assert urls == {REPO_URL}
+    notifications = (ARGOCD_DIR / "install" / "argocd-notifications-cm.patch.yaml").read_text()
+    assert f"path: /repos/{m[1]}/{m[2]}/dispatches" in notifications
+
+
+def test_one_application_per_released_environment(generated_apps, released_repo: Path):
     assert sorted(generated_apps) == sorted(ENVIRONMENTS)
+    commit = run_git(released_repo, "rev-parse", "HEAD^")
     for env, app in generated_apps.items():
         spec = app["spec"]
         assert app["metadata"]["name"] == f"ml-service-{env}"
+        assert app["metadata"]["namespace"] == "argocd"
         assert spec["project"] == "ml-service"
         assert spec["destination"]["namespace"] == f"ml-service-{env}"
-        src = spec["source"]
-        assert (src["repoURL"], src["path"], src["targetRevision"]) == (
+        chart, values = spec["sources"]
+        # The chart at the commit release.yaml pins, not main: promoted like the image.
+        assert (chart["repoURL"], chart["path"], chart["targetRevision"]) == (
             REPO_URL,
             "charts/ml-service",
-            "main",
+            commit,
         )
-        # values.yaml first, release.yaml last: the promotable state wins.
-        assert src["helm"]["valueFiles"] == [
-            f"../../environments/{env}/values.yaml",
-            f"../../environments/{env}/release.yaml",
-        ]
-        for value_file in src["helm"]["valueFiles"]:
-            assert (ROOT / src["path"] / value_file).resolve().is_file(), value_file
-        assert {"CreateNamespace=true", "ServerSideApply=true"} <= set(
-            spec["syncPolicy"]["syncOptions"]
-        )
+        assert chart["helm"]["valueFiles"] == [f"$values/environments/{env}/values.yaml"]
+        assert chart["helm"]["valuesObject"] == {
+            "image": {
+                "repository": "ghcr.io/owner/ml-service",
+                "tag": commit,
+                "digest": "sha256:" + "d" * 64,
+            },
+            "model": {"name": "ml-service", "version": "3"},
+        }
+        assert values == {"repoURL": REPO_URL, "targetRevision": "main", "ref": "values"}
+        assert app["metadata"]["annotations"]["ml-service.io/model-version"] == "3"
+
+
+def test_nothing_released_means_no_application(tmp_path: Path):
+    """#13.3: an environment without release.yaml gets no Application, so nothing pulls an image
+    that release.yml never pushed. This repository as committed releases nothing."""
+    assert generate(ROOT) == {}
+    assert not list((ROOT / "environments").glob("*/release.yaml"))
+    repo = tmp_path / "repo"
+    commit = snapshot_repo(repo)
+    (repo / "environments/dev/release.yaml").write_text(release_text("dev", commit))
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "--quiet", "-m", "first release")
+    assert sorted(generate(repo)) == ["dev"]
 
 
 @pytest.mark.parametrize(("env", "automated"), [("dev", True), ("staging", True), ("prod", False)])
@@ -61,22 +120,87 @@ def test_sync_policy(generated_apps: dict[str, dict], env: str, automated: bool)
         assert policy["automated"] == {"prune": True, "selfHeal": True}
     else:
         assert "automated" not in policy, "prod syncs only by hand"
+    assert {"CreateNamespace=true", "ServerSideApply=true"} <= set(policy["syncOptions"])
 
 
-def test_applicationset_uses_go_templates_with_missingkey_error(tmp_path: Path):
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_first_sync_survives_missing_crds(generated_apps: dict[str, dict], env: str):
+    """#13.2: on a new cluster the monitoring CRDs arrive with the platform Application. The dry
+    run of a kind without its CRD is skipped, and a failed sync is retried without a limit, on the
+    newest commit (Argo CD never re-runs a failed automated sync of the same commit by itself)."""
+    policy = generated_apps[env]["spec"]["syncPolicy"]
+    assert "SkipDryRunOnMissingResource=true" in policy["syncOptions"]
+    retry = policy["retry"]
+    assert int(retry["limit"]) < 0, "a negative limit is unlimited (controller/appcontroller.go)"
+    assert retry["refresh"] is True
+    assert retry["backoff"]["maxDuration"] in ("3m", "180s")
+
+
+def test_sync_waves_put_projects_then_platform_then_environments():
+    """#13.2: the bootstrap syncs AppProjects, then the platform (monitoring with its CRDs, the
+    MLflow server the environments load from), then the ApplicationSet;
+    argocd/install/argocd-cm.patch.yaml restores the Application health check the waves need to
+    wait on (Argo CD's docs/operator-manual/health.md)."""
+    projects = [wave(p) for p in objects("AppProject")]
+    platform = {
+        a["metadata"]["name"]: wave(a)
+        for a in objects("Application")
+        if a["metadata"]["name"] != BOOTSTRAP["metadata"]["name"]
+    }
+    assert set(platform) == {"kube-prometheus-stack", "mlflow-platform"}
+    (appset,) = [wave(a) for a in objects("ApplicationSet")]
+    assert max(projects) < min(platform.values()) and max(platform.values()) < appset
+    patch = yaml.safe_load((ARGOCD_DIR / "install" / "argocd-cm.patch.yaml").read_text())
+    lua = patch["data"]["resource.customizations.health.argoproj.io_Application"]
+    assert "obj.status.health.status" in lua
+
+
+def test_applicationset_uses_go_templates_with_missingkey_error(tmp_path: Path, released_repo):
     appset = load_all(APPSET)[0]
     assert appset["spec"]["goTemplate"] is True
     assert appset["spec"]["goTemplateOptions"] == ["missingkey=error"]
     # The option is live: an element without a parameter the template uses fails the generation.
     broken = yaml.safe_load(APPSET.read_text())
-    del broken["spec"]["generators"][0]["list"]["elements"][2]["autoSync"]
+    del broken["spec"]["generators"][0]["matrix"]["generators"][0]["list"]["elements"][2][
+        "autoSync"
+    ]
     path = tmp_path / "appset.yaml"
     path.write_text(yaml.safe_dump(broken))
-    proc = subprocess.run(
-        [tool("appset-render"), str(path)], capture_output=True, text=True, check=False
-    )
+    proc = appset_render(released_repo, path)
     assert proc.returncode == 1
     assert 'map has no entry for key "autoSync"' in proc.stderr
+
+
+def test_renderer_refuses_an_unknown_project(tmp_path: Path, released_repo):
+    """An Application must name an existing AppProject. With a git generator Argo CD already
+    fails while generating (it reads the project's source-integrity policy first)."""
+    broken = yaml.safe_load(APPSET.read_text())
+    broken["spec"]["template"]["spec"]["project"] = "ml-servic"
+    path = tmp_path / "appset.yaml"
+    path.write_text(yaml.safe_dump(broken))
+    proc = appset_render(released_repo, path)
+    assert proc.returncode == 1
+    assert 'error getting project ml-servic: appprojects.argoproj.io "ml-servic" not found' in (
+        proc.stderr
+    )
+
+
+def test_only_prod_notifies_github(generated_apps: dict[str, dict]):
+    """champion moves when prod is synced and healthy (Argo CD Notifications), not on merge."""
+    key = "notifications.argoproj.io/subscribe.on-ml-service-deployed.github-dispatch"
+    for env, app in generated_apps.items():
+        assert (key in app["metadata"]["annotations"]) == (env == "prod"), env
+    cm = yaml.safe_load((ARGOCD_DIR / "install" / "argocd-notifications-cm.patch.yaml").read_text())
+    data = cm["data"]
+    (trigger,) = yaml.safe_load(data["trigger.on-ml-service-deployed"])
+    assert trigger["send"] == ["ml-service-deployed"]
+    assert "app.status.sync.status == 'Synced'" in trigger["when"]
+    assert "app.status.health.status == 'Healthy'" in trigger["when"]
+    template = yaml.safe_load(data["template.ml-service-deployed"])
+    body = template["webhook"]["github-dispatch"]["body"]
+    # The version is what the live state was compared with, never a merged-but-unsynced one.
+    assert "comparedTo" in body and '"event_type": "ml-service-deployed"' in body
+    assert "$github-dispatch-token" in data["service.webhook.github-dispatch"]
 
 
 def test_project_admits_exactly_the_generated_applications(generated_apps: dict[str, dict]):
@@ -111,21 +235,6 @@ def test_prod_is_gated_by_a_sync_window(generated_apps: dict[str, dict]):
         assert not any(fnmatch.fnmatchcase(name, a) for w in windows for a in w["applications"])
 
 
-def test_tool_renders_like_the_repo_server(generated_apps: dict[str, dict], gitops_cli):
-    """scripts/gitops.py's render check runs `helm template` with the same arguments Argo CD's
-    repo-server builds from the generated Application (util/helm/cmd.go: template)."""
-    for env, app in generated_apps.items():
-        src, helm = app["spec"]["source"], app["spec"]["source"]["helm"]
-        chart = ROOT / src["path"]
-        expected = ["template", ".", "--name-template", helm["releaseName"]]
-        expected += ["--namespace", app["spec"]["destination"]["namespace"]]
-        for f in helm["valueFiles"]:
-            expected += ["--values", str((chart / f).resolve())]
-        expected += ["--include-crds"]
-        args, cwd = gitops_cli.helm_args(env, ROOT)
-        assert (args, cwd) == (expected, chart)
-
-
 def test_platform_kube_prometheus_stack():
     (app,) = [a for a in objects("Application") if a["metadata"]["name"] == "kube-prometheus-stack"]
     src = app["spec"]["source"]
@@ -152,15 +261,30 @@ def test_platform_kube_prometheus_stack():
 
 
 def test_bootstrap_is_one_app_of_apps():
-    (boot,) = load_all(ARGOCD_DIR / "bootstrap.yaml")
-    assert boot["kind"] == "Application"
-    path = ROOT / boot["spec"]["source"]["path"]
+    assert BOOTSTRAP["kind"] == "Application"
+    path = ROOT / BOOTSTRAP["spec"]["source"]["path"]
+    assert path == APPS_DIR
     kinds = sorted(o["kind"] for f in path.glob("*.yaml") for o in load_all(f))
     assert kinds == ["AppProject"] * 3 + ["Application"] * 2 + ["ApplicationSet"]
-    urls = {
-        o["spec"]["source"]["repoURL"]
-        for o in objects("Application")
-        if "chart" not in o["spec"]["source"]
-    }
-    urls |= {o["spec"]["template"]["spec"]["source"]["repoURL"] for o in objects("ApplicationSet")}
-    assert urls == {REPO_URL}, "one placeholder repository URL everywhere (docs/gitops.md)"
+
+
+def test_renderer_is_argo_cds_own_code():
+    """#13.7: appset-render imports the ApplicationSet controller's packages from the argo-cd
+    module at the version mk/gitops.mk pins; no imitation (sprig, hand-written merges) left."""
+    src = ROOT / "tests" / "gitops" / "argocd"
+    main = (src / "appset-render" / "main.go").read_text()
+    for pkg in ("applicationset/controllers/template", "applicationset/generators"):
+        assert f'"github.com/argoproj/argo-cd/v3/{pkg}"' in main
+    assert "template.GenerateApplications(" in main and "generators.GetGenerators(" in main
+    assert "sprig" not in main
+    gomod = (src / "go.mod").read_text()
+    assert re.search(r"^\s*github.com/argoproj/argo-cd/v3 v3\.6\.1$", gomod, re.M)
+    assert not (ROOT / "tests" / "gitops" / "appsetrender").exists()
+    version = subprocess.run(
+        [str(ROOT / ".tools" / "bin" / "argocd"), "version", "--client", "--short"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert version.returncode == 0, version.stderr
+    assert "v3.6.1" in version.stdout

@@ -1,27 +1,31 @@
-"""Every Application the ApplicationSet generates, rendered as Argo CD's repo-server renders it and
-validated strictly (tests/support/kube.py); the Argo CD objects against Argo CD's own CRD schemas;
-and the environment files themselves: release.yaml holds only promotable state, values.yaml only
-what differs from the chart."""
+"""Every Application the ApplicationSet generates, rendered as Argo CD's repo-server renders it
+(chart source at its pinned commit, `$values` files from main, then valuesObject) and validated
+strictly (tests/support/kube.py); the Argo CD objects against Argo CD's own CRD schemas; and the
+environment files themselves: values.yaml holds only what differs from the chart, release.yaml
+only promotable state pointing at images the release workflow really pushes."""
 
 from __future__ import annotations
 
+import io
 import re
-from functools import cache
+import subprocess
+import tarfile
 from pathlib import Path
 
 import pytest
 import yaml
 from support import kube
 
-from .conftest import ARGOCD_DIR, ENVIRONMENTS, ROOT, load_all
+from .conftest import APPS_DIR, ARGOCD_DIR, ENVIRONMENTS, ROOT, load_all
 
 pytestmark = pytest.mark.gitops
 
 CHART = ROOT / "charts" / "ml-service"
-PROMOTABLE = {"image": {"repository", "tag", "digest"}, "model": {"name", "version"}}
+PROMOTABLE = {"revision", "image", "model"}
 # Argo CD hands the repo-server the cluster's API versions; these make capability checks see the
 # prometheus-operator CRDs installed by the platform Application.
 API_VERSIONS = ["monitoring.coreos.com/v1"]
+_RENDERED: dict[tuple[str, str], list[dict]] = {}
 
 
 def kube_versions() -> list[str]:
@@ -33,32 +37,64 @@ def kube_versions() -> list[str]:
     return [f"{low[1]}.{low[2]}.0", f"{high[1]}.{int(high[2]) - 1}.0"]
 
 
-def repo_server_args(app: dict, kube_version: str) -> tuple[list[str], Path]:
-    """util/helm/cmd.go `template` for a single-source Helm Application (run in the chart dir)."""
-    src, helm = app["spec"]["source"], app["spec"]["source"]["helm"]
-    chart = ROOT / src["path"]
+def checkout(repo: Path, revision: str, dest: Path) -> Path:
+    """The tree of `revision` (what the repo-server checks out for a source)."""
+    if not dest.exists():
+        tar = subprocess.run(
+            ["git", "-C", str(repo), "archive", "--format=tar", revision],
+            capture_output=True,
+            check=True,
+        ).stdout
+        with tarfile.open(fileobj=io.BytesIO(tar)) as t:
+            t.extractall(dest, filter="tar")
+    return dest
+
+
+def repo_server_args(
+    app: dict, kube_version: str, repo: Path, tmp: Path
+) -> tuple[list[str], Path, Path]:
+    """util/helm/cmd.go `template` for the multi-source Helm Application (run in the chart dir):
+    (args, chart dir, the valuesObject file). `repo`'s work tree is main (the `values` ref)."""
+    sources = app["spec"]["sources"]
+    (chart_src,) = [s for s in sources if "path" in s]
+    refs = {s["ref"]: s for s in sources if "ref" in s}
+    helm = chart_src["helm"]
+    rev = chart_src["targetRevision"]
+    chart = checkout(repo, rev, tmp / f"tree-{rev}") / chart_src["path"]
     args = ["template", ".", "--name-template", helm.get("releaseName", app["metadata"]["name"])]
     args += ["--namespace", app["spec"]["destination"]["namespace"]]
     args += ["--kube-version", kube_version]
     for f in helm.get("valueFiles", []):
-        resolved = (chart / f).resolve()
-        assert resolved.is_relative_to(ROOT), f"{f} leaves the repository: Argo CD refuses it"
+        if f.startswith("$"):
+            ref, _, rel = f[1:].partition("/")
+            assert refs[ref]["targetRevision"] == "main"
+            resolved = (repo / rel).resolve()
+            assert resolved.is_relative_to(repo.resolve()), f"{f} leaves the repository"
+        else:
+            resolved = (chart / f).resolve()
         args += ["--values", str(resolved)]
+    values_object = tmp / f"values-object-{app['metadata']['name']}.yaml"
+    values_object.write_text(yaml.safe_dump(helm["valuesObject"]))
+    args += ["--values", str(values_object)]
     for v in API_VERSIONS:
         args += ["--api-versions", v]
-    return [*args, "--include-crds"], chart
+    return [*args, "--include-crds"], chart, values_object
 
 
-@cache
-def render(env: str, kube_version: str, app_yaml: str) -> list[dict]:
-    args, cwd = repo_server_args(yaml.safe_load(app_yaml), kube_version)
-    proc = kube.run_helm(args, cwd=cwd)
-    assert proc.returncode == 0, f"{env} does not render:\n{proc.stderr}"
-    return kube.load_documents(proc.stdout)
+def render(generated_apps, released_repo: Path, tmp: Path, env: str, kube_version: str):
+    key = (env, kube_version)
+    if key not in _RENDERED:
+        args, cwd, _ = repo_server_args(generated_apps[env], kube_version, released_repo, tmp)
+        proc = kube.run_helm(args, cwd=cwd)
+        assert proc.returncode == 0, f"{env} does not render:\n{proc.stderr}"
+        _RENDERED[key] = kube.load_documents(proc.stdout)
+    return _RENDERED[key]
 
 
-def app_yaml(generated_apps: dict[str, dict], env: str) -> str:
-    return yaml.safe_dump(generated_apps[env])
+@pytest.fixture(scope="module")
+def rendered(generated_apps, released_repo, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("render")
+    return lambda env, version: render(generated_apps, released_repo, tmp, env, version)
 
 
 def deployed(docs: list[dict]) -> list[dict]:
@@ -71,38 +107,36 @@ def deployed(docs: list[dict]) -> list[dict]:
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_environment_renders_and_validates_strictly(generated_apps, env: str):
+def test_environment_renders_and_validates_strictly(rendered, env: str):
     for version in kube_versions():
-        docs = render(env, version, app_yaml(generated_apps, env))
+        docs = rendered(env, version)
         assert docs, f"{env}: nothing rendered"
         findings = kube.validate(docs, [version], crd_files=kube.prometheus_operator_crds())
         assert not findings, "\n".join(map(str, findings))
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_rendered_kinds_are_allowed_by_the_project(generated_apps, env: str):
+def test_rendered_kinds_are_allowed_by_the_project(rendered, env: str):
     (proj,) = [
-        p
-        for p in load_all(ARGOCD_DIR / "apps" / "projects.yaml")
-        if p["metadata"]["name"] == "ml-service"
+        p for p in load_all(APPS_DIR / "projects.yaml") if p["metadata"]["name"] == "ml-service"
     ]
     allowed = {(w["group"], w["kind"]) for w in proj["spec"]["namespaceResourceWhitelist"]}
-    docs = deployed(render(env, kube_versions()[-1], app_yaml(generated_apps, env)))
+    docs = deployed(rendered(env, kube_versions()[-1]))
     kinds = {(d["apiVersion"].rpartition("/")[0], d["kind"]) for d in docs}
     assert kinds <= allowed, f"not allowed by AppProject ml-service: {sorted(kinds - allowed)}"
 
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_release_file_drives_image_and_model(generated_apps, env: str):
-    release = yaml.safe_load((ROOT / "environments" / env / "release.yaml").read_text())
-    docs = render(env, kube_versions()[-1], app_yaml(generated_apps, env))
+def test_release_file_drives_image_and_model(rendered, released_repo: Path, env: str):
+    release = yaml.safe_load((released_repo / "environments" / env / "release.yaml").read_text())
+    docs = rendered(env, kube_versions()[-1])
     (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
-    (container,) = deploy["spec"]["template"]["spec"]["containers"]
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
     image = release["image"]
-    expected = f"{image['repository']}:{image['tag']}"
-    if image["digest"]:
-        expected += f"@{image['digest']}"
-    assert container["image"] == expected
+    assert container["image"] == f"{image['repository']}:{image['tag']}@{image['digest']}"
+    # #13.4: GHCR's first publish is private; the pull secret is set in every environment.
+    assert pod["imagePullSecrets"] == [{"name": "ghcr-pull"}]
     env_vars = {e["name"]: e.get("value") for e in container.get("env", [])}
     # The chart may pass settings as env or through a ConfigMap (envFrom); both reach the app.
     by_name = {(d["kind"], d["metadata"]["name"]): d for d in docs}
@@ -115,8 +149,33 @@ def test_release_file_drives_image_and_model(generated_apps, env: str):
     assert all(d["metadata"].get("namespace") in (None, f"ml-service-{env}") for d in docs)
 
 
+@pytest.mark.parametrize("env", ENVIRONMENTS)
+def test_release_tool_renders_like_the_repo_server(
+    generated_apps, released_repo: Path, gitops_cli, tmp_path: Path, env: str
+):
+    """scripts/gitops.py's render check (the bump's last step) builds the same `helm template` as
+    Argo CD's repo-server builds from the generated Application, with the same valuesObject."""
+    app = generated_apps[env]
+    expected, chart, values_object = repo_server_args(app, "1.0.0", released_repo, tmp_path)
+    release = (released_repo / "environments" / env / "release.yaml").read_text()
+    _, state = gitops_cli.load_release(release, env)
+    assert state.values_object() == yaml.safe_load(values_object.read_text())
+    args, cwd = gitops_cli.helm_args(env, released_repo, chart.parents[1], values_object)
+    drop = {"--kube-version", "--api-versions"}
+    kept, skip = [], False
+    for a in expected:
+        if skip:
+            skip = False
+        elif a in drop:
+            skip = True
+        else:
+            kept.append(a)
+    assert (args, cwd) == (kept, chart)
+
+
 def test_argocd_objects_match_the_crds(generated_apps, argocd_crd_files):
-    docs = [o for f in sorted(ARGOCD_DIR.rglob("*.yaml")) for o in load_all(f)]
+    files = [ARGOCD_DIR / "bootstrap.yaml", *sorted(APPS_DIR.glob("*.yaml"))]
+    docs = [o for f in files for o in load_all(f)]
     docs += list(generated_apps.values())
     assert {d["kind"] for d in docs} == {"Application", "ApplicationSet", "AppProject"}
     findings = kube.validate(docs, kube_versions()[-1:], crd_files=argocd_crd_files)
@@ -131,12 +190,28 @@ def test_crd_validation_catches_a_typo(argocd_crd_files):
     assert any("selfHeel" in f.message for f in findings), findings
 
 
-@pytest.mark.parametrize("env", ENVIRONMENTS)
-def test_release_file_holds_only_promotable_state(env: str):
-    release = yaml.safe_load((ROOT / "environments" / env / "release.yaml").read_text())
-    assert {k: set(v) for k, v in release.items()} == PROMOTABLE
-    values = yaml.safe_load((ROOT / "environments" / env / "values.yaml").read_text())
-    assert not set(values) & set(PROMOTABLE), "image/model belong in release.yaml"
+def test_release_files_pin_images_the_release_workflow_pushes():
+    """#13.3: release.yml pushes only `<repository>:<full commit sha>`; a release file pins such a
+    tag and its digest (or does not exist: nothing released, no Application)."""
+    workflow = (ROOT / ".github/workflows/release.yml").read_text()
+    assert "tags: ${{ steps.name.outputs.repository }}:${{ github.sha }}" in workflow
+    assert '--tag "$GITHUB_SHA"' in workflow
+    for path in sorted((ROOT / "environments").glob("*/release.yaml")):
+        release = yaml.safe_load(path.read_text())
+        assert set(release) == PROMOTABLE, path
+        assert re.fullmatch(r"[0-9a-f]{40}", release["image"]["tag"]), path
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", release["image"]["digest"]), path
+        assert re.fullmatch(r"[0-9a-f]{40}", release["revision"]), path
+
+
+def test_release_template_holds_only_promotable_state(gitops_cli):
+    doc = yaml.safe_load(gitops_cli.RELEASE_TEMPLATE.format(env="dev"))
+    assert set(doc) == PROMOTABLE
+    assert set(doc["image"]) == {"repository", "tag", "digest"}
+    assert set(doc["model"]) == {"name", "version"}
+    for env in ENVIRONMENTS:
+        values = yaml.safe_load((ROOT / "environments" / env / "values.yaml").read_text())
+        assert not set(values) & {"image", "model", "revision"}, "promotable state: release.yaml"
 
 
 def leaves(tree, path=()):

@@ -83,10 +83,45 @@ def test_writers_use_an_app_token_and_a_per_environment_concurrency_group():
     assert groups["champion-alias"].startswith("gitops-prod")
 
 
-def test_promote_is_dispatched_with_from_and_to():
-    inputs = workflow(ROOT / ".github/workflows/promote.yml")["on"]["workflow_dispatch"]["inputs"]
-    assert set(inputs) == {"from", "to"}
-    assert all(i["type"] == "choice" and i["required"] for i in inputs.values())
+def test_promote_goes_to_the_next_environment_only():
+    """#13.5: the workflow asks only where to promote to; it promotes from the environment before
+    it (gitops.py refuses a skip anyway)."""
+    doc = workflow(ROOT / ".github/workflows/promote.yml")
+    inputs = doc["on"]["workflow_dispatch"]["inputs"]
+    assert set(inputs) == {"to", "quality-gate-override"}
+    assert inputs["to"]["type"] == "choice" and inputs["to"]["required"]
+    assert inputs["to"]["options"] == ["staging", "prod"]
+    assert inputs["quality-gate-override"]["required"] is False
+    script = doc["jobs"]["promote"]["steps"][-1]["run"]
+    assert "staging) from=dev ;;" in script and "prod) from=staging ;;" in script
+
+
+@pytest.mark.parametrize(("name", "job"), [("release", "bump-dev"), ("promote", "promote")])
+def test_the_quality_gate_gets_mlflow_and_an_override_input(name: str, job: str):
+    """#15: the step that opens the PR runs the gate: it needs the registry, and a person can
+    override it with a reason from the Actions UI (workflow_dispatch input)."""
+    doc = workflow(ROOT / f".github/workflows/{name}.yml")
+    assert "quality-gate-override" in doc["on"]["workflow_dispatch"]["inputs"]
+    (step,) = [s for s in doc["jobs"][job]["steps"] if "scripts/gitops.py" in s.get("run", "")]
+    env = step["env"]
+    assert env["MLFLOW_TRACKING_URI"] == "${{ secrets.MLFLOW_TRACKING_URI }}"
+    assert env["GATE_OVERRIDE"] == "${{ inputs.quality-gate-override }}"
+    assert '--override-quality-gate "$GATE_OVERRIDE"' in step["run"]
+
+
+def test_champion_moves_when_prod_serves_not_when_it_merges():
+    """#13.5: the alias follows Argo CD's report that prod is synced and healthy (a
+    repository_dispatch from Argo CD Notifications), or a person; never a push to main."""
+    doc = workflow(ROOT / ".github/workflows/champion-alias.yml")
+    assert set(doc["on"]) == {"repository_dispatch", "workflow_dispatch"}
+    assert doc["on"]["repository_dispatch"]["types"] == ["ml-service-deployed"]
+    job = doc["jobs"]["set-alias"]
+    assert "client_payload.environment == 'prod'" in job["if"]
+    (step,) = [s for s in job["steps"] if "set-alias" in s.get("run", "")]
+    assert step["env"]["VERSION"] == "${{ github.event.client_payload.version || inputs.version }}"
+    assert '--version "$VERSION"' in step["run"]
+    checkout = next(s for s in job["steps"] if "actions/checkout@" in s.get("uses", ""))
+    assert checkout["with"]["fetch-depth"] == 0, "set-alias reads the release file's history"
 
 
 def test_pull_requests_build_the_image_without_pushing():
