@@ -6,9 +6,9 @@ Connection limits (uvicorn alone holds a connection that never sends a byte fore
   KEEPALIVE_TIMEOUT_SECONDS; a body must be complete within REQUEST_BODY_TIMEOUT_SECONDS of its
   headers (408);
 - at most MAX_CONNECTIONS are open (kept below the open-file limit so `accept()` never fails):
-  a new one closes the longest-idle connection (one waiting for request headers), or, when every
-  connection is busy, gets a canned 503 and is closed. A flood of idle connections therefore
-  never locks out a health probe.
+  a new one closes the longest-idle connection (waiting for request headers with nothing sent),
+  or, when none is, gets a canned 503 and is closed. A flood of idle connections therefore never
+  locks out a health probe.
 Each closure is counted in `mlservice_connections_closed_total{reason}`; repeated log messages
 are rate-limited (redact.py), so no client can fill the log.
 
@@ -25,9 +25,12 @@ A second signal skips the drain; SIGINT (Ctrl-C) skips it as well.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import resource
 import signal
+import struct
+import termios
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -136,6 +139,16 @@ class LimitedConnection:
         elif self.body_since is not None and not cycle.more_body:
             self.body_since = None
 
+    def has_unread_bytes(self) -> bool:
+        sock = self.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+        if sock is None:
+            return False
+        try:
+            waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+        except OSError:
+            return False
+        return struct.unpack("i", waiting)[0] > 0
+
     def cut_off(self, reason: str, answer: bytes = b"") -> None:
         """Close for `reason`; `answer` is written first if the app has not started its own."""
         self.idle_since = self.body_since = None
@@ -148,9 +161,12 @@ class LimitedConnection:
 
     def _make_room(self) -> None:
         idle = [c for c in self.connections if c is not self and c.idle_since is not None]  # type: ignore[attr-defined]
-        if idle:
-            min(idle, key=lambda c: c.idle_since).cut_off("idle_evicted")
-            return
+        # The longest-idle connection that has nothing waiting to be read: one whose request
+        # is already in the socket buffer (a probe that just connected) is not idle, only unread.
+        for victim in sorted(idle, key=lambda c: c.idle_since):
+            if not victim.has_unread_bytes():
+                victim.cut_off("idle_evicted")
+                return
         self.idle_since = None
         self.limits.on_closed("over_capacity")
         self.transport.write(self.limits.overload_response())  # type: ignore[attr-defined]

@@ -61,9 +61,12 @@ def open_connections(port: int, n: int) -> Iterator[list[socket.socket]]:
 
 
 def _closed_by_server(sock: socket.socket) -> bool:
+    """True once the server closed its side (after whatever it wrote: a 503 counts too)."""
+    sock.setblocking(False)
     try:
-        sock.setblocking(False)
-        return sock.recv(4096) == b""
+        while sock.recv(65536):
+            pass
+        return True
     except BlockingIOError:
         return False
     except OSError:
