@@ -616,7 +616,7 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         rest = [pids[n] for n in reversed(COMPONENTS) if n in pids and n != "kubelet"]
         for pid in rest:
             kill(pid, signal.SIGTERM)
-        wait_gone(rest, 15)
+        wait_gone(rest, 5)  # a throw-away cluster: no need to wait for a graceful exit
         for pid in rest:
             kill(pid, signal.SIGKILL)
         for proc in self.procs.values():
