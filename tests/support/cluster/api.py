@@ -51,6 +51,16 @@ RESTRICTED_CONTAINER = {
 }
 
 
+# Waiting reasons that no amount of waiting fixes (no image pull is ever possible here).
+STUCK_REASONS = {
+    "ErrImageNeverPull",
+    "ErrImagePull",
+    "ImagePullBackOff",
+    "InvalidImageName",
+    "CreateContainerConfigError",
+}
+
+
 class ClusterError(AssertionError):
     """A cluster command failed; the message carries its output."""
 
@@ -174,16 +184,37 @@ class Cluster:
         )  # fmt: skip
 
     def rollout(self, namespace: str, kind_name: str, timeout: float = 300) -> None:
-        """`kubectl rollout status` until done; ClusterError with the pods' state if not."""
-        proc = self.kubectl(
-            "rollout", "status", kind_name, "-n", namespace, f"--timeout={int(timeout)}s",
-            check=False, timeout=timeout + 30,
-        )  # fmt: skip
-        if proc.returncode != 0:
-            raise ClusterError(
-                f"rollout of {namespace}/{kind_name} did not finish: {proc.stderr.strip()}\n"
-                + self.describe_pods(namespace)
+        """`kubectl rollout status` until done; ClusterError with the pods' state if not, at once
+        when a pod of the namespace is stuck for good (an image that cannot be had, a missing
+        Secret or ConfigMap)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            proc = self.kubectl(
+                "rollout", "status", kind_name, "-n", namespace, "--timeout=5s",
+                check=False, timeout=60,
+            )  # fmt: skip
+            if proc.returncode == 0:
+                return
+            stuck = self.stuck_pods(namespace)
+            if stuck or time.monotonic() > deadline:
+                why = f"stuck: {stuck}" if stuck else proc.stderr.strip()
+                raise ClusterError(
+                    f"rollout of {namespace}/{kind_name} did not finish ({why})\n"
+                    + self.describe_pods(namespace)
+                )
+
+    def stuck_pods(self, namespace: str) -> dict[str, str]:
+        """Pods whose containers wait for something that will not come by itself."""
+        out = {}
+        for pod in self.pods(namespace):
+            statuses = pod["status"].get("containerStatuses", []) + pod["status"].get(
+                "initContainerStatuses", []
             )
+            for status in statuses:
+                reason = (status.get("state", {}).get("waiting") or {}).get("reason", "")
+                if reason in STUCK_REASONS:
+                    out[pod["metadata"]["name"]] = reason
+        return out
 
     def pods(self, namespace: str, selector: str | None = None) -> list[dict]:
         args = ["pods"] + (["-l", selector] if selector else [])
