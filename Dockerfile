@@ -2,7 +2,8 @@
 # - builder: a virtualenv with exactly requirements/runtime.txt (hash-checked wheels, no compilers);
 # - runtime: the base image + that virtualenv + the app, UID/GID 10001, read-only root FS friendly
 #   (writes only /tmp), HEALTHCHECK on /health, python as PID 1 so SIGTERM reaches uvicorn;
-# - targets: `runtime` (default, model fetched from MLflow at start) and `baked` (model copied in).
+# - targets: `runtime` (default: serves the demo model trained at build time unless MODEL_URI names
+#   another, e.g. a registry version) and `baked` (a registry model copied in instead).
 # Uses only the Dockerfile features built into BuildKit (no `# syntax=` line: nothing to pull).
 
 # Official slim Python (Debian bookworm, Python 3.11), pinned by digest. Machines that cannot pull
@@ -47,6 +48,17 @@ ARG PRECOMPILE=0
 RUN if [ "$PRECOMPILE" = 1 ]; then \
         env -u PYTHONDONTWRITEBYTECODE /opt/venv/bin/python -c 'import fastapi, uvicorn, uvicorn.lifespan.on, uvicorn.protocols.http.h11_impl, pydantic_settings, prometheus_client, msgspec, yaml, numpy, pandas, sklearn, sklearn.pipeline, sklearn.compose, sklearn.preprocessing, sklearn.ensemble, sklearn.linear_model, sklearn.impute, skops.io, mlflow, mlflow.pyfunc, mlflow.sklearn, mlflow.artifacts, mlflow.tracking'; \
     fi
+
+# The demo model: the default training run (seed 42, scikit-learn's bundled breast-cancer data, the
+# same code and lock as `make train`) saved as an MLflow model directory with its drift reference, so
+# `helm install` with no values serves predictions without any tracking server. Runs in the builder's
+# venv (mlflow-skinny can save a model; no run, no registry).
+FROM builder AS demo-model
+# Only what training imports: serving-code changes keep this layer cached.
+COPY app/ml_service/__init__.py app/ml_service/reference.py app/ml_service/train.py \
+     /opt/ml-service/app/ml_service/
+RUN MLFLOW_DISABLE_TELEMETRY=true /opt/venv/bin/python -m ml_service.train \
+        --output-dir /opt/ml-service/model --output-json /tmp/demo-model.json
 
 FROM ${BASE_IMAGE} AS serve
 ARG VERSION=0.0.0-dev
@@ -97,5 +109,12 @@ ENV MODEL_URI=/opt/ml-service/model \
     MODEL_NAME=${MODEL_NAME} \
     MODEL_VERSION=${MODEL_VERSION}
 
-# Default target.
+# Default target: the demo model above. MODEL_URI in the environment (the chart's registry mode,
+# `docker run -e`) replaces it; the demo files are then simply not read.
 FROM serve AS runtime
+LABEL org.ml-service.model.name="ml-service" \
+      org.ml-service.model.version="demo"
+COPY --from=demo-model /opt/ml-service/model /opt/ml-service/model
+ENV MODEL_URI=/opt/ml-service/model \
+    MODEL_NAME=ml-service \
+    MODEL_VERSION=demo

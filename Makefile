@@ -35,6 +35,9 @@ lock: $(UV) ## re-resolve requirements/*.txt from pyproject.toml (exact versions
 	# The mlflow-server image (charts/mlflow-platform): the server extra alone, same pins as dev.
 	$(UV) pip compile requirements/mlflow-server.in -c requirements/dev.txt \
 	  --python-version 3.11 --generate-hashes --no-emit-index-url --no-header --quiet -o requirements/mlflow-server.txt
+	# runtime + training extras at the dev pins: the cluster tier's MLflow server image installs it
+	$(UV) pip compile pyproject.toml --extra train -c requirements/dev.txt \
+	  --python-version 3.11 --generate-hashes --no-emit-index-url --no-header --quiet -o requirements/train.txt
 
 $(VENV)/.synced: requirements/dev.txt pyproject.toml | $(UV)
 	test -x $(BIN)/python || $(UV) venv -q --python $(PYTHON) $(VENV)

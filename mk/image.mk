@@ -5,7 +5,8 @@ IMAGE_TAG      ?= $(shell git rev-parse --short=12 HEAD 2>/dev/null || echo dev)
 # local = debootstrap base built once and cached; dockerfile = the digest-pinned official image
 # named in the Dockerfile; anything else = an image reference.
 BASE_IMAGE     ?= local
-# Bake a model in (e.g. models:/ml-service@champion, needs MLFLOW_TRACKING_URI); empty = fetch at start.
+# Bake a registry model in (e.g. models:/ml-service@champion, needs MLFLOW_TRACKING_URI); empty = the
+# demo model trained at build time.
 IMAGE_MODEL    ?=
 HADOLINT_VENV  := $(TOOLS)/hadolint
 HADOLINT       := $(HADOLINT_VENV)/bin/hadolint

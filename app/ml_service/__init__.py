@@ -1,3 +1,3 @@
 """ml-service: the thin serving app and training pipeline."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

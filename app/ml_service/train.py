@@ -1,10 +1,12 @@
 """Train the ml-service classifier, log it to MLflow and register a new model version.
 
     python -m ml_service.train [--alias champion] [--seed 42] [--learning-rate 0.1] ...
+    python -m ml_service.train --output-dir DIR     # no tracking server: an MLflow model directory
 
 The tracking server comes from MLFLOW_TRACKING_URI. The alias moves only when --alias is given:
 deployed environments pin an exact version in git, so training never silently changes what
-production serves.
+production serves. --output-dir saves the same model (signature, input example, drift reference
+in its metadata) to a local directory instead, with no run and no registry: the image's demo model.
 """
 
 from __future__ import annotations
@@ -228,11 +230,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--class-weight", choices=["none", "balanced"], default="none")
     p.add_argument("--drift-bins", type=int, default=10, help="quantile bins per feature")
     p.add_argument("--output-json", type=Path, help="also write the result document here")
+    p.add_argument(
+        "--output-dir",
+        type=Path,
+        help="save the model to this new directory instead of logging it to a tracking server",
+    )
     args = p.parse_args(argv)
     if not 0.05 <= args.test_size <= 0.5:
         p.error("--test-size must be between 0.05 and 0.5")
     if args.drift_bins < 2:
         p.error("--drift-bins must be at least 2")
+    if args.output_dir and args.alias:
+        p.error("--alias needs the registry; it cannot be used with --output-dir")
+    if args.output_dir and args.output_dir.exists():
+        p.error(f"--output-dir {args.output_dir} exists; remove it first")
     return args
 
 
@@ -280,6 +291,31 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         drop=True
     )
 
+    log_model_args = {
+        "signature": signature,
+        "input_example": example,
+        "serialization_format": "skops",
+        "skops_trusted_types": SKOPS_TRUSTED_TYPES,
+        "metadata": {REFERENCE_KEY: reference, TRAINING_KEY: training},
+        # explicit: MLflow's inference re-imports the model in a subprocess (~20 s here)
+        "pip_requirements": serving_requirements(training["packages"]),
+    }
+    result = {
+        "name": args.model_name,
+        "metrics": metrics,
+        "params": hyper_params(args),
+        "predictions_sha256": predictions_digest(pred, proba),
+        "test_predictions": [str(p) for p in pred],
+        "git_commit": training["git_commit"],
+        "data_fingerprint": training["data_fingerprint"],
+        "example": example.iloc[0].to_dict(),
+    }
+    if args.output_dir:
+        import mlflow.sklearn
+
+        mlflow.sklearn.save_model(pipe, path=str(args.output_dir), **log_model_args)
+        return {**result, "version": None, "model_uri": str(args.output_dir.resolve())}
+
     mlflow.set_experiment(args.experiment)
     with mlflow.start_run() as run:
         mlflow.log_params({"model": "HistGradientBoostingClassifier", **hyper_params(args)})
@@ -298,16 +334,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             ref_path.write_text(json.dumps(reference, indent=1, sort_keys=True))
             mlflow.log_artifact(str(ref_path), artifact_path="drift")
         info = mlflow.sklearn.log_model(
-            pipe,
-            name="model",
-            signature=signature,
-            input_example=example,
-            serialization_format="skops",
-            skops_trusted_types=SKOPS_TRUSTED_TYPES,
-            metadata={REFERENCE_KEY: reference, TRAINING_KEY: training},
-            registered_model_name=args.model_name,
-            # explicit: MLflow's inference re-imports the model in a subprocess (~20 s here)
-            pip_requirements=serving_requirements(training["packages"]),
+            pipe, name="model", registered_model_name=args.model_name, **log_model_args
         )
         version = str(info.registered_model_version)
         client = mlflow.MlflowClient()
@@ -317,7 +344,7 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
             client.set_registered_model_alias(args.model_name, args.alias, version)
 
     return {
-        "name": args.model_name,
+        **result,
         "version": version,
         "run_id": run.info.run_id,
         "model_id": getattr(info, "model_id", None),
@@ -325,20 +352,13 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "alias": args.alias,
         "alias_uri": f"models:/{args.model_name}@{args.alias}" if args.alias else None,
         "tracking_uri": mlflow.get_tracking_uri(),
-        "metrics": metrics,
-        "params": hyper_params(args),
-        "predictions_sha256": predictions_digest(pred, proba),
-        "test_predictions": [str(p) for p in pred],
-        "git_commit": training["git_commit"],
-        "data_fingerprint": training["data_fingerprint"],
-        "example": example.iloc[0].to_dict(),
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=os.environ.get("LOG_LEVEL", "INFO").upper(), format="%(message)s")
     args = parse_args(argv)
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
+    if not args.output_dir and not os.environ.get("MLFLOW_TRACKING_URI"):
         log.error(
             "MLFLOW_TRACKING_URI is not set (e.g. http://127.0.0.1:5000; `make train` sets it)"
         )
@@ -347,10 +367,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.output_json:
         args.output_json.write_text(json.dumps(result, indent=2))  # example keeps column order
     m = result["metrics"]
+    scores = f"accuracy={m['accuracy']:.4f} f1_macro={m['f1_macro']:.4f} roc_auc={m['roc_auc']:.4f}"
+    if args.output_dir:
+        print(f"saved {result['name']} to {result['model_uri']}; {scores}", file=sys.stderr)
+        print(result["model_uri"])
+        return 0
     alias = f", alias {args.alias} -> {result['version']}" if args.alias else " (no alias moved)"
     print(
-        f"registered {result['name']} version {result['version']}{alias}; "
-        f"accuracy={m['accuracy']:.4f} f1_macro={m['f1_macro']:.4f} roc_auc={m['roc_auc']:.4f}",
+        f"registered {result['name']} version {result['version']}{alias}; {scores}",
         file=sys.stderr,
     )
     summary = {k: result[k] for k in ("name", "version", "run_id", "model_uri", "alias")}

@@ -4,6 +4,7 @@ same output from Helm 3 and Helm 4, dashboards shipped from the single source.""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -156,20 +157,22 @@ def test_helm_package_keeps_the_dashboards(tmp_path: Path):
 
 @pytest.mark.integration
 def test_helm_test_check_passes_against_the_real_app(served_model, tmp_path: Path):
-    """The `helm test` pod's script and payload, run against the real app serving a real model."""
-    (cm,) = [
+    """The `helm test` pod's command and payload, run against the real app serving a real model."""
+    (pod,) = [
         d
         for d in kube.load_documents(render(RENDERINGS[0]))
-        if d["kind"] == "ConfigMap"
-        and d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"
+        if d["kind"] == "Pod" and d["metadata"].get("annotations", {}).get("helm.sh/hook") == "test"
     ]
-    for name, text in cm["data"].items():
-        (tmp_path / name).write_text(text)
+    container = pod["spec"]["containers"][0]
+    command = container["command"]
+    assert command[:2] == ["python", "-c"]
+    env = {**os.environ, **{e["name"]: e["value"] for e in container["env"]}}
     proc = subprocess.run(
-        [sys.executable, str(tmp_path / "check.py"), served_model.base_url],
+        [sys.executable, "-c", command[2], served_model.base_url],
         capture_output=True,
         text=True,
         timeout=120,
+        env=env,
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

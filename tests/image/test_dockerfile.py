@@ -62,7 +62,10 @@ def test_image_configuration(docker: Docker, image: str):
     env = dict(item.split("=", 1) for item in config["Env"])
     assert env["HOST"] == "0.0.0.0" and env["PORT"] == "8000"
     assert env["PATH"].startswith("/opt/venv/bin:")
-    assert "MODEL_URI" not in env, "the default target fetches its model from MLflow"
+    # The default target serves the demo model trained at build time (MODEL_URI set at run time,
+    # e.g. by the chart's registry mode, replaces it).
+    assert env["MODEL_URI"] == "/opt/ml-service/model"
+    assert (env["MODEL_NAME"], env["MODEL_VERSION"]) == ("ml-service", "demo")
     assert "8000/tcp" in config["ExposedPorts"]
     health = config["Healthcheck"]["Test"]
     assert health[0] == "CMD" and health[1:3] == ["python", "-c"] and "/health" in health[3]

@@ -73,24 +73,54 @@ app.kubernetes.io/component: server
 {{- $ref }}
 {{- end }}
 
-{{/* MODEL_URI: model.uri, else models:/<name>/<version>, else models:/<name>@<alias>. */}}
+{{/* The model mode (values.yaml, `model`, states the rule): "uri", "registry" or "image". */}}
+{{- define "ml-service.modelMode" -}}
+{{- if .Values.model.uri }}uri{{ else if .Values.mlflow.trackingUri }}registry{{ else }}image{{ end }}
+{{- end }}
+
+{{/* MODEL_URI the chart sets: model.uri, or models:/<name>/<version>, or models:/<name>@<alias>;
+empty in image mode, where the image's own MODEL_URI applies. */}}
 {{- define "ml-service.modelUri" -}}
 {{- $m := .Values.model }}
-{{- if $m.uri }}
+{{- $mode := include "ml-service.modelMode" . }}
+{{- if eq $mode "uri" }}
 {{- $m.uri }}
-{{- else if (toString $m.version) }}
+{{- else if and (eq $mode "registry") (toString $m.version) }}
 {{- printf "models:/%s/%s" $m.name (toString $m.version) }}
-{{- else if $m.alias }}
+{{- else if eq $mode "registry" }}
 {{- printf "models:/%s@%s" $m.name $m.alias }}
-{{- else }}
-{{- fail "model: set model.version, model.alias or model.uri" }}
 {{- end }}
+{{- end }}
+
+{{/* A URI without its userinfo (https://user:token@host/ -> https://host/), for NOTES. */}}
+{{- define "ml-service.redactUri" -}}
+{{- regexReplaceAll "^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@" . "${1}" }}
 {{- end }}
 
 {{/* Cross-field rules the JSON schema cannot express; each message names the keys to fix. */}}
 {{- define "ml-service.validate" -}}
-{{- if and (hasPrefix "models:/" (include "ml-service.modelUri" .)) (not .Values.mlflow.trackingUri) }}
-{{- fail "mlflow.trackingUri is required when the model comes from the registry (models:/...); set it or set model.uri to a local model directory" }}
+{{- $m := .Values.model }}
+{{- $version := toString $m.version }}
+{{- $mode := include "ml-service.modelMode" . }}
+{{- if eq $mode "uri" }}
+{{- if or $version $m.alias }}
+{{- fail (printf "model.uri (%s) names the model to serve, so model.%s would be ignored: unset model.%s, or unset model.uri to serve from the registry" $m.uri (ternary "version" "alias" (ne $version "")) (ternary "version" "alias" (ne $version ""))) }}
+{{- end }}
+{{- if and (hasPrefix "models:/" $m.uri) (not .Values.mlflow.trackingUri) }}
+{{- fail "model.uri is a registry URI (models:/...), so mlflow.trackingUri must be set" }}
+{{- end }}
+{{- else if eq $mode "registry" }}
+{{- if and $version $m.alias }}
+{{- fail (printf "model.version (%s) and model.alias (%s) are both set: the registry serves one of them; unset one" $version $m.alias) }}
+{{- end }}
+{{- if not (or $version $m.alias) }}
+{{- fail "mlflow.trackingUri is set, so the model comes from the registry: set model.version (an exact version) or model.alias (e.g. champion); or unset mlflow.trackingUri to serve the model baked into the image" }}
+{{- end }}
+{{- else if or $version $m.alias }}
+{{- fail (printf "model.%s selects a registry model but mlflow.trackingUri is empty: set mlflow.trackingUri, or unset model.%s to serve the model baked into the image" (ternary "version" "alias" (ne $version "")) (ternary "version" "alias" (ne $version ""))) }}
+{{- end }}
+{{- if and (eq (toString .Values.updateStrategy.maxSurge) "0") (eq (toString .Values.updateStrategy.maxUnavailable) "0") }}
+{{- fail "updateStrategy.maxSurge and updateStrategy.maxUnavailable are both 0: a rollout could never replace a pod; allow one of them" }}
 {{- end }}
 {{- if and .Values.autoscaling.enabled (lt (int .Values.autoscaling.maxReplicas) (int .Values.autoscaling.minReplicas)) }}
 {{- fail "autoscaling.maxReplicas must be >= autoscaling.minReplicas" }}
@@ -123,7 +153,14 @@ app.kubernetes.io/component: server
 {{- define "ml-service.configData" -}}
 HOST: "0.0.0.0"
 PORT: "8000"
-MODEL_URI: {{ include "ml-service.modelUri" . | quote }}
+{{- with include "ml-service.modelUri" . }}
+MODEL_URI: {{ . | quote }}
+{{- end }}
+{{- if eq (include "ml-service.modelMode" .) "uri" }}
+# Labels of a model.uri model: the image's own (its demo model's) must not stick to it.
+MODEL_NAME: {{ .Values.model.name | quote }}
+MODEL_VERSION: ""
+{{- end }}
 {{- with .Values.mlflow.trackingUri }}
 MLFLOW_TRACKING_URI: {{ . | quote }}
 {{- end }}

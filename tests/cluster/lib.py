@@ -1,0 +1,294 @@
+"""Helpers of the cluster tier: helm releases of the chart, an in-cluster load client, Prometheus
+queries, "nothing left behind" checks, and the figures printed in the session summary."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from support.cluster import Cluster, ClusterError, wait_until
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "ml-service"
+ENVIRONMENTS = ROOT / "environments"
+RELEASE = "ml-service"
+# Figures for the closing summary (build, start-up, rollout times...).
+SUMMARY: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def measure(what: str) -> Iterator[None]:
+    start = time.monotonic()
+    try:
+        yield
+    finally:
+        SUMMARY[what] = f"{time.monotonic() - start:.1f} s"
+
+
+def env_values(env: str) -> list[str]:
+    """`-f` arguments in the order the ApplicationSet uses (values.yaml, then release.yaml)."""
+    return [
+        "-f",
+        str(ENVIRONMENTS / env / "values.yaml"),
+        "-f",
+        str(ENVIRONMENTS / env / "release.yaml"),
+    ]
+
+
+def override_file(tmp_path: Path, name: str, values: dict) -> list[str]:
+    """A values file written by the test (so the override is visible in the test's source)."""
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(json.dumps(values, indent=2))
+    return ["-f", str(path)]
+
+
+def helm_install(
+    cluster: Cluster, namespace: str, *args: str, timeout: str = "5m", check: bool = True
+):
+    return cluster.helm(
+        "install", RELEASE, str(CHART), "-n", namespace, "--wait", "--timeout", timeout, *args,
+        check=check,
+    )  # fmt: skip
+
+
+def release_objects(cluster: Cluster, namespace: str, release: str = RELEASE) -> list[str]:
+    """Every namespaced object labelled as part of `release` (all listable kinds)."""
+    kinds = cluster.kubectl(
+        "api-resources", "--verbs=list", "--namespaced", "-o", "name"
+    ).stdout.split()
+    # Events describe objects, they are not part of a release.
+    kinds = [k for k in kinds if k not in ("events", "events.events.k8s.io")]
+    out = cluster.kubectl(
+        "get", ",".join(kinds), "-n", namespace, "-l", f"app.kubernetes.io/instance={release}",
+        "-o", "name", "--ignore-not-found", timeout=180,
+    ).stdout  # fmt: skip
+    return sorted(set(out.split()))
+
+
+def uninstall_leaves_nothing(cluster: Cluster, namespace: str) -> None:
+    """`helm uninstall --wait`, then no object of the release and no release record is left."""
+    cluster.helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "3m")
+    wait_until(
+        lambda: not release_objects(cluster, namespace),
+        120,
+        f"every object of {RELEASE} in {namespace} gone",
+        interval=2,
+        diag=lambda: "\n".join(release_objects(cluster, namespace)),
+    )
+    secrets = cluster.kubectl(
+        "get", "secrets", "-n", namespace, "-l", f"owner=helm,name={RELEASE}", "-o", "name"
+    ).stdout.strip()
+    assert not secrets, f"helm release records left: {secrets}"
+
+
+def deployment_pods(cluster: Cluster, namespace: str) -> list[dict]:
+    return cluster.pods(
+        namespace, f"app.kubernetes.io/instance={RELEASE},app.kubernetes.io/component=server"
+    )
+
+
+def get_json(url: str, timeout: float = 5) -> tuple[int, Any]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        body = exc.read()
+        try:
+            return exc.code, json.loads(body)
+        except ValueError:
+            return exc.code, body.decode(errors="replace")
+
+
+def post_json(url: str, payload: dict, timeout: float = 10) -> tuple[int, Any]:
+    req = urllib.request.Request(
+        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as resp:
+            return resp.status, json.loads(resp.read())
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode(errors="replace")
+
+
+def sample_request() -> dict:
+    return json.loads((CHART / "files" / "sample-request.json").read_text())
+
+
+# ---------------------------------------------------------------------------- Prometheus
+def prom_query(base: str, path: str, **params: str) -> Any:
+    url = f"{base}{path}"
+    if params:
+        url += "?" + urllib.parse.urlencode(params)
+    status, body = get_json(url, timeout=10)
+    if status != 200 or body.get("status") != "success":
+        raise ClusterError(f"Prometheus {path} answered {status}: {body}")
+    return body["data"]
+
+
+# ---------------------------------------------------------------------------- in-cluster load
+# Runs in the ml-service image (Python, stdlib only) inside the cluster: POSTs one row to the
+# Service by its DNS name at a fixed rate, a new connection per request (so kube-proxy picks an
+# endpoint each time, as for any client), never retries, and stops at `max_seconds` or as soon as
+# /tmp/stop exists. Prints one JSON summary line at the end.
+LOAD_CLIENT = r"""
+import json, os, sys, threading, time, urllib.request
+url, rate, threads = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+max_seconds = float(sys.argv[4])
+body = os.environ["BODY"].encode()
+lock = threading.Lock()
+stats = {"sent": 0, "ok": 0, "failed": 0, "errors": [], "versions": {}, "first_ok": None}
+start = time.monotonic()
+def worker(offset):
+    i = 0
+    while True:
+        due = start + offset + i * threads / rate
+        i += 1
+        now = time.monotonic()
+        if now - start > max_seconds or os.path.exists("/tmp/stop"):
+            return
+        if due > now:
+            time.sleep(due - now)
+        t = round(time.monotonic() - start, 3)
+        req = urllib.request.Request(url, data=body, headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=10) as r:
+                out = json.load(r)
+                ok, version = r.status == 200, str(out["model"]["version"])
+                err = None if ok else f"status {r.status}"
+        except Exception as e:
+            ok, version, err = False, None, f"{type(e).__name__}: {e}"
+        with lock:
+            stats["sent"] += 1
+            if ok:
+                stats["ok"] += 1
+                stats["versions"][version] = stats["versions"].get(version, 0) + 1
+                if stats["first_ok"] is None:
+                    stats["first_ok"] = t
+                    print("first ok", flush=True)
+            else:
+                stats["failed"] += 1
+                if len(stats["errors"]) < 20:
+                    stats["errors"].append([t, err])
+ts = [threading.Thread(target=worker, args=(k / rate,)) for k in range(threads)]
+for t in ts: t.start()
+for t in ts: t.join()
+stats["seconds"] = round(time.monotonic() - start, 1)
+print("RESULT " + json.dumps(stats), flush=True)
+"""
+
+
+@dataclass
+class LoadResult:
+    sent: int = 0
+    ok: int = 0
+    failed: int = 0
+    errors: list = field(default_factory=list)
+    versions: dict = field(default_factory=dict)
+    seconds: float = 0.0
+    first_ok: float | None = None
+    logs: str = ""
+
+
+class InClusterLoad:
+    """A client pod streaming requests at the release's Service while the test changes things.
+
+    with InClusterLoad(cluster, ns, image, rate=20) as load:
+        ...                       # helm upgrade, kubectl delete pod
+    load.result                   # LoadResult (requests, failures, versions seen)
+    """
+
+    def __init__(
+        self,
+        cluster: Cluster,
+        namespace: str,
+        image: str,
+        *,
+        rate: float = 20,
+        threads: int = 4,
+        max_seconds: float = 240,
+        name: str = "load-client",
+        service: str = RELEASE,
+        port: int = 80,
+    ) -> None:
+        self.cluster, self.namespace, self.image, self.name = cluster, namespace, image, name
+        self.url = f"http://{service}.{namespace}.svc.cluster.local:{port}/predict"
+        self.args = [str(rate), str(threads), str(max_seconds)]
+        self.max_seconds = max_seconds
+        self.result = LoadResult()
+
+    def __enter__(self) -> InClusterLoad:
+        self.cluster.start_pod(
+            self.namespace, self.name, self.image,
+            ["python", "-c", LOAD_CLIENT, self.url, *self.args],
+            env={"BODY": json.dumps(sample_request())},
+            # The labels of the chart's `helm test` pod: its NetworkPolicy (where enforced) lets
+            # that client in, and this is one too.
+            labels={
+                "app.kubernetes.io/name": "ml-service",
+                "app.kubernetes.io/instance": RELEASE,
+                "app.kubernetes.io/component": "test",
+            },
+            resources={"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"memory": "128Mi"}},
+        )  # fmt: skip
+        wait_until(
+            lambda: "first ok" in self.cluster.logs(self.namespace, f"pod/{self.name}"),
+            120, "the load client's first successful request", interval=1,
+            diag=lambda: self.cluster.describe_pods(self.namespace),
+        )  # fmt: skip
+        return self
+
+    def stop(self) -> LoadResult:
+        self.cluster.kubectl(
+            "exec", "-n", self.namespace, self.name, "--", "python", "-c",
+            "open('/tmp/stop', 'w').close()", check=False,
+        )  # fmt: skip
+        res = self.cluster.wait_pod(self.namespace, self.name, timeout=self.max_seconds + 60)
+        line = next((x for x in res.logs.splitlines() if x.startswith("RESULT ")), None)
+        if line is None:
+            raise ClusterError(f"load client printed no result (phase {res.phase}):\n{res.logs}")
+        self.result = LoadResult(**json.loads(line[len("RESULT ") :]), logs=res.logs)
+        return self.result
+
+    def __exit__(self, *exc) -> None:
+        try:
+            if not self.result.sent:
+                self.stop()
+        finally:
+            self.cluster.kubectl(
+                "delete", "pod", self.name, "-n", self.namespace, "--ignore-not-found",
+                "--wait=false", check=False,
+            )  # fmt: skip
+
+
+class Background:
+    """Run a callable in a thread; `.join()` returns its result or raises its exception."""
+
+    def __init__(self, fn, *args, **kwargs) -> None:
+        self._result: Any = None
+        self._exc: BaseException | None = None
+
+        def run():
+            try:
+                self._result = fn(*args, **kwargs)
+            except BaseException as exc:
+                self._exc = exc
+
+        self._thread = threading.Thread(target=run, daemon=True)
+        self._thread.start()
+
+    def join(self, timeout: float | None = None) -> Any:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TimeoutError("background call still running")
+        if self._exc:
+            raise self._exc
+        return self._result
