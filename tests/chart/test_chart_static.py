@@ -64,10 +64,15 @@ def test_helm_unittest_plugin_runs_under_helm4():
 
 
 @pytest.mark.parametrize("suite", SUITES, ids=[s.name for s in SUITES])
-def test_suite_pins_the_chart_version(suite: Path):
-    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
-    pinned = yaml.safe_load(suite.read_text()).get("chart") or {}
-    assert str(pinned.get("version")) == chart["version"], f"{suite.name}: pin chart.version"
+def test_suites_pin_the_chart_version_only_where_assertions_read_it(suite: Path):
+    """A version bump must not touch the suites: only those whose assertions read a value derived
+    from the chart's version (labels, the default image tag) pin it, and say so."""
+    text = suite.read_text()
+    pinned = "chart" in (yaml.safe_load(text) or {})
+    reads_version = re.search(r"helm\.sh/chart|app\.kubernetes\.io/version|ml-service:\d", text)
+    assert pinned == bool(reads_version), f"{suite.name}: pinned={pinned}"
+    if pinned:
+        assert "# Pinned:" in text, f"{suite.name}: say why the chart version is pinned"
 
 
 @pytest.mark.parametrize("template", TEMPLATES)
