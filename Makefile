@@ -19,7 +19,7 @@ UV := $(TOOLS)/uv/bin/uv
 SETUP_TARGETS :=
 include $(sort $(wildcard mk/*.mk))
 
-.PHONY: help setup venv lock test lint run train serve docs version
+.PHONY: help setup venv lock test test-unit lint run train serve docs version
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
@@ -50,8 +50,19 @@ venv: $(VENV)/.synced ## create .venv from the lock file
 
 setup: venv $(SETUP_TARGETS) ## install everything the tests need (apt, Go and npm tools, virtualenvs)
 
-test: venv ## run every test suite
+test: setup ## install what the tests need (idempotent: a second run installs nothing), run every tier
 	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-unit: venv ## the unit tier: seconds, needs only the virtualenv
+	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
+
+# `make test-<tier>`: the tier's own setup (each mk/<tier>.mk declares `test-<tier>: setup-<tier>`),
+# then its tests, by marker.
+test-integration: venv ## the app over HTTP against a real MLflow server (+ schemathesis)
+test-compat: venv ## /invocations side by side with `mlflow models serve` and MLflow's client
+test-adversarial: venv ## attacks on the running app: amplification, labels, secrets, floods, shutdown
+test-%: venv
+	$(BIN)/pytest -m $* $(PYTEST_ARGS)
 
 version: ## set the project version everywhere: make version V=x.y.z
 	$(PYTHON) scripts/set_version.py "$(V)"

@@ -18,7 +18,7 @@ export HELM_CONFIG_HOME := $(TOOLS)/helm/config
 export HELM_CACHE_HOME  := $(TOOLS)/helm/cache
 
 SETUP_TARGETS += setup-chart
-.PHONY: setup-chart chart-docs chart-test
+.PHONY: setup-chart chart-docs
 
 HELM3_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM3_VERSION) \
   -X helm.sh/helm/v3/internal/version.gitTreeState=clean \
@@ -93,5 +93,4 @@ chart-docs: ## regenerate the chart README values table and values.schema.json f
 	mv $(CHART_DIR)/values.schema.json.tmp $(CHART_DIR)/values.schema.json
 	$(TOOLS)/bin/helm-docs --chart-search-root $(CHART_DIR) --template-files README.md.gotmpl --output-file README.md
 
-chart-test: venv ## run only the chart tier tests
-	$(BIN)/pytest -m chart tests/chart $(PYTEST_ARGS)
+test-chart: setup-chart ## run only the chart tier tests

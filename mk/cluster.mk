@@ -23,7 +23,7 @@ CLUSTER_SRC   := $(CLUSTER_GO)/go.mod $(CLUSTER_GO)/go.sum $(wildcard $(CLUSTER_
   $(CLUSTER_MON)/go.mod $(CLUSTER_MON)/go.sum mk/cluster.mk
 
 SETUP_TARGETS += setup-cluster
-.PHONY: setup-cluster cluster-apt test-cluster
+.PHONY: setup-cluster cluster-apt
 
 cluster-apt:
 	@if ! command -v containerd >/dev/null || ! command -v runc >/dev/null || \
@@ -79,5 +79,4 @@ $(CLUSTER_BIN)/.built: $(CLUSTER_SRC)
 
 setup-cluster: cluster-apt $(CLUSTER_BIN)/.built ## build Kubernetes, etcd, CoreDNS, metrics-server, prometheus-operator (+apt: containerd, runc, CNI)
 
-test-cluster: venv ## run the cluster tier (a local single-node Kubernetes, or KUBECONFIG's cluster)
-	$(BIN)/pytest -m cluster tests/cluster $(PYTEST_ARGS)
+test-cluster: setup-cluster ## run the cluster tier (a local single-node Kubernetes, or KUBECONFIG's cluster)

@@ -18,7 +18,7 @@ ARGOCD_COMMANDS := argocd-server argocd-application-controller argocd-repo-serve
 ARGOCD_LDFLAGS := -s -w -X $(ARGOCD_MODULE)/common.version=$(ARGOCD_VERSION:v%=%) \
   -X $(ARGOCD_MODULE)/common.gitTag=$(ARGOCD_VERSION) -X $(ARGOCD_MODULE)/common.gitTreeState=clean
 
-.PHONY: setup-gitops test-gitops release-dry-run argocd adopt
+.PHONY: setup-gitops release-dry-run argocd adopt
 SETUP_TARGETS += setup-gitops
 
 setup-gitops: $(TOOLS)/bin/actionlint-$(ACTIONLINT_VERSION) $(ARGOCD_DIR)/.built $(TOOLS)/bin/act-$(ACT_VERSION) ## actionlint (+shellcheck), Argo CD + appset-render, act
@@ -52,8 +52,7 @@ $(ARGOCD_DIR)/.built: $(ARGOCD_SRC)/go.mod $(ARGOCD_SRC)/go.sum $(wildcard $(ARG
 	test -f "$$(cd $(ARGOCD_SRC) && GOTOOLCHAIN=$(ARGOCD_GOTOOLCHAIN) go list -m -f '{{.Dir}}' $(ARGOCD_MODULE))/manifests/crds/application-crd.yaml"
 	touch $@
 
-test-gitops: venv ## run the gitops tier (actionlint, act, Argo CD's ApplicationSet rendering, release tooling, quality gate)
-	$(BIN)/pytest -m gitops tests/gitops $(PYTEST_ARGS)
+test-gitops: setup-gitops ## run the gitops tier (actionlint, act, Argo CD's ApplicationSet rendering, release tooling, quality gate)
 
 release-dry-run: venv ## local end-to-end: train -> register (local MLflow) -> make image -> dev release branch -> render
 	$(BIN)/python scripts/release_dry_run.py

@@ -12,7 +12,7 @@ HADOLINT_VENV  := $(TOOLS)/hadolint
 HADOLINT       := $(HADOLINT_VENV)/bin/hadolint
 DOCKER_SCRIPTS := $(ROOT)/scripts/docker
 
-.PHONY: setup-image image image-base image-lint docker-up docker-down test-image
+.PHONY: setup-image image image-base image-lint docker-up docker-down
 SETUP_TARGETS += setup-image
 
 setup-image: $(HADOLINT) ## install docker.io + debootstrap (apt) and hadolint (pinned, own venv)
@@ -47,5 +47,4 @@ docker-up: ## start the project's private dockerd (prints DOCKER_HOST to export)
 docker-down: ## stop the project's private dockerd
 	@$(DOCKER_SCRIPTS)/dockerd.sh stop
 
-test-image: venv ## run the image tier (hadolint, build, run against MLflow and with a baked model)
-	$(BIN)/pytest -m image tests/image $(PYTEST_ARGS)
+test-image: setup-image ## run the image tier (hadolint, build, run against MLflow and with a baked model)

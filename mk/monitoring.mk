@@ -7,7 +7,7 @@ MONITORING_NODE_SRC := tests/monitoring/node
 MONITORING_NODE     := $(TOOLS)/monitoring-node
 MONITORING_STAMP    := $(MONITORING_NODE)/.installed
 
-.PHONY: setup-monitoring test-monitoring bench-drift
+.PHONY: setup-monitoring bench-drift
 SETUP_TARGETS += setup-monitoring
 
 setup-monitoring: $(MONITORING_STAMP) ## install promtool/prometheus (apt) and @grafana/schema + typescript (npm, pinned)
@@ -24,8 +24,7 @@ $(MONITORING_STAMP): $(MONITORING_NODE_SRC)/package.json $(MONITORING_NODE_SRC)/
 	cd $(MONITORING_NODE) && npm ci --no-audit --no-fund --silent
 	touch $@
 
-test-monitoring: venv ## run the monitoring tier (promtool rule tests, dashboards, real Prometheus)
-	$(BIN)/pytest -m monitoring tests/monitoring $(PYTEST_ARGS)
+test-monitoring: setup-monitoring ## run the monitoring tier (promtool rule tests, dashboards, real Prometheus)
 
 bench-drift: venv ## /predict latency with drift monitoring on vs off (-> .local/bench/drift-overhead.json)
 	DRIFT_BENCH_REQUESTS=1500 $(BIN)/pytest -s tests/monitoring/test_drift_overhead.py $(PYTEST_ARGS)
