@@ -1,10 +1,11 @@
 """Ship bytecode for what a start imports, in place of its source (run in the image builder).
 
 With a read-only root filesystem Python cannot cache bytecode, so every start would compile the
-~2,400 modules the server imports before it could answer. This script starts the server's load
-path exactly as a pod does (the app's modules, the HTTP server, the demo model loaded and
-smoke-tested, then MLflow's scoring machinery the server warms up once ready), then, for every module of the virtualenv that it imported, writes the compiled
-module next to its source (`x.pyc`, the layout Python loads without a source) and deletes `x.py`.
+~2,400 modules the server imports before it could answer. This script goes through a start the
+way a pod does (the app's modules, the HTTP server, the demo model loaded and smoke-tested, then
+MLflow's scoring machinery the server warms up once ready); then, for every module of the
+virtualenv that it imported, it writes the compiled module next to its source (`x.pyc`, the
+layout Python loads without a source) and deletes `x.py`.
 Sources cost about what their bytecode does, so the image grows by ~6 MB instead of ~50 MB;
 the price is that tracebacks through those modules show file and line but not the line's text.
 Modules a start does not import (boto for S3, the training code...) keep their source and
@@ -24,12 +25,11 @@ from pathlib import Path
 
 def imported_modules(venv: Path, model_dir: Path) -> list[Path]:
     os.environ["MODEL_URI"] = str(model_dir)
-    import uvicorn.lifespan.on  # noqa: F401 - what `python -m ml_service` imports at start
-    import uvicorn.protocols.http.httptools_impl  # noqa: F401
-
-    import ml_service.__main__  # noqa: F401
-    import ml_service.main  # noqa: F401
+    import ml_service.__main__
+    import ml_service.main
     import ml_service.server  # noqa: F401
+    import uvicorn.lifespan.on
+    import uvicorn.protocols.http.httptools_impl  # noqa: F401
     from ml_service.model import fetch_and_deserialize, smoke_test
     from ml_service.settings import Settings
 
@@ -50,7 +50,9 @@ def main(venv: str, model_dir: str) -> int:
         py_compile.compile(str(source), cfile=str(compiled), doraise=True)
         after += compiled.stat().st_size
         source.unlink()
-    print(f"{len(modules)} modules: {before / 1e6:.1f} MB of source -> {after / 1e6:.1f} MB of bytecode")
+    print(
+        f"{len(modules)} modules: {before / 1e6:.1f} MB of source -> {after / 1e6:.1f} MB of bytecode"
+    )
     return 0
 
 
