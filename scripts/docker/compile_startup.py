@@ -50,9 +50,8 @@ def main(venv: str, model_dir: str) -> int:
         py_compile.compile(str(source), cfile=str(compiled), doraise=True)
         after += compiled.stat().st_size
         source.unlink()
-    print(
-        f"{len(modules)} modules: {before / 1e6:.1f} MB of source -> {after / 1e6:.1f} MB of bytecode"
-    )
+    sizes = f"{before / 1e6:.1f} MB of source -> {after / 1e6:.1f} MB of bytecode"
+    print(f"{len(modules)} modules: {sizes}")
     return 0
 
 
