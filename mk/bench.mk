@@ -15,7 +15,7 @@ SETUP_TARGETS += setup-bench
 
 setup-bench: $(VEGETA_STAMP) ## install wrk (Debian) and vegeta (Go) for the benchmark harness
 	@command -v wrk >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk; }
-	@{ wrk --version || true; } 2>&1 | head -1  # wrk exits 1 after printing its version
+	@{ wrk --version || true; } 2>&1 | sed -n 1p  # wrk exits 1 after printing its version
 
 $(VEGETA_STAMP):
 	mkdir -p $(TOOLS)/bin
