@@ -162,6 +162,7 @@ MLFLOW_LOCK = ROOT / "requirements" / "train.txt"
 
 MLFLOW_DOCKERFILE = """\
 FROM {base}
+# /opt/mlflow: requirements/train.txt installed by uv (bytecode compiled), test suites removed
 COPY venv /opt/mlflow
 ENV PATH=/opt/mlflow/bin:$PATH HOME=/tmp PYTHONDONTWRITEBYTECODE=1 \\
     MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
@@ -200,6 +201,10 @@ def build_mlflow_image(docker: Docker) -> tuple[str, float]:
             env={**os.environ, "VIRTUAL_ENV": str(venv)}, check=True, timeout=1200,
             capture_output=True,
         )  # fmt: skip
+        # Test suites are never imported by the server (~130 MB less to build, save and import).
+        for path in sorted(venv.rglob("*"), key=lambda p: -len(p.parts)):
+            if path.is_dir() and path.name in ("tests", "test") and "site-packages" in path.parts:
+                shutil.rmtree(path, ignore_errors=True)
         (Path(ctx) / "Dockerfile").write_text(MLFLOW_DOCKERFILE.format(base=base))
         docker.run("build", "--quiet", "--tag", ref, ctx, timeout=1800)
     return ref, time.monotonic() - start
