@@ -450,7 +450,7 @@ COMPONENTS = (
     ("metrics (prometheus)", ("prometheus",)),
     ("validation, JSON (pydantic, json)", ("pydantic", "json/")),
     ("framework (FastAPI, Starlette, anyio)", ("fastapi/", "starlette/", "anyio/")),
-    ("HTTP server (uvicorn, h11)", ("uvicorn/", "h11/", "httptools")),
+    ("HTTP server (uvicorn, httptools or h11)", ("uvicorn/", "h11/", "httptools")),
     ("event loop, sockets (asyncio)", ("asyncio/", "selectors.py", "socket.py")),
     ("thread hand-off (threading, futures)", ("threading.py", "concurrent/", "queue.py")),
 )
