@@ -30,8 +30,6 @@ from .lib import (
 
 pytestmark = pytest.mark.cluster
 NS = "ml-service-dev"
-# A credential the server never needs (this MLflow has no auth): it must not show up anywhere.
-PASSWORD = "dev-secret-Zq8v3"
 
 
 def ready_reason(body: dict) -> str | None:
@@ -46,11 +44,8 @@ def dev(cluster: Cluster, mlflow_registry: InClusterMlflow):
     """`helm install` with dev's two value files and nothing else, watched from the first moment:
     every /ready answer of the new pod is recorded until it is 200."""
     cluster.create_namespace(NS)
-    cluster.kubectl(
-        "create", "secret", "generic", "mlflow-credentials", "-n", NS,
-        "--from-literal=MLFLOW_TRACKING_USERNAME=ml-service",
-        f"--from-literal=MLFLOW_TRACKING_PASSWORD={PASSWORD}",
-    )  # fmt: skip
+    # The reader user's credentials (MLflow's basic auth is on): they must show up nowhere.
+    mlflow_registry.create_credentials(cluster, NS)
     start = time.monotonic()
     install = Background(
         cluster.helm, "install", RELEASE, str(CHART), "-n", NS, *env_values("dev"),
@@ -139,7 +134,7 @@ def test_runs_as_10001_on_a_read_only_root(cluster: Cluster, dev) -> None:
     assert int(facts["caps"], 16) == 0, "no effective capability"
 
 
-def test_no_credential_in_logs_or_responses(cluster: Cluster, dev) -> None:
+def test_no_credential_in_logs_or_responses(cluster: Cluster, dev, mlflow_registry) -> None:
     pod = deployment_pods(cluster, NS)[0]["metadata"]["name"]
     logs = cluster.logs(NS, f"pod/{pod}")
     assert logs.strip(), "the server logged nothing?"
@@ -148,7 +143,7 @@ def test_no_credential_in_logs_or_responses(cluster: Cluster, dev) -> None:
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
             bodies.append(resp.read().decode())
     for text in [logs, *bodies]:
-        assert PASSWORD not in text
+        assert mlflow_registry.reader[1] not in text
 
 
 # ---------------------------------------------------------------------------- monitoring
