@@ -17,17 +17,21 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_NO_INPUT=1 \
     PYTHONDONTWRITEBYTECODE=1
 WORKDIR /build
-COPY requirements/runtime.txt ./
+COPY requirements/runtime.txt scripts/docker/image-excludes.txt ./
 # Optional BuildKit secrets for builds behind a TLS-intercepting proxy, never stored in a layer:
 #   pip_cert = extra CA bundle (PEM), pip_conf = a pip.conf (index URL with credentials...).
+# The lock minus the packages image-excludes.txt names (Databricks only: see there).
 # pip and setuptools leave the virtualenv once it is filled: serving installs nothing.
 RUN --mount=type=secret,id=pip_cert \
     --mount=type=secret,id=pip_conf \
     if [ -s /run/secrets/pip_cert ]; then export PIP_CERT=/run/secrets/pip_cert; fi; \
     if [ -s /run/secrets/pip_conf ]; then export PIP_CONFIG_FILE=/run/secrets/pip_conf; fi; \
-    python3 -m venv /opt/venv \
+    awk 'NR == FNR { if ($0 !~ /^#/ && NF) skip[$1] = 1; next } \
+         /^[a-z0-9]/ { split($1, name, "=="); drop = (name[1] in skip) } !drop' \
+        image-excludes.txt runtime.txt >image.txt \
+    && python3 -m venv /opt/venv \
     && /opt/venv/bin/pip install --quiet --no-compile --require-hashes --no-deps \
-        --only-binary=:all: -r runtime.txt \
+        --only-binary=:all: -r image.txt \
     && /opt/venv/bin/python -m pip uninstall --quiet --yes pip setuptools
 # Test suites, type stubs and Cython sources are never imported when serving (~55 MB).
 # botocore carries the API models of ~450 AWS services (28 MB); the app only reads S3, and the
@@ -40,15 +44,6 @@ RUN find /opt/venv -depth \( \( -type d \( -name tests -o -name test \) \) \
         -not -name sso -not -name sso-oidc -not -name signin -exec rm -rf {} + \
     && find "$purelib/boto3/data" -mindepth 1 -maxdepth 1 -type d -not -name s3 -exec rm -rf {} + \
     && echo /opt/ml-service/app >"$purelib/ml_service_app.pth"
-# The root FS is read-only at run time, so Python cannot cache bytecode there and compiles every
-# module it imports at each start. PRECOMPILE=1 ships bytecode for the modules the server imports:
-# +48 MB, and readiness came about 45% sooner in docs/image.md's measurement. Off by default to keep
-# the image under its 400 MB budget.
-ARG PRECOMPILE=0
-RUN if [ "$PRECOMPILE" = 1 ]; then \
-        env -u PYTHONDONTWRITEBYTECODE /opt/venv/bin/python -c 'import fastapi, uvicorn, uvicorn.lifespan.on, uvicorn.protocols.http.h11_impl, pydantic_settings, prometheus_client, msgspec, yaml, numpy, pandas, sklearn, sklearn.pipeline, sklearn.compose, sklearn.preprocessing, sklearn.ensemble, sklearn.linear_model, sklearn.impute, skops.io, mlflow, mlflow.pyfunc, mlflow.sklearn, mlflow.artifacts, mlflow.tracking'; \
-    fi
-
 # The demo model: the default training run (seed 42, scikit-learn's bundled breast-cancer data, the
 # same code and lock as `make train`) saved as an MLflow model directory with its drift reference, so
 # `helm install` with no values serves predictions without any tracking server. Runs in the builder's
@@ -59,6 +54,16 @@ COPY app/ml_service/__init__.py app/ml_service/reference.py app/ml_service/train
      /opt/ml-service/app/ml_service/
 RUN MLFLOW_DISABLE_TELEMETRY=true /opt/venv/bin/python -m ml_service.train \
         --output-dir /opt/ml-service/model --output-json /tmp/demo-model.json
+
+# The root FS is read-only at run time, so Python cannot cache bytecode there and would compile
+# every module a start imports (~2,400) before answering. compile_startup.py loads the demo model
+# the way a start does and ships bytecode instead of source for exactly those modules (+~6 MB).
+FROM builder AS startup-bytecode
+COPY app/ml_service /opt/ml-service/app/ml_service
+COPY --from=demo-model /opt/ml-service/model /opt/ml-service/model
+COPY scripts/docker/compile_startup.py /build/
+RUN MLFLOW_DISABLE_TELEMETRY=true /opt/venv/bin/python /build/compile_startup.py \
+        /opt/venv /opt/ml-service/model
 
 FROM ${BASE_IMAGE} AS serve
 ARG VERSION=0.0.0-dev
@@ -74,8 +79,10 @@ LABEL org.opencontainers.image.title="ml-service" \
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
         --shell /usr/sbin/nologin app
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=startup-bytecode /opt/venv /opt/venv
 COPY app/ml_service /opt/ml-service/app/ml_service
+# The app keeps its source; its bytecode is trusted without checking it (nothing rewrites it).
+RUN python3 -m compileall -q --invalidation-mode unchecked-hash /opt/ml-service/app
 ENV PATH=/opt/venv/bin:$PATH \
     VIRTUAL_ENV=/opt/venv \
     PYTHONUNBUFFERED=1 \

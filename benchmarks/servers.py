@@ -184,7 +184,11 @@ def command(spec: ServerSpec, model_dir: Path, port: int, work: Path, tools: Pat
         env.pop("MICROBATCH_WAIT_MS", None)  # the app's default unless the spec sets it
         env.update(MODEL_URI=str(model_dir), HOST=HOST, PORT=str(port))
         env.update(SHUTDOWN_DRAIN_SECONDS="0")  # no load balancer to drain here
-        launch = Launch([sys.executable, "-m", "ml_service"], env, work, "/ready", "/predict")
+        # What the image installs (make bench-envs); the dev virtualenv for a quick run without it.
+        runtime = tools / "runtime" / "bin" / "python"
+        python = str(runtime) if runtime.exists() else sys.executable
+        env["PYTHONPATH"] = str(ROOT / "app")
+        launch = Launch([python, "-m", "ml_service"], env, work, "/ready", "/predict")
     elif spec.kind == "http-floor":
         env.update(HOST=HOST, PORT=str(port))
         launch = Launch([sys.executable, str(HERE / "hello.py")], env, HERE, "/ready", "/predict")

@@ -73,7 +73,7 @@ $(CLUSTER_BIN)/.built: $(CLUSTER_SRC)
 	    $$(ver $(CLUSTER_GO) sigs.k8s.io/metrics-server) $$(ver $(CLUSTER_MON) github.com/prometheus-operator/prometheus-operator) \
 	    $$($(CLUSTER_BIN)/prometheus --version 2>&1 | sed -n 's/^prometheus, version \([^ ]*\).*/\1/p') $$tag \
 	    > $(CLUSTER_BIN)/versions.json
-	@$(CLUSTER_BIN)/kubectl version --client | head -1
+	@$(CLUSTER_BIN)/kubectl version --client | sed -n 1p
 	@cat $(CLUSTER_BIN)/versions.json
 	@touch $@
 

@@ -16,7 +16,7 @@ setup-monitoring: $(MONITORING_STAMP) ## install promtool/prometheus (apt) and @
 	  apt-get -o DPkg::Lock::Timeout=600 update -qq; \
 	  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends prometheus >/dev/null; \
 	fi
-	@promtool --version 2>&1 | head -1
+	@promtool --version 2>&1 | sed -n 1p
 
 $(MONITORING_STAMP): $(MONITORING_NODE_SRC)/package.json $(MONITORING_NODE_SRC)/package-lock.json
 	rm -rf $(MONITORING_NODE) && mkdir -p $(MONITORING_NODE)

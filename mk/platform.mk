@@ -13,8 +13,8 @@ setup-platform: $(CHART_STAMP)/minio-$(MINIO_VERSION) ## PostgreSQL server (apt)
 	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || { export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get -o DPkg::Lock::Timeout=600 update -qq; \
 	  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends postgresql >/dev/null; }
-	@ls /usr/lib/postgresql/*/bin/postgres | head -1
-	@$(TOOLS)/bin/minio --version | head -1
+	@ls /usr/lib/postgresql/*/bin/postgres | sed -n 1p
+	@$(TOOLS)/bin/minio --version | sed -n 1p
 
 # MinIO's go.mod has no replace directive, so `go install module@version` builds it as published.
 $(CHART_STAMP)/minio-$(MINIO_VERSION):

@@ -14,6 +14,7 @@ no Parquet) is listed in docs/api.md.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -194,7 +195,7 @@ def _mlflow_frame(model: LoadedModel, payload: dict[str, Any], max_rows: int) ->
         )
     data[key] = _keep_signature_columns(value, frozenset(model.feature_names))
     try:
-        frame = infer_and_parse_data(data, model.input_schema)
+        frame = infer_and_parse_data(data, model.mlflow_schemas[0])
     except MlflowException as exc:
         raise _bad_request(
             f"Invalid input. The payload is not a valid representation of '{key}'.", exc.error_code
@@ -208,8 +209,9 @@ def _enforce(model: LoadedModel, frame: Any, params: Any) -> tuple[Any, Any]:
     from mlflow.models.utils import _enforce_params_schema, _enforce_schema
 
     try:
-        frame = _enforce_schema(frame, model.input_schema, "sklearn")
-        return frame, _enforce_params_schema(params, model.params_schema)
+        input_schema, params_schema = model.mlflow_schemas
+        frame = _enforce_schema(frame, input_schema, "sklearn")
+        return frame, _enforce_params_schema(params, params_schema)
     except Exception as exc:
         # MLflow reports every enforcement failure as INVALID_PARAMETER_VALUE (400)
         message = _schema_message(exc, model.feature_names)
@@ -259,7 +261,7 @@ def _parse_csv(model: LoadedModel, body: bytes, max_rows: int) -> Any:
             "INVALID_PARAMETER_VALUE",
         )
     try:
-        frame = parse_csv_input(io.StringIO(text), model.input_schema)
+        frame = parse_csv_input(io.StringIO(text), model.mlflow_schemas[0])
     except MlflowException:
         raise _bad_request(
             "Failed to parse input as a Pandas DataFrame. Ensure that the input is a valid "
@@ -291,14 +293,15 @@ def _content_type(request: Request) -> str:
 
 async def _features(svc: Service, model: LoadedModel, media: str, body: bytes) -> np.ndarray:
     max_rows = svc.settings.max_batch_rows
+    if media == JSON:
+        assert svc.schemas is not None
+        found = fast_path(svc.schemas).matrix(body, max_rows)
+        if found is not None and (found[1] is None or not model.has_params):
+            return found[0]
+    # MLflow's own path. Its scoring machinery may still be loading: wait off the event loop.
+    await asyncio.to_thread(lambda: model.mlflow_schemas)
     if media == CSV:
         return _frame_matrix(model, _parse_csv(model, body, max_rows))
-    assert svc.schemas is not None
-    found = fast_path(svc.schemas).matrix(body, max_rows)
-    if found is not None:
-        features, params = found
-        if params is None or model.params_schema is None:
-            return features
     try:
         payload = json.loads(body)  # MLflow's own decoder (it accepts NaN and Infinity)
     except (ValueError, RecursionError):

@@ -8,6 +8,7 @@ check and the pod's termination message say, with no URL, host or credential in 
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -136,9 +137,9 @@ class LoadedModel:
     input_example: np.ndarray
     mismatches: list[tuple[str, str, str]]
     training_metrics: dict[str, float] = field(default_factory=dict)
-    # MLflow's own view of the model, for the MLflow scoring protocol (mlflow_api.py)
-    input_schema: Any = None  # mlflow.types.Schema
-    params_schema: Any = None  # mlflow.types.ParamSchema | None
+    # For the MLflow scoring protocol (mlflow_api.py): the MLmodel signature as written, and what
+    # MLflow's own objects make of it (`mlflow_schemas`, built off the start-up path).
+    raw_signature: dict[str, Any] = field(default_factory=dict)
     predict_fn: str = "predict"
     # Columns the model predicts on when missing (NaN): found by the smoke test, see there.
     nan_columns: frozenset[str] = frozenset()
@@ -147,6 +148,22 @@ class LoadedModel:
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         return self.estimator.predict_proba(features)
+
+    @property
+    def has_params(self) -> bool:
+        return bool(self.raw_signature.get("params"))
+
+    @functools.cached_property
+    def mlflow_schemas(self) -> tuple[Any, Any]:
+        """(input Schema, ParamSchema or None) as MLflow's schema enforcement needs them.
+
+        Importing MLflow's scoring machinery takes a second; `Service` warms this up on a thread
+        once the model serves, so readiness never waits for it."""
+        import mlflow.pyfunc.scoring_server  # noqa: F401 - what the /invocations fallback uses
+        from mlflow.models.signature import ModelSignature
+
+        signature = ModelSignature.from_dict(self.raw_signature)
+        return signature.inputs, signature.params
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -357,17 +374,6 @@ def _signature_columns(mlmodel: dict[str, Any]) -> tuple[tuple[str, ...], dict[s
     return tuple(names), described
 
 
-def _mlflow_signature(mlmodel: dict[str, Any]) -> tuple[Any, Any]:
-    """The signature as MLflow's own objects: its schema enforcement runs on them."""
-    # The /invocations fallback runs MLflow's scoring-server parsing: imported here, on the
-    # loader thread, not by the first request that needs it.
-    import mlflow.pyfunc.scoring_server  # noqa: F401
-    from mlflow.models.signature import ModelSignature
-
-    signature = ModelSignature.from_dict(mlmodel["signature"])
-    return signature.inputs, signature.params
-
-
 def _deserialize(model_dir: Path, flavor: dict[str, Any]) -> Any:
     model_file = model_dir / flavor["pickled_model"]
     fmt = flavor.get("serialization_format", "pickle")
@@ -424,7 +430,6 @@ def load_local(resolved: Resolved) -> LoadedModel:
     for package, t, s in check.mismatches:
         log.warning("dependency mismatch: %s trained with %s, serving with %s", package, t, s)
     names, signature = _signature_columns(mlmodel)
-    input_schema, params_schema = _mlflow_signature(mlmodel)
     predict_fn = (flavors.get("python_function") or {}).get("predict_fn") or "predict"
     if predict_fn not in PREDICT_FNS:
         raise ModelRejectedError(f"pyfunc predict_fn {predict_fn!r} is not one of {PREDICT_FNS}")
@@ -453,8 +458,7 @@ def load_local(resolved: Resolved) -> LoadedModel:
         input_example=_input_example(model_dir, mlmodel, names),
         mismatches=check.mismatches,
         training_metrics=resolved.training_metrics,
-        input_schema=input_schema,
-        params_schema=params_schema,
+        raw_signature=mlmodel["signature"],
         predict_fn=predict_fn,
     )
 

@@ -149,6 +149,14 @@ class LimitedConnection:
             return False
         return struct.unpack("i", waiting)[0] > 0
 
+    def shutdown(self) -> None:
+        """The server stops: a connection whose request already arrived but is not read yet is
+        answered (with `Connection: close`, guard.py) instead of closed under the client."""
+        cycle = self.cycle  # type: ignore[attr-defined]
+        if (cycle is None or cycle.response_complete) and self.has_unread_bytes():
+            return
+        super().shutdown()  # type: ignore[misc]
+
     def cut_off(self, reason: str, answer: bytes = b"") -> None:
         """Close for `reason`; `answer` is written first if the app has not started its own."""
         self.idle_since = self.body_since = None

@@ -125,6 +125,10 @@ class Service:
         self.metrics.mark_loaded(model.name, model.version, model.run_id, model.load_seconds)
         for callback in self.on_model_loaded:
             callback(model)
+        # MLflow's scoring machinery (the /invocations fallback) loads off the start-up path.
+        threading.Thread(
+            target=lambda: model.mlflow_schemas, name="mlflow-warmup", daemon=True
+        ).start()
         # Start-up objects (MLflow, sklearn, the model) live as long as the process: moving them
         # out of the collector's generations makes full collections, the tail-latency spikes
         # under load, much shorter. (No gc.collect() first: it would delay readiness.)

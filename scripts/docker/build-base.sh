@@ -40,7 +40,7 @@ mirror() {
             /^[[:space:]]*$/ { if (u != "" && s) { print u; exit } u = ""; s = 0; next }
             tolower($1) == "uris:" { u = $2 }
             tolower($1) == "suites:" { for (i = 2; i <= NF; i++) if ($i == suite) s = 1 }
-            END { if (u != "" && s) print u }' "$f" | head -n1)"
+            END { if (u != "" && s) print u }' "$f" | sed -n 1p)"
         if [[ -n "$uri" ]]; then
             echo "$uri"
             return

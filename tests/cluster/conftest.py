@@ -80,7 +80,9 @@ def app_image(docker: Docker) -> str:
     ref = chart_image()
     with measure("build ml-service image (scripts/docker/build-image.sh)"):
         proc = subprocess.run(
-            [str(SCRIPTS / "build-image.sh"), "--image", ref, "--base", "local"],
+            # BASE_IMAGE as for `make image` (local = the debootstrap base)
+            [str(SCRIPTS / "build-image.sh"), "--image", ref, "--base",
+             os.environ.get("BASE_IMAGE", "local")],
             env=docker.env, capture_output=True, text=True, timeout=2400, check=False, cwd=ROOT,
         )  # fmt: skip
     if proc.returncode != 0:

@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import subprocess
+from pathlib import Path
 
 import pytest
 from support.cluster import Cluster, LocalCluster
 
-pytestmark = pytest.mark.cluster
+# The first test also pays for the images and the cluster start (a cold image build included).
+pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2400)]
 
 # Resolves cluster names, connects to the API server's Service, and shows that a name outside the
 # cluster does not resolve (CoreDNS answers for the cluster zone only and forwards nothing).
@@ -113,3 +115,26 @@ def test_the_node_has_no_route_out(cluster: Cluster) -> None:
     ).stdout
     assert f"-s {cluster.config.pod_cidr} ! -d {cluster.config.pod_cidr}" in rules, rules
     assert "-j DROP" in rules
+
+
+def test_a_second_local_cluster_coexists(cluster: Cluster, docker) -> None:
+    """Two instances side by side (other tiers reuse the harness): own network namespace,
+    subnets, cgroup root and work dir; both serve, and stopping one leaves the other intact."""
+    if not isinstance(cluster, LocalCluster):
+        pytest.skip("the harness's own clusters only (KUBECONFIG points elsewhere)")
+    from support.cluster import ADDON_IMAGES, ClusterConfig, local_cluster
+
+    config = ClusterConfig.create(name=f"{cluster.config.name[:4]}2")
+    assert config.pod_cidr != cluster.config.pod_cidr and config.netns != cluster.config.netns
+    with local_cluster(config, images=[ADDON_IMAGES["pause"]], docker_env=docker.env,
+                       addons=()) as second:  # fmt: skip
+        assert second.kubectl("get", "nodes", "--no-headers").stdout.split()[1] == "Ready"
+        cluster.kubectl("get", "nodes")
+    assert not Path(f"/run/netns/{config.netns}").exists()
+    assert (
+        config.pod_cidr
+        not in subprocess.run(["ip", "route"], capture_output=True, text=True, check=True).stdout
+    )
+    (node,) = cluster.get("nodes")["items"]
+    ready = [c for c in node["status"]["conditions"] if c["type"] == "Ready"]
+    assert ready[0]["status"] == "True", "the first cluster is untouched"

@@ -47,7 +47,13 @@ def test_build_context_is_an_allow_list():
     ]
     assert patterns[0] == "*", "the .dockerignore should start by excluding everything"
     allowed = {p for p in patterns if p.startswith("!")}
-    assert allowed == {"!requirements/runtime.txt", "!app/ml_service/", "!build/model*/"}
+    assert allowed == {
+        "!requirements/runtime.txt",
+        "!app/ml_service/",
+        "!scripts/docker/image-excludes.txt",
+        "!scripts/docker/compile_startup.py",
+        "!build/model*/",
+    }
 
 
 def _config(docker: Docker, ref: str) -> dict:
@@ -86,13 +92,29 @@ def _in_image(docker: Docker, ref: str, code: str) -> str:
     ).stdout  # fmt: skip
 
 
+def _normal(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
 def _locked_pins() -> dict[str, str]:
+    """requirements/runtime.txt minus what scripts/docker/image-excludes.txt leaves out."""
+    excludes = {
+        _normal(line.strip())
+        for line in (ROOT / "scripts/docker/image-excludes.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    }
     pins = {}
     for line in (ROOT / "requirements/runtime.txt").read_text().splitlines():
         match = re.match(r"^([A-Za-z0-9_.\-]+)==([^\s\\;]+)", line)
-        if match:
-            pins[re.sub(r"[-_.]+", "-", match[1]).lower()] = match[2]
+        if match and _normal(match[1]) not in excludes:
+            pins[_normal(match[1])] = match[2]
+    assert excludes <= {_normal(n) for n in _all_locked()}, "an exclude that is not in the lock"
     return pins
+
+
+def _all_locked() -> list[str]:
+    text = (ROOT / "requirements/runtime.txt").read_text()
+    return re.findall(r"(?m)^([A-Za-z0-9_.\-]+)==", text)
 
 
 def test_virtualenv_holds_exactly_the_runtime_lock(docker: Docker, image: str):
@@ -150,3 +172,21 @@ def test_image_size_budget(docker: Docker, image: str, record_property):
     SUMMARY["runtime virtualenv"] = f"{venv / mb:.0f} MB"
     # The image budget is 400 MB; the base image accounts for ~125 MB.
     assert size < 400 * mb, f"image is {size / mb:.0f} MB, over the 400 MB budget"
+
+
+def test_startup_modules_ship_bytecode_not_source(docker: Docker, image: str):
+    """What a start imports loads from bytecode (the root FS is read-only: nothing can be compiled
+    and cached at run time); the app itself keeps its source next to its bytecode."""
+    out = _in_image(
+        docker,
+        image,
+        "import importlib, json;"
+        "names = ['sklearn.base', 'fastapi.routing', 'mlflow.models.signature', 'ml_service.main'];"
+        "print(json.dumps({n: type(importlib.import_module(n).__spec__.loader).__name__"
+        " for n in names}))",
+    )
+    loaders = json.loads(out)
+    assert loaders["sklearn.base"] == "SourcelessFileLoader"
+    assert loaders["fastapi.routing"] == "SourcelessFileLoader"
+    assert loaders["mlflow.models.signature"] == "SourcelessFileLoader"
+    assert loaders["ml_service.main"] == "SourceFileLoader"

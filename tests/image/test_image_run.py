@@ -100,6 +100,8 @@ def _load_until_closed(
                 else:
                     result.ok_before_stop += 1
                     result.answering.set()
+            if response.headers.get("connection") == "close" and stop_sent.is_set():
+                return  # the server is draining: a load balancer would now route elsewhere
 
     threads = [threading.Thread(target=worker, daemon=True) for _ in range(4)]
     for thread in threads:

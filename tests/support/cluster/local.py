@@ -48,6 +48,11 @@ MANIFESTS = Path(__file__).with_name("manifests")
 ADDONS = ("dns", "metrics", "monitoring")
 CGROUP_FS = Path("/sys/fs/cgroup")
 CHILD_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
+# Built by `make setup-cluster` (containerd, runc and the CNI plugins are Debian's).
+BINARIES = (
+    "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubelet",
+    "kube-proxy", "kubectl",
+)  # fmt: skip
 # Start order; stop() goes backwards (kubelet and containerd get extra care).
 COMPONENTS = (
     "etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "containerd",
@@ -83,10 +88,7 @@ class LocalCluster(Cluster):
         docker_env: dict[str, str] | None = None,
     ) -> LocalCluster:
         """Start the control plane and the node, import `images`, then the add-ons."""
-        missing = [
-            c for c in (*COMPONENTS, "etcd", "kubectl") if not (self.config.bin_dir / c).exists()
-        ]
-        missing = [c for c in missing if c != "containerd"]
+        missing = [b for b in BINARIES if not (self.config.bin_dir / b).exists()]
         if missing:
             raise ClusterError(
                 f"{', '.join(missing)} missing in {self.config.bin_dir}: run `make setup-cluster`"
@@ -421,7 +423,6 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         c, d = self.config, self.dir
         self._write_node_config()
         self._spawn("containerd", ["containerd", "--config", str(d / "containerd" / "config.toml")])
-        sock = d / "containerd" / "containerd.sock"
         self._wait("containerd socket", lambda: self._ctr("version", check=False).returncode == 0,
                    60, ("containerd",))  # fmt: skip
         self._spawn("kubelet", [
@@ -433,7 +434,6 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         self._spawn(
             "kube-proxy", [self._bin("kube-proxy"), f"--config={d / 'kube-proxy-config.yaml'}"]
         )
-        del sock
 
         def node_ready() -> bool:
             proc = self.kubectl("get", "node", c.node_name, "-o", "json", check=False)
