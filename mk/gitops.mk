@@ -22,10 +22,11 @@ ARGOCD_LDFLAGS := -s -w -X $(ARGOCD_MODULE)/common.version=$(ARGOCD_VERSION:v%=%
 SETUP_TARGETS += setup-gitops
 
 setup-gitops: $(TOOLS)/bin/actionlint-$(ACTIONLINT_VERSION) $(ARGOCD_DIR)/.built $(TOOLS)/bin/act-$(ACT_VERSION) ## actionlint (+shellcheck), Argo CD + appset-render, act
-	@# actionlint runs shellcheck on every `run:` script when it is on PATH.
-	@command -v shellcheck >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	@# actionlint runs shellcheck on every `run:` script when it is on PATH; the cluster tier runs
+	@# Argo CD with Debian's redis-server (tests/support/argocd.py).
+	@{ command -v shellcheck && command -v redis-server; } >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get -o DPkg::Lock::Timeout=600 update -qq; \
-	  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends shellcheck >/dev/null; }
+	  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends shellcheck redis-server >/dev/null; }
 
 $(TOOLS)/bin/actionlint-$(ACTIONLINT_VERSION):
 	mkdir -p $(TOOLS)/bin

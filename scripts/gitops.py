@@ -513,8 +513,9 @@ def quality_gate(a: argparse.Namespace, t: Target, new: ReleaseState):
 
     Returns the result (its markdown goes into the PR); a failure without an override is Refused
     (exit 3, nothing pushed)."""
-    # The gate downloads both models. Through the proxied platform (charts/mlflow-platform) the bucket
-    # is not reachable from CI runners: keep MLflow 3.x from switching to presigned bucket URLs.
+    # The gate downloads both models. Through the proxied platform (charts/mlflow-platform) the
+    # bucket is not reachable from CI runners: keep MLflow 3.x from switching to presigned bucket
+    # URLs.
     os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     from ml_service import quality_gate as qg
 

@@ -40,7 +40,6 @@ from support.cluster import (
     build_platform_images,
     docker_engine,
 )
-from support.cluster.images import platform_images as platform_image_refs
 from support.cluster.images import SCRIPTS
 from support.mlflow import QUIET_MLFLOW_ENV, RegisteredModel, as_registered_model, train
 
@@ -92,7 +91,8 @@ def app_image(docker: Docker) -> str:
 
 @pytest.fixture(scope="package")
 def platform_images(docker: Docker) -> dict[str, str]:
-    """charts/mlflow-platform's images (mlflow-server, postgresql, minio), as the chart names them."""
+    """charts/mlflow-platform's images (mlflow-server, postgresql, minio), as the chart names
+    them."""
     with measure("build platform images (scripts/docker/build-platform-images.sh)"):
         refs, report = build_platform_images(docker)
     SUMMARY["platform images (target tag size seconds)"] = "; ".join(report.splitlines())
@@ -256,13 +256,14 @@ def mlflow_registry(
     out = tmp_path_factory.mktemp("cluster-train")
     registry = InClusterMlflow(ns, f"http://mlflow.{ns}.svc.cluster.local:5000", None, None,  # type: ignore[arg-type]
                                admin, reader, s3)  # fmt: skip
-    with measure("train + register 2 versions through the Service"), registry.tracking_uri(
-        cluster
-    ) as uri:
+    with (
+        measure("train + register 2 versions through the Service"),
+        registry.tracking_uri(cluster) as uri,
+    ):
         env = registry.env(uri)
         # MLflow's auth REST API (what `mlflow.server.get_app_client("basic-auth")` calls)
-        status, body = post_json(f"{uri}/api/2.0/mlflow/users/create",
-                                 {"username": reader[0], "password": reader[1]}, auth=admin)  # fmt: skip
+        user = {"username": reader[0], "password": reader[1]}
+        status, body = post_json(f"{uri}/api/2.0/mlflow/users/create", user, auth=admin)
         assert status == 200, f"creating the reader user: {status} {body}"
         v1 = as_registered_model(train(uri, output_json=out / "v1.json", extra_env=env))
         v2 = as_registered_model(

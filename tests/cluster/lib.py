@@ -37,8 +37,9 @@ def measure(what: str) -> Iterator[None]:
         SUMMARY[what] = f"{time.monotonic() - start:.1f} s"
 
 
-# What an environment's first release pins (scripts/gitops.py writes environments/<env>/release.yaml;
-# none is on main before it): the chart's default image, registered model version 1.
+# What an environment's first release pins (scripts/gitops.py writes
+# environments/<env>/release.yaml; none is on main before it): the chart's default image,
+# registered model version 1.
 FIRST_RELEASE = {"model": {"name": "ml-service", "version": "1"}}
 _FIRST_RELEASE_FILE: list[Path] = []
 

@@ -12,8 +12,9 @@ import boto3
 import pytest
 from botocore.config import Config
 from support.cluster import Cluster
+from support.cluster.images import platform_images as platform_image_refs
 
-from .conftest import InClusterMlflow, platform_image_refs
+from .conftest import InClusterMlflow
 from .lib import get_json
 
 pytestmark = pytest.mark.cluster
@@ -93,7 +94,8 @@ def test_model_bytes_live_in_the_in_cluster_bucket(
             keys = [o["Key"] for o in listed]
             assert f"{prefix}/MLmodel" in keys, keys
             served = artifacts.download_artifacts(
-                f"models:/ml-service/{model.version}/MLmodel", dst_path=str(tmp_path / model.version)
+                f"models:/ml-service/{model.version}/MLmodel",
+                dst_path=str(tmp_path / model.version),
             )
             stored = s3.get_object(Bucket="mlflow", Key=f"{prefix}/MLmodel")["Body"].read()
             with open(served, "rb") as fh:

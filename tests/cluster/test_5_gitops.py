@@ -34,7 +34,6 @@ What the test changes in its clone, each in a commit of its own (visible in `sto
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import subprocess
 import sys
@@ -142,7 +141,8 @@ def wait_served(story: Story, env: str, version: str, timeout: float = 300) -> d
 def prod_window_open(projects: Path, now: dt.datetime) -> bool:
     """Whether prod's sync window (argocd/apps/projects.yaml: `0 9 * * 1-4`, 7h, UTC) is open."""
     docs = [d for d in yaml.safe_load_all(projects.read_text()) if d]
-    (window,) = next(d for d in docs if d["metadata"]["name"] == "ml-service")["spec"]["syncWindows"]
+    project = next(d for d in docs if d["metadata"]["name"] == "ml-service")
+    (window,) = project["spec"]["syncWindows"]
     assert (window["kind"], window["schedule"], window["duration"], window["timeZone"]) == (
         "allow", "0 9 * * 1-4", "7h", "UTC"), window  # fmt: skip
     return now.isoweekday() in (1, 2, 3, 4) and 9 <= now.hour < 16
@@ -198,15 +198,21 @@ def story(cluster: Cluster, mlflow_registry: InClusterMlflow, app_image: str, tm
 
         edit_yaml(apps / "kube-prometheus-stack.yaml", standin)
         edit_yaml(apps / "projects.yaml", platform_repo)
-        run_git(work, "commit", "--quiet", "-am",
-                "test: kube-prometheus-stack from a local stand-in chart (no Helm repository here)")
+        run_git(
+            work,
+            "commit",
+            "--quiet",
+            "-am",
+            "test: kube-prometheus-stack from a local stand-in chart (no Helm repository here)",
+        )
         for name, values in SMALL_NODE.items():
             path = work / "environments" / name / "values.yaml"
             doc = yaml.safe_load(path.read_text())
             for key, value in values.items():
                 doc[key] = value
             path.write_text(yaml.safe_dump(doc, sort_keys=False))
-        run_git(work, "commit", "--quiet", "-am", "test: sized for one 2-CPU node, no ingress controller")
+        run_git(work, "commit", "--quiet", "-am",
+                "test: sized for one 2-CPU node, no ingress controller")  # fmt: skip
         chart_commit = run_git(work, "rev-parse", "HEAD")
         digest = cluster.tag_image(app_image, IMAGE_REPOSITORY, chart_commit)
         for name in ENVS:
@@ -232,8 +238,9 @@ def story(cluster: Cluster, mlflow_registry: InClusterMlflow, app_image: str, tm
             # Argo CD (step 3): its CRDs and configuration, its processes, then the patch.
             argocd.install()
             argocd.start()
+            patch = work / "argocd" / "install" / "argocd-cm.patch.yaml"
             cluster.kubectl("-n", ARGOCD_NS, "patch", "configmap", "argocd-cm", "--type", "merge",
-                            "--patch-file", str(work / "argocd" / "install" / "argocd-cm.patch.yaml"))  # fmt: skip
+                            "--patch-file", str(patch))  # fmt: skip
             SUMMARY["gitops: clone, adopt, Argo CD up"] = f"{time.monotonic() - start:.1f} s"
             yield story
         finally:
@@ -242,8 +249,8 @@ def story(cluster: Cluster, mlflow_registry: InClusterMlflow, app_image: str, tm
             for name in ENVS:
                 cluster.delete_namespace(f"ml-service-{name}")
             cluster.kubectl("delete", "configmap", "-n", "monitoring", "-l",
-                            "app.kubernetes.io/instance=kube-prometheus-stack", "--ignore-not-found",
-                            check=False)  # fmt: skip
+                            "app.kubernetes.io/instance=kube-prometheus-stack",
+                            "--ignore-not-found", check=False)  # fmt: skip
 
 
 def test_bootstrap_brings_up_the_platform_and_the_environments(story: Story) -> None:
@@ -291,7 +298,8 @@ def test_sync_waves_ran_in_order(story: Story) -> None:
         if since:
             assert dt.datetime.fromisoformat(since.replace("Z", "+00:00")) <= appset, (name, since)
     boot = get("application", "ml-service-bootstrap", namespace=ARGOCD_NS)
-    synced = {r["kind"] + "/" + r["name"] for r in boot["status"]["operationState"]["syncResult"]["resources"]}
+    resources = boot["status"]["operationState"]["syncResult"]["resources"]
+    synced = {r["kind"] + "/" + r["name"] for r in resources}
     assert {"ApplicationSet/ml-service", "Application/mlflow-platform",
             "AppProject/ml-service"} <= synced  # fmt: skip
 
@@ -333,9 +341,13 @@ def test_promotion_end_to_end(story: Story) -> None:
         proc = story.gitops("promote", "staging", "prod", uri=uri)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         merged = story.merge("prod")
+
     # merged: Argo CD sees it (the Application's spec names v2) but does not sync prod
-    wait_until(lambda: argocd.app("ml-service-prod")["metadata"]["annotations"].get(
-        "ml-service.io/model-version") == v2, 120, "ml-service-prod regenerated with v2")  # fmt: skip
+    def prod_names_v2():
+        annotations = argocd.app("ml-service-prod")["metadata"].get("annotations") or {}
+        return annotations.get("ml-service.io/model-version") == v2
+
+    wait_until(prod_names_v2, 120, "ml-service-prod regenerated with v2")
     time.sleep(15)  # longer than the reconciliation period: an automated sync would have started
     prod = argocd.app("ml-service-prod")
     assert prod["status"]["sync"]["status"] == "OutOfSync"
@@ -362,7 +374,8 @@ def test_promotion_end_to_end(story: Story) -> None:
         def open_now(doc):
             if doc["metadata"]["name"] == "ml-service":
                 doc["spec"]["syncWindows"][0].update(
-                    schedule=f"{opened.minute} {opened.hour} * * *", duration="1h")
+                    schedule=f"{opened.minute} {opened.hour} * * *", duration="1h"
+                )
 
         edit_yaml(projects, open_now)
         story.commit(f"test: prod's sync window moved to {opened:%H:%M} UTC (this run's clock)")

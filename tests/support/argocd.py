@@ -101,8 +101,9 @@ class ArgoCD:
         self.logs = self.dir / "logs"
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
-        self.ports = {n: free_port() for n in ("redis", "repo", "repo-metrics", "controller-metrics",
-                                                "appset-metrics", "appset-probe", "appset-webhook")}  # fmt: skip
+        names = ("redis", "repo", "repo-metrics", "controller-metrics", "appset-metrics",
+                 "appset-probe", "appset-webhook")  # fmt: skip
+        self.ports = {n: free_port() for n in names}
         self.extra_env = env or {}
 
     # ------------------------------------------------------------------ install
@@ -146,7 +147,8 @@ class ArgoCD:
         for script in ("git-verify-wrapper.sh", "gpg-wrapper.sh"):
             shutil.copy(module_dir() / "hack" / script, self.dir / "bin" / script)
             (self.dir / "bin" / script).chmod(0o755)
-        path = f"{self.dir / 'bin'}:{TOOLS_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        system = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+        path = f"{self.dir / 'bin'}:{TOOLS_BIN}:{system}"
         return {
             "PATH": path, "HOME": str(home), "TMPDIR": str(self.dir / "tmp"), "LANG": "C",
             "KUBECONFIG": str(self.cluster.kubeconfig),
@@ -269,8 +271,8 @@ class ArgoCD:
                                    check=False).stdout  # fmt: skip
         try:
             status = json.loads(one).get("status", {})
-            detail = json.dumps({k: status.get(k) for k in ("conditions", "operationState",
-                                                            "sync", "health")}, indent=1)  # fmt: skip
+            keys = ("conditions", "operationState", "sync", "health")
+            detail = json.dumps({k: status.get(k) for k in keys}, indent=1)
         except ValueError:
             detail = one
         return f"{proc.stdout}\n{name}: {detail[-4000:]}\n{self.log_tails(1500)}"
@@ -300,4 +302,3 @@ class ArgoCD:
         for crd in ("applications", "applicationsets", "appprojects"):
             self.cluster.kubectl("delete", f"crd/{crd}.argoproj.io", "--ignore-not-found",
                                  check=False, timeout=120)  # fmt: skip
-
