@@ -28,7 +28,10 @@ from benchmarks import HERE, ROOT, BenchError, harness, report, servers
 from benchmarks.harness import LOAD
 from benchmarks.servers import KINDS, ServerSpec, parse_spec, split_specs
 
-DEFAULT_SERVERS = "ml-service,mlflow,mlserver,bentoml,http-floor"
+# Two HTTP floors: h11 (uvicorn's default parser) and httptools, the parser ml-service runs.
+DEFAULT_SERVERS = (
+    "ml-service,mlflow,mlserver,bentoml,http-floor,floor-httptools=http-floor[HELLO_HTTP=httptools]"
+)
 # Full run (the published figures) and --quick (a look in a few minutes); explicit flags win.
 PRESETS = {
     "full": {

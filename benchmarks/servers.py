@@ -43,7 +43,8 @@ LABELS = {
     "mlflow": "mlflow models serve",
     "mlserver": "MLServer",
     "bentoml": "BentoML",
-    "http-floor": "HTTP floor (hello world)",
+    "http-floor": "HTTP floor (hello world, h11)",
+    "floor-httptools": "HTTP floor (hello world, httptools)",
 }
 # Telemetry off everywhere: the machine reaches package registries only.
 QUIET_ENV = {

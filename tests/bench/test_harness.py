@@ -180,7 +180,7 @@ def test_markdown_and_plot_are_written(smoke):
                     "### Versions"):  # fmt: skip
         assert heading in md
     assert "](benchmarks.png)" in md
-    assert "HTTP floor (hello world)" in md
+    assert "HTTP floor (hello world, h11)" in md
     import matplotlib.image
 
     image = matplotlib.image.imread(smoke["png"])

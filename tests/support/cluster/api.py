@@ -226,7 +226,11 @@ class Cluster:
         events = self.kubectl(
             "get", "events", "-n", namespace, "--sort-by=.lastTimestamp", check=False
         ).stdout
-        return f"pods in {namespace}:\n{out}\nevents:\n{events[-4000:]}"
+        nodes = self.kubectl(
+            "get", "nodes", "-o",
+            "custom-columns=NODE:.metadata.name,TAINTS:.spec.taints[*].key", check=False,
+        ).stdout  # fmt: skip
+        return f"pods in {namespace}:\n{out}\nevents:\n{events[-4000:]}\nnodes:\n{nodes}"
 
     def logs(self, namespace: str, target: str, *extra: str) -> str:
         return self.kubectl("logs", "-n", namespace, target, *extra, check=False).stdout

@@ -69,6 +69,11 @@ def _run(*argv: str, check: bool = True, timeout: float = 60, **kw) -> subproces
     return proc
 
 
+# Images imported (~1.3 GB), unpacked into containerd's snapshots, pod logs: with less, the
+# kubelet's disk-pressure taint keeps every pod Pending.
+MIN_FREE_DISK = 6 * 2**30
+
+
 class LocalCluster(Cluster):
     pod_network_reachable = True
 
@@ -96,6 +101,13 @@ class LocalCluster(Cluster):
         for tool in ("containerd", "runc", "iptables", "nsenter", "openssl"):
             if not shutil.which(tool, path=CHILD_ENV["PATH"]):
                 raise ClusterError(f"{tool} is not installed: run `make setup-cluster`")
+        self.dir.mkdir(parents=True, exist_ok=True)
+        free = shutil.disk_usage(self.dir).free
+        if free < MIN_FREE_DISK:
+            raise ClusterError(
+                f"{free / 2**30:.1f} GiB free under {self.dir}; the node needs "
+                f"{MIN_FREE_DISK / 2**30:.0f} GiB (imported images, containerd's snapshots, logs)"
+            )
         t0 = time.monotonic()
         self.cleanup_leftovers()
         self.timings.clear()
@@ -393,11 +405,15 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             # imported images are the only copies: never garbage-collect them
             "imageGCHighThresholdPercent": 100,
             "imageGCLowThresholdPercent": 99,
+            # The node shares the host's disk with everything else on it: absolute floors (a
+            # percentage of a large shared disk is gigabytes), and a short transition period so a
+            # moment of pressure (an image import elsewhere) does not taint the node for 5 min.
             "evictionHard": {
                 "memory.available": "100Mi",
-                "nodefs.available": "1%",
-                "imagefs.available": "1%",
+                "nodefs.available": "500Mi",
+                "imagefs.available": "500Mi",
             },
+            "evictionPressureTransitionPeriod": "30s",
             "serializeImagePulls": False,
             "maxPods": 60,
             "nodeStatusUpdateFrequency": "5s",
