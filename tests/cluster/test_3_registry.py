@@ -338,6 +338,12 @@ def test_preflight_fails_the_upgrade_at_once_with_the_reason(
     assert "pre-upgrade hooks failed" in out
     assert took < 120, f"failed only after {took:.0f} s"
     assert cluster.get("deployment", RELEASE, namespace=NS)["metadata"]["generation"] == before
+    # The failed hook Job stays for `kubectl logs` (hook-delete-policy, preflight-job.yaml), until
+    # the next install/upgrade replaces it; `helm uninstall` does not delete hooks: the user
+    # removes it once read, as here.
+    job = f"job/{RELEASE}-preflight"
+    assert "model_not_found" in cluster.logs(NS, job)
+    cluster.kubectl("delete", job, "-n", NS, "--wait=true", "--timeout=60s")
 
 
 def test_uninstall_leaves_nothing(cluster: Cluster, dev) -> None:
