@@ -79,4 +79,6 @@ $(CLUSTER_BIN)/.built: $(CLUSTER_SRC)
 
 setup-cluster: cluster-apt $(CLUSTER_BIN)/.built ## build Kubernetes, etcd, CoreDNS, metrics-server, prometheus-operator (+apt: containerd, runc, CNI)
 
-test-cluster: setup-cluster ## run the cluster tier (a local single-node Kubernetes, or KUBECONFIG's cluster)
+# The tier also builds charts/mlflow-platform's images (MinIO from setup-platform) and runs Argo CD
+# (setup-gitops).
+test-cluster: setup-cluster setup-platform setup-gitops ## run the cluster tier (a local single-node Kubernetes, or KUBECONFIG's cluster)

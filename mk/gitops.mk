@@ -22,10 +22,11 @@ ARGOCD_LDFLAGS := -s -w -X $(ARGOCD_MODULE)/common.version=$(ARGOCD_VERSION:v%=%
 SETUP_TARGETS += setup-gitops
 
 setup-gitops: $(TOOLS)/bin/actionlint-$(ACTIONLINT_VERSION) $(ARGOCD_DIR)/.built $(TOOLS)/bin/act-$(ACT_VERSION) ## actionlint (+shellcheck), Argo CD + appset-render, act
-	@# actionlint runs shellcheck on every `run:` script when it is on PATH.
-	@command -v shellcheck >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	@# actionlint runs shellcheck on every `run:` script when it is on PATH; the cluster tier runs
+	@# Argo CD with Debian's redis-server (tests/support/argocd.py).
+	@{ command -v shellcheck && command -v redis-server; } >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
 	  apt-get -o DPkg::Lock::Timeout=600 update -qq; \
-	  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends shellcheck >/dev/null; }
+	  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends shellcheck redis-server >/dev/null; }
 
 $(TOOLS)/bin/actionlint-$(ACTIONLINT_VERSION):
 	mkdir -p $(TOOLS)/bin
@@ -57,8 +58,8 @@ test-gitops: setup-gitops ## run the gitops tier (actionlint, act, Argo CD's App
 release-dry-run: venv ## local end-to-end: train -> register (local MLflow) -> make image -> dev release branch -> render
 	$(BIN)/python scripts/release_dry_run.py
 
-adopt: ## point argocd/ at your repository: make adopt REPO=<owner>/<name>
-	$(PYTHON) scripts/adopt.py "$(REPO)"
+adopt: ## point argocd/ at your repository: make adopt REPO=<owner>/<name> [REPO_URL=<URL Argo CD reads it from>]
+	$(PYTHON) scripts/adopt.py "$(REPO)" $(if $(REPO_URL),--repo-url "$(REPO_URL)")
 
 # The release/promote workflows only need helm for their render check: not the whole chart tier.
 # (HELM3_VERSION and CHART_STAMP come from mk/chart.mk, included before this file.)

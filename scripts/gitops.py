@@ -322,18 +322,16 @@ def check_change(
         raise Refused(f"refusing to downgrade {env}: " + "; ".join(problems) + " (use --force)")
 
 
-def helm_args(
-    env: str, values_root: Path, chart_root: Path, values_object: Path
-) -> tuple[list[str], Path]:
+def helm_args(env: str, chart_root: Path, values_object: Path) -> tuple[list[str], Path]:
     """`helm template` args as Argo CD's repo-server builds them for the env's Application.
 
-    The chart comes from the commit release.yaml pins (`chart_root`: that commit's tree),
-    values.yaml from the base branch (`values_root`, the `$values` source), then the valuesObject
-    the ApplicationSet builds from release.yaml (`values_object`, written to a file: the
-    repo-server passes it last). tests/gitops checks these against the generated Application."""
+    The chart and environments/<env>/values.yaml come from the commit release.yaml pins
+    (`chart_root`: that commit's tree), then the valuesObject the ApplicationSet builds from
+    release.yaml (`values_object`, written to a file: the repo-server passes it last).
+    tests/gitops checks these against the generated Application."""
     chart = chart_root / CHART_PATH
     args = ["template", ".", "--name-template", RELEASE_NAME, "--namespace", f"ml-service-{env}"]
-    args += ["--values", str((values_root / "environments" / env / "values.yaml").resolve())]
+    args += ["--values", str((chart_root / "environments" / env / "values.yaml").resolve())]
     args += ["--values", str(values_object)]
     return [*args, "--include-crds"], chart
 
@@ -356,18 +354,18 @@ def tree_at(repo: Path, revision: str, dest: Path) -> Path:
     return dest
 
 
-def render(env: str, values_root: Path, state: ReleaseState, repo: Path | None = None) -> str:
-    """The environment as its Application renders: chart at state.revision, values from
-    `values_root`, image/model from `state`."""
+def render(env: str, work: Path, state: ReleaseState, repo: Path | None = None) -> str:
+    """The environment as its Application renders: chart and values.yaml at state.revision (from
+    the repository `repo`, else the work tree `work`), image/model from `state`."""
     helm = shutil.which("helm")
     helm = os.path.abspath(helm) if helm else None
     if helm is None:
         raise GitopsError("helm not found on PATH: run `make setup` (or pass --no-render-check)")
     with tempfile.TemporaryDirectory(prefix="gitops-render-") as tmp:
-        chart_root = tree_at(repo or values_root, state.revision, Path(tmp) / "tree")
+        chart_root = tree_at(repo or work, state.revision, Path(tmp) / "tree")
         values_object = Path(tmp) / "values-object.yaml"
         values_object.write_text(dump(state.values_object()))
-        args, chart = helm_args(env, values_root, chart_root, values_object)
+        args, chart = helm_args(env, chart_root, values_object)
         if not (chart / "Chart.yaml").is_file():
             raise GitopsError(f"{CHART_PATH} does not exist at {state.revision[:12]}")
         proc = subprocess.run([helm, *args], cwd=chart, capture_output=True, text=True, check=False)
@@ -513,6 +511,10 @@ def quality_gate(a: argparse.Namespace, t: Target, new: ReleaseState):
 
     Returns the result (its markdown goes into the PR); a failure without an override is Refused
     (exit 3, nothing pushed)."""
+    # The gate downloads both models. Through the proxied platform (charts/mlflow-platform) the
+    # bucket is not reachable from CI runners: keep MLflow 3.x from switching to presigned bucket
+    # URLs.
+    os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
     from ml_service import quality_gate as qg
 
     config_text = read_at(a.repo, t.base.ref, GATE_CONFIG, missing_ok=True)
@@ -564,8 +566,9 @@ def repo_root(start: Path) -> Path:
     return Path(out.stdout.strip())
 
 
-def chart_changes(repo: Path, old: ReleaseState | None, new: ReleaseState) -> str:
-    """What the environment's chart gains: the commits touching charts/ between the two pins."""
+def chart_changes(repo: Path, env: str, old: ReleaseState | None, new: ReleaseState) -> str:
+    """What the environment's chart gains: the commits touching charts/ (and the dashboards and
+    the environment's values.yaml, read at the same commit) between the two pins."""
     if old is None or old.revision == new.revision:
         return "Chart: unchanged." if old else f"Chart: `{CHART_PATH}` at {new.revision[:12]}."
     if not (known_commit(repo, old.revision) and known_commit(repo, new.revision)):
@@ -580,13 +583,15 @@ def chart_changes(repo: Path, old: ReleaseState | None, new: ReleaseState) -> st
         "--",
         "charts/",
         "dashboards/",
+        f"environments/{env}/values.yaml",
     )
     head = f"Chart: {old.revision[:12]} -> {new.revision[:12]}"
-    return f"{head}, changes under charts/:\n{log}" if log else f"{head} (no change under charts/)."
+    where = f"charts/ or environments/{env}/values.yaml"
+    return f"{head}, changes under {where}:\n{log}" if log else f"{head} (no change under {where})."
 
 
 def pr_body(intro: str, t: Target, new: ReleaseState, gate, repo: Path) -> str:
-    parts = [intro, "", chart_changes(repo, t.state, new), "", gate.markdown(), ""]
+    parts = [intro, "", chart_changes(repo, t.env, t.state, new), "", gate.markdown(), ""]
     parts.append(
         f"Only `{t.path}` changes. Written by `scripts/gitops.py`; a newer run force-pushes "
         f"this branch and updates this pull request."

@@ -124,8 +124,8 @@ def render_dev(clone: Path, scratch: Path) -> list[dict]:
     args = ["template", ".", "--name-template", helm["releaseName"]]
     args += ["--namespace", app["spec"]["destination"]["namespace"]]
     for f in helm["valueFiles"]:
-        # `$values/...`: the values source is main of the same repository (the clone's work tree).
-        args += ["--values", str(clone / f.removeprefix("$values/"))]
+        # relative to the chart, in the same commit's tree
+        args += ["--values", str((chart / f).resolve())]
     values_object = scratch / "values-object.yaml"
     values_object.write_text(yaml.safe_dump(helm["valuesObject"]))
     args += ["--values", str(values_object)]

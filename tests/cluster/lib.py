@@ -3,8 +3,11 @@ queries, "nothing left behind" checks, and the figures printed in the session su
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
+import os
+import tempfile
 import threading
 import time
 import urllib.error
@@ -34,14 +37,25 @@ def measure(what: str) -> Iterator[None]:
         SUMMARY[what] = f"{time.monotonic() - start:.1f} s"
 
 
+# What an environment's first release pins (scripts/gitops.py writes
+# environments/<env>/release.yaml; none is on main before it): the chart's default image,
+# registered model version 1.
+FIRST_RELEASE = {"model": {"name": "ml-service", "version": "1"}}
+_FIRST_RELEASE_FILE: list[Path] = []
+
+
 def env_values(env: str) -> list[str]:
-    """`-f` arguments in the order the ApplicationSet uses (values.yaml, then release.yaml)."""
-    return [
-        "-f",
-        str(ENVIRONMENTS / env / "values.yaml"),
-        "-f",
-        str(ENVIRONMENTS / env / "release.yaml"),
-    ]
+    """`-f` arguments in the order the ApplicationSet uses (values.yaml, then the promotable
+    state: release.yaml, or FIRST_RELEASE while the environment has none)."""
+    release = ENVIRONMENTS / env / "release.yaml"
+    if not release.exists():
+        if not _FIRST_RELEASE_FILE:
+            fd, name = tempfile.mkstemp(prefix="mlsk-first-release-", suffix=".yaml")
+            os.close(fd)
+            Path(name).write_text(json.dumps(FIRST_RELEASE))
+            _FIRST_RELEASE_FILE.append(Path(name))
+        release = _FIRST_RELEASE_FILE[0]
+    return ["-f", str(ENVIRONMENTS / env / "values.yaml"), "-f", str(release)]
 
 
 def override_file(tmp_path: Path, name: str, values: dict) -> list[str]:
@@ -108,10 +122,13 @@ def get_json(url: str, timeout: float = 5) -> tuple[int, Any]:
             return exc.code, body.decode(errors="replace")
 
 
-def post_json(url: str, payload: dict, timeout: float = 10) -> tuple[int, Any]:
-    req = urllib.request.Request(
-        url, data=json.dumps(payload).encode(), headers={"Content-Type": "application/json"}
-    )
+def post_json(
+    url: str, payload: dict, timeout: float = 10, auth: tuple[str, str] | None = None
+) -> tuple[int, Any]:
+    headers = {"Content-Type": "application/json"}
+    if auth:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(auth).encode()).decode()
+    req = urllib.request.Request(url, data=json.dumps(payload).encode(), headers=headers)
     try:
         with urllib.request.urlopen(req, timeout=timeout) as resp:
             return resp.status, json.loads(resp.read())

@@ -30,8 +30,6 @@ from .lib import (
 
 pytestmark = pytest.mark.cluster
 NS = "ml-service-dev"
-# A credential the server never needs (this MLflow has no auth): it must not show up anywhere.
-PASSWORD = "dev-secret-Zq8v3"
 
 
 def ready_reason(body: dict) -> str | None:
@@ -46,11 +44,8 @@ def dev(cluster: Cluster, mlflow_registry: InClusterMlflow):
     """`helm install` with dev's two value files and nothing else, watched from the first moment:
     every /ready answer of the new pod is recorded until it is 200."""
     cluster.create_namespace(NS)
-    cluster.kubectl(
-        "create", "secret", "generic", "mlflow-credentials", "-n", NS,
-        "--from-literal=MLFLOW_TRACKING_USERNAME=ml-service",
-        f"--from-literal=MLFLOW_TRACKING_PASSWORD={PASSWORD}",
-    )  # fmt: skip
+    # The reader user's credentials (MLflow's basic auth is on): they must show up nowhere.
+    mlflow_registry.create_credentials(cluster, NS)
     start = time.monotonic()
     install = Background(
         cluster.helm, "install", RELEASE, str(CHART), "-n", NS, *env_values("dev"),
@@ -139,7 +134,7 @@ def test_runs_as_10001_on_a_read_only_root(cluster: Cluster, dev) -> None:
     assert int(facts["caps"], 16) == 0, "no effective capability"
 
 
-def test_no_credential_in_logs_or_responses(cluster: Cluster, dev) -> None:
+def test_no_credential_in_logs_or_responses(cluster: Cluster, dev, mlflow_registry) -> None:
     pod = deployment_pods(cluster, NS)[0]["metadata"]["name"]
     logs = cluster.logs(NS, f"pod/{pod}")
     assert logs.strip(), "the server logged nothing?"
@@ -148,7 +143,7 @@ def test_no_credential_in_logs_or_responses(cluster: Cluster, dev) -> None:
         with urllib.request.urlopen(f"{base}/metrics", timeout=5) as resp:
             bodies.append(resp.read().decode())
     for text in [logs, *bodies]:
-        assert PASSWORD not in text
+        assert mlflow_registry.reader[1] not in text
 
 
 # ---------------------------------------------------------------------------- monitoring
@@ -264,7 +259,9 @@ def test_a_missing_model_version_never_becomes_ready_and_the_old_pod_serves_on(
     )  # fmt: skip
 
 
-def test_an_unreachable_registry_is_reported_where_users_look(cluster: Cluster, dev) -> None:
+def test_an_unreachable_registry_is_reported_where_users_look(
+    cluster: Cluster, dev, mlflow_registry: InClusterMlflow
+) -> None:
     """A tracking server that does not exist: the pod stays unready, /ready says what it waits
     for, the log says why, and neither carries the credential."""
     release, missing = "unreachable", "http://mlflow-missing.mlflow.svc.cluster.local:5000"
@@ -294,7 +291,7 @@ def test_an_unreachable_registry_is_reported_where_users_look(cluster: Cluster, 
         pod, body = wait_until(failed_attempt, 120, "/ready reports the failed attempt", interval=1)
         assert body["status"] == "loading"
         text = json.dumps(body)
-        assert PASSWORD not in text
+        assert mlflow_registry.reader[1] not in text
         # TODO(ready-contract): require reason == "registry_unreachable" and no host name in the
         # body once the lead's /ready is merged; today's body carries the raw error.
         if ready_reason(body) is not None:
@@ -302,7 +299,7 @@ def test_an_unreachable_registry_is_reported_where_users_look(cluster: Cluster, 
             assert "mlflow-missing" not in text, "no host name in /ready"
         logs = cluster.logs(NS, f"pod/{pod}")
         assert "mlflow-missing" in logs or "registry" in logs.lower(), logs[-2000:]
-        assert PASSWORD not in logs
+        assert mlflow_registry.reader[1] not in logs
     finally:
         cluster.helm("uninstall", release, "-n", NS, "--wait", check=False)
 
@@ -341,6 +338,12 @@ def test_preflight_fails_the_upgrade_at_once_with_the_reason(
     assert "pre-upgrade hooks failed" in out
     assert took < 120, f"failed only after {took:.0f} s"
     assert cluster.get("deployment", RELEASE, namespace=NS)["metadata"]["generation"] == before
+    # The failed hook Job stays for `kubectl logs` (hook-delete-policy, preflight-job.yaml), until
+    # the next install/upgrade replaces it; `helm uninstall` does not delete hooks: the user
+    # removes it once read, as here.
+    job = f"job/{RELEASE}-preflight"
+    assert "model_not_found" in cluster.logs(NS, job)
+    cluster.kubectl("delete", job, "-n", NS, "--wait=true", "--timeout=60s")
 
 
 def test_uninstall_leaves_nothing(cluster: Cluster, dev) -> None:

@@ -39,11 +39,8 @@ STAGING_OVERRIDE = {
 }
 
 
-def secret(cluster: Cluster, ns: str) -> None:
-    cluster.kubectl(
-        "create", "secret", "generic", "mlflow-credentials", "-n", ns,
-        "--from-literal=MLFLOW_TRACKING_USERNAME=ml-service",
-    )  # fmt: skip
+def secret(cluster: Cluster, ns: str, registry: InClusterMlflow) -> None:
+    registry.create_credentials(cluster, ns)
 
 
 def ready(pod: dict) -> bool:
@@ -69,7 +66,7 @@ def served_versions(cluster: Cluster, ns: str) -> dict[str, str]:
 def prod(cluster: Cluster, mlflow_registry: InClusterMlflow, tmp_path_factory):
     ns = "ml-service-prod"
     cluster.create_namespace(ns)
-    secret(cluster, ns)
+    secret(cluster, ns, mlflow_registry)
     small = override_file(tmp_path_factory.mktemp("prod"), "small-node", PROD_SMALL_NODE)
     with measure("prod: helm install --wait (3 replicas)"):
         proc = helm_install(cluster, ns, *env_values("prod"), *small, check=False)
@@ -151,7 +148,7 @@ def test_prod_uninstall_leaves_nothing(cluster: Cluster, prod) -> None:
 def staging(cluster: Cluster, mlflow_registry: InClusterMlflow, tmp_path_factory):
     ns = "ml-service-staging"
     cluster.create_namespace(ns)
-    secret(cluster, ns)
+    secret(cluster, ns, mlflow_registry)
     override = override_file(tmp_path_factory.mktemp("staging"), "hpa", STAGING_OVERRIDE)
     with measure("staging: helm install --wait (2 replicas)"):
         proc = helm_install(cluster, ns, *env_values("staging"), *override, check=False)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.gitrepo import run_git, snapshot_repo
 
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = ROOT / ".tools" / "bin"
@@ -43,12 +44,6 @@ def argocd_version() -> str:
 
 def load_all(path: Path) -> list[dict]:
     return [d for d in yaml.safe_load_all(path.read_text()) if d]
-
-
-def run_git(cwd: Path, *args: str) -> str:
-    return subprocess.run(
-        ["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True
-    ).stdout.strip()
 
 
 def appset_render(repo: Path, appset: Path = APPSET, projects: Path = PROJECTS):
@@ -83,29 +78,6 @@ model:
   name: ml-service
   version: "{version}"
 """
-
-
-def snapshot_repo(dest: Path) -> str:
-    """The work tree as it is (tracked + untracked, not ignored) committed into a new git repo at
-    `dest`; returns the commit."""
-    files = run_git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
-    dest.mkdir(parents=True)
-    for rel in filter(None, files.split("\0")):
-        src = ROOT / rel
-        if not src.exists() and not src.is_symlink():
-            continue  # deleted, not yet committed
-        dst = dest / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if src.is_symlink():
-            dst.symlink_to(os.readlink(src))
-        else:
-            shutil.copy2(src, dst)
-    run_git(dest.parent, "init", "--quiet", "-b", "main", str(dest))
-    run_git(dest, "config", "user.name", "Test")
-    run_git(dest, "config", "user.email", "test@example.invalid")
-    run_git(dest, "add", "-A")
-    run_git(dest, "commit", "--quiet", "-m", "snapshot")
-    return run_git(dest, "rev-parse", "HEAD")
 
 
 @pytest.fixture(scope="session")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -98,3 +99,56 @@ def test_branch_protection_requires_the_ci_jobs_that_exist():
     for check in sorted(required):
         assert f"`{check}`" in docs
     assert "`ci` check" not in docs
+
+
+def adopt_copy(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """scripts/adopt.py run on a copy of itself and argocd/ (it edits its own checkout)."""
+    copy = tmp_path / "copy"
+    (copy / "scripts").mkdir(parents=True)
+    (copy / "scripts" / "adopt.py").write_bytes((ROOT / "scripts" / "adopt.py").read_bytes())
+    shutil.copytree(ROOT / "argocd", copy / "argocd")
+    proc = subprocess.run(
+        [sys.executable, "scripts/adopt.py", *args],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return proc, copy
+
+
+def test_adopt_with_another_repo_url(tmp_path: Path):
+    """`REPO_URL`: Argo CD reads the repository from that address (every repoURL and the
+    AppProjects' sourceRepos); GitHub still receives the notification for owner/name."""
+    url = "git://git.example.internal:9418/ml/fraud-model.git"
+    proc, copy = adopt_copy(tmp_path, "acme-corp/fraud-model", "--repo-url", url)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    (boot,) = load_all(copy / "argocd" / "bootstrap.yaml")
+    assert boot["spec"]["source"]["repoURL"] == url
+    (appset,) = load_all(copy / "argocd" / "apps" / "applicationset.yaml")
+    assert {s["repoURL"] for s in appset["spec"]["template"]["spec"]["sources"]} == {url}
+    assert appset["spec"]["generators"][0]["matrix"]["generators"][1]["git"]["repoURL"] == url
+    projects = {p["metadata"]["name"]: p for p in load_all(copy / "argocd/apps/projects.yaml")}
+    assert projects["ml-service"]["spec"]["sourceRepos"] == [url]
+    text = " ".join(p.read_text() for p in (copy / "argocd").rglob("*.yaml"))
+    assert "OWNER" not in text and "github.com/acme-corp" not in text
+    assert "repos/acme-corp/fraud-model/dispatches" in text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://bot:s3cr3t-t0ken@git.example.internal/ml/fraud-model.git",  # a credential
+        "https://s3cr3t-t0ken@git.example.internal/ml/fraud-model.git",  # a token as user name
+        "https://git.example.internal/ml/fraud-model.git?access_token=s3cr3t-t0ken",
+        "ftp://git.example.internal/ml/fraud-model.git",
+        "https://git.example.internal:99999/fraud-model.git",
+        "https://git.example.internal/ml/fraud model.git",
+    ],
+)
+def test_adopt_refuses_a_bad_repo_url_without_echoing_it(tmp_path: Path, url: str):
+    proc, copy = adopt_copy(tmp_path, "acme-corp/fraud-model", "--repo-url", url)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert "without credentials" in proc.stderr
+    assert "s3cr3t" not in proc.stdout + proc.stderr and url not in proc.stderr
+    assert "OWNER/ml-service" in (copy / "argocd" / "bootstrap.yaml").read_text(), "unchanged"

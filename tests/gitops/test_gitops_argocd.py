@@ -80,14 +80,16 @@ def test_one_application_per_released_environment(generated_apps, released_repo:
         assert app["metadata"]["namespace"] == "argocd"
         assert spec["project"] == "ml-service"
         assert spec["destination"]["namespace"] == f"ml-service-{env}"
-        chart, values = spec["sources"]
+        # One source: Argo CD refuses the same repository at two revisions in one Application.
+        (chart,) = spec["sources"]
         # The chart at the commit release.yaml pins, not main: promoted like the image.
         assert (chart["repoURL"], chart["path"], chart["targetRevision"]) == (
             REPO_URL,
             "charts/ml-service",
             commit,
         )
-        assert chart["helm"]["valueFiles"] == [f"$values/environments/{env}/values.yaml"]
+        # the environment's values.yaml from the same commit (relative to the chart's path)
+        assert chart["helm"]["valueFiles"] == [f"../../environments/{env}/values.yaml"]
         assert chart["helm"]["valuesObject"] == {
             "image": {
                 "repository": "ghcr.io/owner/ml-service",
@@ -96,7 +98,6 @@ def test_one_application_per_released_environment(generated_apps, released_repo:
             },
             "model": {"name": "ml-service", "version": "3"},
         }
-        assert values == {"repoURL": REPO_URL, "targetRevision": "main", "ref": "values"}
         assert app["metadata"]["annotations"]["ml-service.io/model-version"] == "3"
 
 

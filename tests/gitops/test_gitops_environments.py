@@ -1,5 +1,5 @@
 """Every Application the ApplicationSet generates, rendered as Argo CD's repo-server renders it
-(chart source at its pinned commit, `$values` files from main, then valuesObject) and validated
+(chart and values file at the pinned commit, then valuesObject) and validated
 strictly (tests/support/kube.py); the Argo CD objects against Argo CD's own CRD schemas; and the
 environment files themselves: values.yaml holds only what differs from the chart, release.yaml
 only promotable state pointing at images the release workflow really pushes."""
@@ -54,24 +54,20 @@ def repo_server_args(
     app: dict, kube_version: str, repo: Path, tmp: Path
 ) -> tuple[list[str], Path, Path]:
     """util/helm/cmd.go `template` for the multi-source Helm Application (run in the chart dir):
-    (args, chart dir, the valuesObject file). `repo`'s work tree is main (the `values` ref)."""
-    sources = app["spec"]["sources"]
-    (chart_src,) = [s for s in sources if "path" in s]
-    refs = {s["ref"]: s for s in sources if "ref" in s}
+    (args, chart dir, the valuesObject file). Value files are relative to the chart's path, in
+    the same commit (Argo CD refuses a second source of the same repository at another one)."""
+    (chart_src,) = app["spec"]["sources"]
     helm = chart_src["helm"]
     rev = chart_src["targetRevision"]
-    chart = checkout(repo, rev, tmp / f"tree-{rev}") / chart_src["path"]
+    tree = checkout(repo, rev, tmp / f"tree-{rev}")
+    chart = tree / chart_src["path"]
     args = ["template", ".", "--name-template", helm.get("releaseName", app["metadata"]["name"])]
     args += ["--namespace", app["spec"]["destination"]["namespace"]]
     args += ["--kube-version", kube_version]
     for f in helm.get("valueFiles", []):
-        if f.startswith("$"):
-            ref, _, rel = f[1:].partition("/")
-            assert refs[ref]["targetRevision"] == "main"
-            resolved = (repo / rel).resolve()
-            assert resolved.is_relative_to(repo.resolve()), f"{f} leaves the repository"
-        else:
-            resolved = (chart / f).resolve()
+        resolved = (chart / f).resolve()
+        # the repo-server's rule: a value file inside the repository's checkout
+        assert resolved.is_relative_to(tree.resolve()), f"{f} leaves the repository"
         args += ["--values", str(resolved)]
     values_object = tmp / f"values-object-{app['metadata']['name']}.yaml"
     values_object.write_text(yaml.safe_dump(helm["valuesObject"]))
@@ -160,7 +156,7 @@ def test_release_tool_renders_like_the_repo_server(
     release = (released_repo / "environments" / env / "release.yaml").read_text()
     _, state = gitops_cli.load_release(release, env)
     assert state.values_object() == yaml.safe_load(values_object.read_text())
-    args, cwd = gitops_cli.helm_args(env, released_repo, chart.parents[1], values_object)
+    args, cwd = gitops_cli.helm_args(env, chart.parents[1], values_object)
     drop = {"--kube-version", "--api-versions"}
     kept, skip = [], False
     for a in expected:

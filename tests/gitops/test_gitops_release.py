@@ -363,13 +363,14 @@ def test_chart_changes_are_promoted_not_tracked(sandbox: Sandbox):
 
 
 def test_promotion_that_does_not_render_is_refused(sandbox: Sandbox):
-    ok(sandbox.release("2"))
-    sandbox.merge("gitops/dev")
-    # staging's static values carry a key the chart's schema rejects: the target no longer renders.
+    # staging's static values carry a key the chart's schema rejects, in the commit dev runs (dev
+    # renders): promoted to staging, that commit's staging values would not render.
     values = (ROOT / "environments/staging/values.yaml").read_text()
-    sandbox.commit_on_main(
+    typo = sandbox.commit_on_main(
         "typo", **{"environments/staging/values.yaml": values + "replicaCont: 3\n"}
     )
+    ok(sandbox.release("2", tag=typo))
+    sandbox.merge("gitops/dev")
 
     proc = sandbox.gitops("promote", "dev", "staging")
     assert proc.returncode == 2, proc.stdout + proc.stderr

@@ -28,7 +28,7 @@ from .images import (
     ADDON_IMAGES,
     Docker,
     build_addon_images,
-    build_mlflow_image,
+    build_platform_images,
     docker_engine,
 )
 from .local import ADDONS, LocalCluster, local_cluster
@@ -46,7 +46,7 @@ __all__ = [
     "LocalCluster",
     "PodResult",
     "build_addon_images",
-    "build_mlflow_image",
+    "build_platform_images",
     "docker_engine",
     "local_cluster",
     "wait_until",

@@ -2,8 +2,8 @@
 
 - the add-ons (pause, CoreDNS, metrics-server, prometheus-operator, its config reloader,
   Prometheus): `FROM scratch` + one static binary from `make setup-cluster`;
-- an MLflow tracking server: the local debootstrap base + a virtualenv made by uv from the
-  project's lock (`requirements/train.txt`, i.e. runtime + training extras, same pins as dev);
+- charts/mlflow-platform's three images (MLflow server, PostgreSQL, MinIO) from
+  platform.Dockerfile, by scripts/docker/build-platform-images.sh (`make platform-images`);
 - the ml-service image itself comes from `scripts/docker/build-image.sh`, as `make image` does.
 
 Images are built in the project's private Docker engine (`scripts/docker/dockerd.sh`) and tagged
@@ -22,6 +22,8 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+import yaml
 
 from .config import DEFAULT_BIN_DIR, ROOT, TOOLS
 
@@ -157,54 +159,42 @@ def build_addon_images(docker: Docker, bin_dir: Path = DEFAULT_BIN_DIR) -> dict[
     return took
 
 
-MLFLOW_LOCK = ROOT / "requirements" / "train.txt"
+PLATFORM_CHART = ROOT / "charts" / "mlflow-platform"
 
 
-MLFLOW_DOCKERFILE = """\
-FROM {base}
-# /opt/mlflow: requirements/train.txt installed by uv (bytecode compiled), test suites removed
-COPY venv /opt/mlflow
-ENV PATH=/opt/mlflow/bin:$PATH HOME=/tmp PYTHONDONTWRITEBYTECODE=1 \\
-    MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false MLFLOW_DISABLE_TELEMETRY=true DO_NOT_TRACK=true
-USER 10001:10001
-ENTRYPOINT ["/opt/mlflow/bin/python", "-m", "mlflow"]
-"""
+def platform_images() -> dict[str, str]:
+    """platform.Dockerfile target -> the image charts/mlflow-platform runs by default
+    (`<component>.image.repository:<tag or appVersion>`), so the chart and the Argo CD Application
+    that installs it need no image values."""
+    values = yaml.safe_load((PLATFORM_CHART / "values.yaml").read_text())
+    app_version = yaml.safe_load((PLATFORM_CHART / "Chart.yaml").read_text())["appVersion"]
+
+    def ref(image: dict, default: str) -> str:
+        return f"{image['repository']}:{image['tag'] or default}"
+
+    return {
+        "mlflow-server": ref(values["mlflow"]["image"], app_version),
+        "postgresql": ref(values["postgresql"]["image"], "15"),
+        "minio": ref(values["s3"]["image"], "latest"),
+    }
 
 
-def mlflow_image_ref(base: str) -> str:
-    """Tagged by a hash of the lock, the recipe and the base: rebuilt only when one changes."""
-    recipe = MLFLOW_LOCK.read_bytes() + MLFLOW_DOCKERFILE.format(base=base).encode()
-    return f"{REGISTRY}/mlflow:{hashlib.sha256(recipe).hexdigest()[:12]}"
-
-
-def build_mlflow_image(docker: Docker) -> tuple[str, float]:
-    """An MLflow tracking server image: the project's debootstrap base + a virtualenv built by uv
-    from requirements/train.txt (wheels from uv's cache, hash-checked)."""
-    start = time.monotonic()
-    base = subprocess.run(
-        [str(SCRIPTS / "build-base.sh")], env=docker.env, capture_output=True, text=True,
-        check=True, timeout=1200,
-    ).stdout.strip().splitlines()[-1]  # fmt: skip
-    ref = mlflow_image_ref(base)
-    if docker.has(ref):
-        return ref, 0.0
-    uv = TOOLS / "uv" / "bin" / "uv"
-    with tempfile.TemporaryDirectory(prefix="mlsk-mlflow-") as ctx:
-        venv = Path(ctx) / "venv"
-        # Same interpreter path as the base image (Debian bookworm's python3.11), so the venv's
-        # `python` symlink resolves inside the image.
-        subprocess.run([str(uv), "venv", "-q", "--python", "/usr/bin/python3.11", str(venv)],
-                       check=True, timeout=300, capture_output=True)  # fmt: skip
-        subprocess.run(
-            [str(uv), "pip", "sync", "-q", "--require-hashes", "--link-mode", "copy",
-             "--compile-bytecode", str(MLFLOW_LOCK)],
-            env={**os.environ, "VIRTUAL_ENV": str(venv)}, check=True, timeout=1200,
-            capture_output=True,
-        )  # fmt: skip
-        # Test suites are never imported by the server (~130 MB less to build, save and import).
-        for path in sorted(venv.rglob("*"), key=lambda p: -len(p.parts)):
-            if path.is_dir() and path.name in ("tests", "test") and "site-packages" in path.parts:
-                shutil.rmtree(path, ignore_errors=True)
-        (Path(ctx) / "Dockerfile").write_text(MLFLOW_DOCKERFILE.format(base=base))
-        docker.run("build", "--quiet", "--tag", ref, ctx, timeout=1800)
-    return ref, time.monotonic() - start
+def build_platform_images(docker: Docker) -> tuple[dict[str, str], str]:
+    """The three images of charts/mlflow-platform, built by the project's script
+    (scripts/docker/build-platform-images.sh, what `make platform-images` runs) on the local
+    debootstrap base, tagged as the chart's defaults; BuildKit's cache makes a rebuild cheap.
+    Returns the refs and the script's report (target, tag, size, seconds per image)."""
+    refs = platform_images()
+    minio = TOOLS / "bin" / "minio"
+    if not minio.exists():
+        raise RuntimeError(f"{minio} missing: run `make setup-platform`")
+    # The build context takes the binary from build/platform/ (platform.Dockerfile.dockerignore).
+    (ROOT / "build" / "platform").mkdir(parents=True, exist_ok=True)
+    shutil.copy2(minio, ROOT / "build" / "platform" / "minio")
+    proc = subprocess.run(
+        [str(SCRIPTS / "build-platform-images.sh"), *(f"{t}={r}" for t, r in refs.items())],
+        env=docker.env, capture_output=True, text=True, timeout=2400, check=False, cwd=ROOT,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise RuntimeError(f"building the platform images failed:\n{proc.stderr[-6000:]}")
+    return refs, proc.stdout.strip()

@@ -483,6 +483,18 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
             raise ClusterError(f"images missing after import: {missing}")
         return time.monotonic() - start
 
+    def tag_image(self, source: str, repository: str, tag: str) -> str:
+        """Give an imported image the names a release pins, `repository:tag` and
+        `repository@<digest>` (what a registry push would make resolvable), so a pod spec naming
+        `repository:tag@digest` runs it without a pull; returns the digest."""
+        listed = self._ctr("images", "list").stdout.splitlines()
+        digest = next((line.split()[2] for line in listed[1:] if line.split()[0] == source), None)
+        if digest is None:
+            raise ClusterError(f"{source} is not in the node's containerd")
+        for target in (f"{repository}:{tag}", f"{repository}@{digest}"):
+            self._ctr("images", "tag", "--force", source, target)
+        return digest
+
     # ------------------------------------------------------------------ add-ons
     def _render(self, name: str, **extra: str) -> str:
         c = self.config

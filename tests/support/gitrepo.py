@@ -1,0 +1,39 @@
+"""A git repository made from this work tree, for tests that run the GitOps flow on a copy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_git(cwd: Path, *args: str) -> str:
+    return subprocess.run(
+        ["git", "-C", str(cwd), *args], capture_output=True, text=True, check=True
+    ).stdout.strip()
+
+
+def snapshot_repo(dest: Path) -> str:
+    """The work tree as it is (tracked + untracked, not ignored) committed into a new git repo at
+    `dest`; returns the commit."""
+    files = run_git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
+    dest.mkdir(parents=True)
+    for rel in filter(None, files.split("\0")):
+        src = ROOT / rel
+        if not src.exists() and not src.is_symlink():
+            continue  # deleted, not yet committed
+        dst = dest / rel
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        if src.is_symlink():
+            dst.symlink_to(os.readlink(src))
+        else:
+            shutil.copy2(src, dst)
+    run_git(dest.parent, "init", "--quiet", "-b", "main", str(dest))
+    run_git(dest, "config", "user.name", "Test")
+    run_git(dest, "config", "user.email", "test@example.invalid")
+    run_git(dest, "add", "-A")
+    run_git(dest, "commit", "--quiet", "-m", "snapshot")
+    return run_git(dest, "rev-parse", "HEAD")
