@@ -599,6 +599,22 @@ def pr_body(intro: str, t: Target, new: ReleaseState, gate, repo: Path) -> str:
     return "\n".join(parts)
 
 
+def open_bump(
+    a: argparse.Namespace, t: Target, new: ReleaseState, gate, title: str, intro: str
+) -> str:
+    """The bump commit and its PR (body with the quality gate table), for release and promote."""
+    return bump(
+        a.repo,
+        t,
+        new,
+        no_pr=a.no_pr,
+        render_check=a.render_check,
+        title=title,
+        body=pr_body(intro, t, new, gate, a.repo),
+        commit_body=f"{intro}\nQuality gate: {gate.verdict}.",
+    )
+
+
 def cmd_release(a: argparse.Namespace) -> str:
     revision = a.revision or a.tag
     new = ReleaseState(
@@ -610,17 +626,7 @@ def cmd_release(a: argparse.Namespace) -> str:
     gate = quality_gate(a, t, new)
     title = f"release({a.env}): image {a.tag[:12]}, model {a.model_name} v{a.model_version}"
     intro = f"Release of {new.describe()} to `{a.env}`."
-    body = pr_body(intro, t, new, gate, a.repo)
-    return bump(
-        a.repo,
-        t,
-        new,
-        no_pr=a.no_pr,
-        render_check=a.render_check,
-        title=title,
-        body=body,
-        commit_body=f"{intro}\nQuality gate: {gate.verdict}.",
-    )
+    return open_bump(a, t, new, gate, title, intro)
 
 
 def cmd_promote(a: argparse.Namespace) -> str:
@@ -657,17 +663,7 @@ def cmd_promote(a: argparse.Namespace) -> str:
             f"moves to version {new.model_version} once Argo CD reports prod synced and healthy "
             "with it (workflow `champion-alias`), not when this merges."
         )
-    body = pr_body(intro, t, new, gate, a.repo)
-    return bump(
-        a.repo,
-        t,
-        new,
-        no_pr=a.no_pr,
-        render_check=a.render_check,
-        title=title,
-        body=body,
-        commit_body=f"{intro}\nQuality gate: {gate.verdict}.",
-    )
+    return open_bump(a, t, new, gate, title, intro)
 
 
 def pinned_versions(repo: Path, env: str, ref: str) -> set[tuple[str, str]]:

@@ -111,41 +111,39 @@ class Cluster:
         env["KUBECONFIG"] = str(self.kubeconfig)
         return env
 
+    def _run(
+        self,
+        tool: Path,
+        args: tuple[str, ...],
+        *,
+        input: str | None,
+        check: bool,
+        timeout: float,
+        show_stdout: bool,
+    ) -> subprocess.CompletedProcess:
+        proc = subprocess.run(
+            [str(tool), *args], input=input, env=self.env(), capture_output=True, text=True,
+            timeout=timeout, check=False,
+        )  # fmt: skip
+        if check and proc.returncode != 0:
+            out = f"{proc.stdout[-3000:]}\n" if show_stdout else ""
+            raise ClusterError(
+                f"{tool.name} {' '.join(args)} failed ({proc.returncode}):\n"
+                f"{out}{proc.stderr[-4000:]}"
+            )
+        return proc
+
     def kubectl(
         self, *args: str, input: str | None = None, check: bool = True, timeout: float = 120
     ) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [str(self._kubectl), *args],
-            input=input,
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise ClusterError(
-                f"kubectl {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-            )
-        return proc
+        return self._run(self._kubectl, args, input=input, check=check, timeout=timeout,
+                         show_stdout=False)  # fmt: skip
 
     def helm(
         self, *args: str, check: bool = True, timeout: float = 600
     ) -> subprocess.CompletedProcess:
-        proc = subprocess.run(
-            [str(TOOLS / "bin" / "helm"), *args],
-            env=self.env(),
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-        if check and proc.returncode != 0:
-            raise ClusterError(
-                f"helm {' '.join(args)} failed ({proc.returncode}):\n"
-                f"{proc.stdout[-3000:]}\n{proc.stderr[-4000:]}"
-            )
-        return proc
+        return self._run(TOOLS / "bin" / "helm", args, input=None, check=check, timeout=timeout,
+                         show_stdout=True)  # fmt: skip
 
     def get(self, *args: str, namespace: str | None = None) -> dict[str, Any]:
         """`kubectl get ... -o json`, parsed."""
