@@ -34,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support import kube  # noqa: E402
+from support.gitrepo import snapshot_repo  # noqa: E402
 from support.mlflow import mlflow_env, mlflow_server  # noqa: E402
 
 IMAGE_REPOSITORY = "ghcr.io/owner/ml-service"
@@ -75,22 +76,10 @@ def build_image(tag: str) -> str:
 def snapshot_clone(scratch: Path) -> tuple[Path, str]:
     """The work tree as it is (tracked + untracked, not ignored) committed in a scratch repo whose
     bare remote is cloned, so the release runs against `origin/main` like in CI."""
-    files = sh("git", "ls-files", "-z", "--cached", "--others", "--exclude-standard").split("\0")
     src = scratch / "snapshot"
-    for rel in filter(None, files):
-        path = ROOT / rel
-        if not path.exists() and not path.is_symlink():
-            continue  # deleted but not yet committed
-        dst = src / rel
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_symlink():
-            dst.symlink_to(os.readlink(path))
-        else:
-            shutil.copy2(path, dst)
-    ident = ["-c", "user.name=release-dry-run", "-c", "user.email=dry-run@example.invalid"]
-    sh("git", "init", "--quiet", "-b", "main", str(src))
-    sh("git", "-C", str(src), "add", "-A")
-    sh("git", "-C", str(src), *ident, "commit", "--quiet", "-m", "work tree snapshot")
+    snapshot_repo(
+        src, author=("release-dry-run", "dry-run@example.invalid"), message="work tree snapshot"
+    )
     remote, clone = scratch / "remote.git", scratch / "clone"
     sh("git", "clone", "--quiet", "--bare", str(src), str(remote))
     sh("git", "clone", "--quiet", str(remote), str(clone))

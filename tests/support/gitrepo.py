@@ -16,7 +16,9 @@ def run_git(cwd: Path, *args: str) -> str:
     ).stdout.strip()
 
 
-def snapshot_repo(dest: Path) -> str:
+def snapshot_repo(
+    dest: Path, *, author: tuple[str, str] = ("Test", "test@example.invalid"), message="snapshot"
+) -> str:
     """The work tree as it is (tracked + untracked, not ignored) committed into a new git repo at
     `dest`; returns the commit."""
     files = run_git(ROOT, "ls-files", "-z", "--cached", "--others", "--exclude-standard")
@@ -32,8 +34,8 @@ def snapshot_repo(dest: Path) -> str:
         else:
             shutil.copy2(src, dst)
     run_git(dest.parent, "init", "--quiet", "-b", "main", str(dest))
-    run_git(dest, "config", "user.name", "Test")
-    run_git(dest, "config", "user.email", "test@example.invalid")
+    run_git(dest, "config", "user.name", author[0])
+    run_git(dest, "config", "user.email", author[1])
     run_git(dest, "add", "-A")
-    run_git(dest, "commit", "--quiet", "-m", "snapshot")
+    run_git(dest, "commit", "--quiet", "-m", message)
     return run_git(dest, "rev-parse", "HEAD")
