@@ -2,9 +2,10 @@
 
 Connection limits (uvicorn alone holds a connection that never sends a byte forever):
 - request headers must be complete within REQUEST_HEADER_TIMEOUT_SECONDS of the connection
-  opening, or of its previous response; idle keep-alive connections close after
-  KEEPALIVE_TIMEOUT_SECONDS; a body must be complete within REQUEST_BODY_TIMEOUT_SECONDS of its
-  headers (408);
+  opening, or of its previous response, and fit in MAX_HEADER_BYTES (431: the parser keeps a
+  header's bytes in memory, and joining them costs more the longer it grows); idle keep-alive
+  connections close after KEEPALIVE_TIMEOUT_SECONDS; a body must be complete within
+  REQUEST_BODY_TIMEOUT_SECONDS of its headers (408);
 - at most MAX_CONNECTIONS are open (kept below the open-file limit so `accept()` never fails):
   a new one closes the longest-idle connection (waiting for request headers with nothing sent),
   or, when none is, gets a canned 503 and is closed. A flood of idle connections therefore never
@@ -60,11 +61,15 @@ def _canned(status: bytes, detail: bytes, extra: bytes = b"") -> bytes:
 # How often the deadlines are checked: one pass over the open connections, instead of a timer
 # started and cancelled on every request.
 SWEEP_SECONDS = 0.5
+# A connection idle for less than this is never evicted while it has unread bytes: it may be a
+# probe whose request the busy event loop has not read yet.
+EVICTION_GRACE_SECONDS = 1.0
 
 
 @dataclass
 class ConnectionLimits:
     header_timeout: float
+    max_header_bytes: int
     body_timeout: float
     max_connections: int
     retry_after: int
@@ -74,6 +79,10 @@ class ConnectionLimits:
     def overload_response(self) -> bytes:
         retry = b"retry-after: %d\r\n" % self.retry_after
         return _canned(b"503 Service Unavailable", b"too many connections", retry)
+
+    def header_too_large_response(self) -> bytes:
+        detail = b"request headers too large (MAX_HEADER_BYTES)"
+        return _canned(b"431 Request Header Fields Too Large", detail)
 
     def body_timeout_response(self) -> bytes:
         detail = b"request body not received in time (REQUEST_BODY_TIMEOUT_SECONDS)"
@@ -107,6 +116,7 @@ class LimitedConnection:
     limits: ConnectionLimits
     idle_since: float | None = None
     body_since: float | None = None
+    header_bytes: int = 0
     _cycle_at_idle: object = None
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
@@ -117,8 +127,12 @@ class LimitedConnection:
             self._make_room()
 
     def data_received(self, data: bytes) -> None:
+        if self.idle_since is not None:
+            self.header_bytes += len(data)
         super().data_received(data)  # type: ignore[misc]
         self._progress()
+        if self.idle_since is not None and self.header_bytes > self.limits.max_header_bytes:
+            self.cut_off("header_too_large", self.limits.header_too_large_response())
 
     def on_response_complete(self) -> None:
         self.body_since = None
@@ -128,6 +142,7 @@ class LimitedConnection:
 
     def _idle(self) -> None:
         self.idle_since = self.loop.time()  # type: ignore[attr-defined]
+        self.header_bytes = 0
         self._cycle_at_idle = self.cycle  # type: ignore[attr-defined]
 
     def _progress(self) -> None:
@@ -162,19 +177,26 @@ class LimitedConnection:
         self.idle_since = self.body_since = None
         self.limits.on_closed(reason)
         cycle = self.cycle  # type: ignore[attr-defined]
-        if answer and cycle is not None and not cycle.response_started:
-            cycle.response_started = cycle.response_complete = True  # the app's answer is void
+        if answer and (cycle is None or cycle.response_complete or not cycle.response_started):
+            if cycle is not None:
+                cycle.response_started = cycle.response_complete = True  # the app's answer is void
             self.transport.write(answer)  # type: ignore[attr-defined]
         self.transport.close()  # type: ignore[attr-defined]
 
     def _make_room(self) -> None:
         idle = [c for c in self.connections if c is not self and c.idle_since is not None]  # type: ignore[attr-defined]
+        idle.sort(key=lambda c: c.idle_since)
         # The longest-idle connection that has nothing waiting to be read: one whose request
         # is already in the socket buffer (a probe that just connected) is not idle, only unread.
-        for victim in sorted(idle, key=lambda c: c.idle_since):
-            if not victim.has_unread_bytes():
-                victim.cut_off("idle_evicted")
-                return
+        # Failing that (a slowloris trickle leaves bytes unread in every socket at once while the
+        # loop is busy), the longest-idle one past EVICTION_GRACE_SECONDS: a probe is younger.
+        oldest_allowed = self.loop.time() - EVICTION_GRACE_SECONDS  # type: ignore[attr-defined]
+        victim = next((c for c in idle if not c.has_unread_bytes()), None) or next(
+            (c for c in idle if c.idle_since < oldest_allowed), None
+        )
+        if victim is not None:
+            victim.cut_off("idle_evicted")
+            return
         self.idle_since = None
         self.limits.on_closed("over_capacity")
         self.transport.write(self.limits.overload_response())  # type: ignore[attr-defined]
@@ -235,6 +257,7 @@ def build(app, settings: Settings) -> GracefulServer:  # type: ignore[no-untyped
     service = app.state.service
     limits = ConnectionLimits(
         header_timeout=settings.request_header_timeout_seconds,
+        max_header_bytes=settings.max_header_bytes,
         body_timeout=settings.request_body_timeout_seconds,
         max_connections=connection_cap(settings.max_connections),
         retry_after=settings.retry_after_seconds,

@@ -58,6 +58,11 @@ class Settings(BaseSettings):
         description="a connection must deliver complete request headers within this time of "
         "opening (or of its previous response); otherwise it is closed",
     )
+    max_header_bytes: int = Field(
+        65_536,
+        ge=4096,
+        description="most bytes of request line and headers per request (431 and close above)",
+    )
     request_body_timeout_seconds: float = Field(
         15.0,
         gt=0,

@@ -121,6 +121,38 @@ def test_slowloris_headers_are_cut_off(app: AppServer) -> None:
     assert closed == len(socks), f"{len(socks) - closed} slow connections still open"
 
 
+def test_oversized_headers_get_431_and_close(app: AppServer) -> None:
+    """The parser keeps a header's bytes in memory and joins them as they come, so a client
+    streaming one endless header used to cost memory and CPU that grew with every byte."""
+    head = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: "
+    with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+        sock.sendall(head)
+        sent = 0
+        with contextlib.suppress(OSError):  # the server may close while we are still sending
+            while sent < 8 * 1024 * 1024:
+                sock.sendall(b"a" * 65536)
+                sent += 65536
+        received, closed = read_until_close(sock, timeout=5)
+    assert received.startswith(b"HTTP/1.1 431"), received[:200]
+    assert b"MAX_HEADER_BYTES" in received and b"aaaa" not in received
+    assert closed
+    metrics = httpx.get(app.url("/metrics"), timeout=5).text
+    assert 'mlservice_connections_closed_total{reason="header_too_large"} 1.0' in metrics
+
+
+def test_large_headers_under_the_cap_are_served_on_one_connection(app: AppServer) -> None:
+    """The cap is per request: two 40 KB-header requests on one keep-alive connection."""
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 40_000 + b"\r\n\r\n"
+    with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+        answers = b""
+        for sent in (1, 2):
+            sock.sendall(request)
+            deadline = time.monotonic() + 5
+            while answers.count(b'{"status":"ok"}') < sent and time.monotonic() < deadline:
+                answers += sock.recv(65536)
+    assert answers.count(b"HTTP/1.1 200") == 2, answers[:300]
+
+
 def test_idle_keepalive_connection_is_closed(app: AppServer) -> None:
     with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
         sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")

@@ -118,6 +118,7 @@ SHUTDOWN_GRACE_SECONDS: {{ .Values.shutdown.graceSeconds | quote }}
 MAX_REQUEST_BYTES: {{ .Values.limits.maxRequestBytes | int64 | quote }}
 MAX_BATCH_ROWS: {{ .Values.limits.maxBatchRows | int64 | quote }}
 REQUEST_HEADER_TIMEOUT_SECONDS: {{ .Values.limits.requestHeaderTimeoutSeconds | quote }}
+MAX_HEADER_BYTES: {{ .Values.limits.maxHeaderBytes | int64 | quote }}
 REQUEST_BODY_TIMEOUT_SECONDS: {{ .Values.limits.requestBodyTimeoutSeconds | quote }}
 KEEPALIVE_TIMEOUT_SECONDS: {{ .Values.limits.keepaliveTimeoutSeconds | quote }}
 MAX_CONNECTIONS: {{ .Values.limits.maxConnections | int64 | quote }}
