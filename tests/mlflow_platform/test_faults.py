@@ -1,5 +1,6 @@
 """Faults of the platform, against the real processes: the database restarting while the app serves,
-the artifact store down when the app starts, a wrong credential, a half-uploaded model version.
+the artifact store down when the app starts, a wrong credential, a half-uploaded model version,
+a checkout the unprivileged servers cannot enter.
 
 `/ready` answers 503 with `{"status", "reason", "message", "attempts"}` while no model is loaded
 (the readiness contract of docs/api.md); each failed attempt is logged with its reason code.
@@ -7,6 +8,7 @@ the artifact store down when the app starts, a wrong credential, a half-uploaded
 
 from __future__ import annotations
 
+import os
 import re
 import threading
 import time
@@ -17,7 +19,16 @@ import httpx
 import pytest
 from support.app_server import AppServer, app_server
 from support.mlflow import RegisteredModel
-from support.mlflow_platform import BUCKET, Credentials, Minio, PlatformServer, Postgres, sentinel
+from support.mlflow_platform import (
+    BUCKET,
+    MINIO_BIN,
+    Credentials,
+    Minio,
+    PlatformServer,
+    Postgres,
+    sentinel,
+    service_user,
+)
 
 from .conftest import EXTRA_SECRETS, dump, record, registry_client, wait_for
 from .test_serving import example_rows, model_objects
@@ -263,3 +274,23 @@ def test_half_uploaded_version_is_refused_and_old_instances_keep_serving(
                 assert r.json()["model"]["version"] == good
     finally:
         client.delete_registered_model_alias(name, alias)
+
+
+def test_minio_starts_from_a_checkout_the_service_user_cannot_enter(
+    creds: Credentials, tmp_path: Path
+) -> None:
+    """A clone under a 0700 directory (root's home, `mktemp -d`) made every MinIO start fail
+    with EACCES: MinIO runs as the unprivileged service user, who could not reach `.tools`."""
+    if service_user() is None:
+        pytest.skip("the tier runs unprivileged here: MinIO runs as the checkout's own user")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o700)
+    binary = locked / "minio"
+    os.link(MINIO_BIN, binary)
+    server = Minio(creds, binary=binary)
+    try:
+        server.start()
+        assert server.client().list_buckets()["Buckets"] == []
+    finally:
+        server.cleanup()
+    assert binary.stat().st_uid == os.getuid(), "the checkout's binary changed owner"

@@ -126,6 +126,20 @@ def _chown_tree(path: Path, user: pwd.struct_passwd | None) -> None:
         os.chown(p, user.pw_uid, user.pw_gid)
 
 
+def reachable_binary(binary: Path, root: Path, user: pwd.struct_passwd | None) -> Path:
+    """`binary` as `user` can execute it: the checkout may sit under a directory that user
+    cannot enter (a 0700 home or temp dir), so a hard link (or a copy) goes into `root`, the
+    user's own directory."""
+    if user is None:
+        return binary
+    target = root / binary.name
+    try:
+        os.link(binary, target)
+    except OSError:  # another filesystem
+        shutil.copy2(binary, target)
+    return target
+
+
 # ---------------------------------------------------------------- PostgreSQL
 
 
@@ -269,13 +283,14 @@ class Minio:
     def __init__(self, creds: Credentials, binary: Path = MINIO_BIN) -> None:
         if not binary.is_file():
             raise PlatformToolMissingError(f"{binary} is missing: {SETUP_HINT}")
-        self.binary = binary
         self.creds = creds
         self.user = service_user()
         self.root = private_dir("mlsvc-minio-", self.user)
         (self.root / "data").mkdir()
         (self.root / "certs").mkdir()
         _chown_tree(self.root, self.user)
+        # after the chown, which would hand the linked original to the service user
+        self.binary = reachable_binary(binary, self.root, self.user)
         self.log_path = self.root / "minio.log"
         self.port = free_port()
         self.console_port = free_port()
