@@ -2,7 +2,7 @@
 
 - Closed loop: wrk with N connections (each sends its next request when the previous answer
   arrives), so a saturated server's latency is its queue. Servers interleaved per scenario, A B C
-  A B C, so machine noise hits every server alike.
+  B C A C A B, so machine noise hits every server alike and none always follows the same one.
 - Open loop: vegeta at a constant request rate, whatever the answers do; a ladder of rates up to
   saturation, repeated, the servers interleaved at every step: latency against offered load.
 - The model's in-process floor (floor.py), RSS growth, a py-spy profile, machine and versions.
@@ -304,12 +304,16 @@ def prepare_model(model_dir: str | None, work: Path) -> tuple[Path, dict]:
 
 
 def interleaved(servers, files, sizes, conns, rounds, duration, warmup) -> list[dict]:
-    """Closed loop, every (rows, connections) scenario, servers A B C A B C."""
+    """Closed loop, every (rows, connections) scenario, servers A B C, B C A, C A B..."""
     results = []
     for n in sizes:
         for c in conns:
             for r in range(rounds):
-                for s in servers:  # A B C, A B C: noise hits every server alike
+                # Interleaved, so noise hits every server alike; rotated, so no server always runs
+                # right after the same neighbour (a busy predecessor left a warm CPU cache or a
+                # backlog of reclaimed memory behind).
+                shift = r % len(servers)
+                for s in servers[shift:] + servers[:shift]:
                     url = s.url(s.predict_path)
                     if warmup > 0:
                         s.requests_sent += wrk(url, files[s.spec.kind, n], c, warmup)["requests"]

@@ -605,7 +605,7 @@ def markdown(report: dict, png_name: str) -> str:
         f"Machine: {m['nproc']} cores, {m['cpu_model']}, {m['memory_gb']} GB, Linux {m['kernel']}; "
         f"load average at start {m['loadavg_at_start']}, at end {report['loadavg_at_end']}.",
         f"Load: wrk, 1 thread, closed loop; {p['duration_s']} s per run after {p['warmup_s']} s "
-        f"warm-up, {p['rounds']} rounds interleaved across servers."
+        f"warm-up, {p['rounds']} rounds interleaved across servers (the order rotates per round)."
         + (
             f" vegeta, open loop: {len(ol['rates'])} rates from {ol['rates'][0]} to "
             f"{ol['rates'][-1]} req/s, {ol['step_s']:g} s per step, {ol['repetitions']} ladders "

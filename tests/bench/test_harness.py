@@ -41,7 +41,7 @@ def smoke(local_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         "--microbatch-ms", "0",
         "--rows", ",".join(map(str, ROWS)),
         "--connections", ",".join(map(str, CONNECTIONS)),
-        "--duration", "1", "--warmup", "0", "--rounds", "1",
+        "--duration", "1", "--warmup", "0", "--rounds", "2",
         "--open-loop-rates", ",".join(map(str, RATES)),
         "--open-loop-step", "0.5", "--open-loop-repetitions", str(LADDERS),
         "--open-loop-pause", "0",
@@ -94,6 +94,22 @@ def test_every_scenario_has_throughput_and_percentiles(smoke, rows, conns):
         assert 0 < a["p50"] <= a["p95"] <= a["p99"], a
 
 
+def test_closed_loop_rounds_are_interleaved_and_rotated(smoke):
+    results = smoke["report"]["results"]
+    for rows in ROWS:
+        for conns in CONNECTIONS:
+            order = {
+                rnd: [
+                    r["server"]
+                    for r in results
+                    if (r["rows"], r["connections"], r["round"]) == (rows, conns, rnd)
+                ]
+                for rnd in (1, 2)
+            }
+            assert order[1] == SERVERS, order
+            assert order[2] == SERVERS[1:] + SERVERS[:1], order
+
+
 def test_open_loop_ladders_are_interleaved_and_summarised(smoke):
     rep = smoke["report"]
     results = rep["open_loop_results"]
@@ -131,7 +147,7 @@ def test_ratios_are_paired_per_scenario(smoke):
         (o, t, n, c) for o in SERVERS[:2] for t in SERVERS[2:] for n in ROWS for c in CONNECTIONS
     }
     assert got == want
-    assert all(r["throughput_ratio"] > 0 and r["rounds"] == 1 for r in ratios)
+    assert all(r["throughput_ratio"] > 0 and r["rounds"] == 2 for r in ratios)
 
 
 def test_goals_memory_floor_load_and_versions_are_reported(smoke):
