@@ -109,15 +109,24 @@ def split_specs(text: str) -> list[str]:
 # ---------------------------------------------------------------- processes
 
 
-def session_pids(sid: int) -> list[int]:
-    """Every process of the server's session (MLServer and BentoML fork workers)."""
-    pids = []
+def server_pids(root: int) -> list[int]:
+    """Every process of a server: its session (the server leads one) and every descendant,
+    which matters for BentoML: its workers start sessions of their own."""
+    parent, session = {}, {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError, ValueError):
             fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[3]) == sid:
-                pids.append(int(stat.parent.name))
-    return pids
+            pid = int(stat.parent.name)
+            parent[pid], session[pid] = int(fields[1]), int(fields[3])
+    found = {pid for pid, sid in session.items() if sid == root}
+    if root in parent:
+        found.add(root)
+    grew = True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in found} - found
+        found |= more
+        grew = bool(more)
+    return sorted(found)
 
 
 def rss_mb(pid: int) -> float:
@@ -144,7 +153,7 @@ class Server:
         return f"http://{HOST}:{self.port}{path}"
 
     def rss(self) -> dict:
-        pids = session_pids(self.proc.pid)
+        pids = server_pids(self.proc.pid)
         return {
             "main_mb": round(rss_mb(self.proc.pid), 1),
             "tree_mb": round(sum(rss_mb(p) for p in pids), 1),
@@ -160,11 +169,11 @@ RUNNING: list[Server] = []
 
 
 def stop(server: Server) -> None:
-    """SIGTERM the group, SIGKILL what is left, then any process of the session that left it."""
+    """SIGTERM the group, SIGKILL what is left, then any process of the server that left it."""
     with contextlib.suppress(ValueError):
         RUNNING.remove(server)
     stop_group(server.proc, timeout=15)
-    for pid in session_pids(server.proc.pid):
+    for pid in server_pids(server.proc.pid):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
 

@@ -6,10 +6,12 @@ Timings are never asserted: the machine is shared and `make bench` reports ratio
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -229,6 +231,29 @@ def test_load_log_counts_only_other_processes_cpu():
     assert log.peak == 9.5 and log.peak_other_cpu == 0.5
     p = harness.probe()  # the real one reads /proc and getrusage
     assert p.busy_s > 0 and p.ours_s > 0 and p.load >= 0
+
+
+def test_server_processes_include_workers_in_sessions_of_their_own():
+    """BentoML's workers start their own sessions: counted by session alone, their CPU read as
+    another process's (every BentoML measurement flagged busy) and their memory was missed."""
+    code = (
+        "import subprocess, sys, time; "
+        "subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'], "
+        "start_new_session=True); time.sleep(30)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
+    try:
+        deadline = time.monotonic() + 10
+        while len(servers.server_pids(proc.pid)) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pids = servers.server_pids(proc.pid)
+        assert proc.pid in pids and len(pids) == 2, pids
+        worker = next(p for p in pids if p != proc.pid)
+        assert os.getsid(worker) == worker  # a session of its own
+    finally:
+        for pid in servers.server_pids(proc.pid):
+            os.kill(pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_markdown_regeneration_keeps_hand_written_text(tmp_path):
