@@ -32,7 +32,8 @@ def _time(fn) -> dict:
     fn()  # first call pays lazy imports and allocations
     samples: list[float] = []
     deadline = time.perf_counter() + BUDGET_S
-    while len(samples) < CALLS and time.perf_counter() < deadline:
+    # at least one timed call, so a zero budget (`--floor-seconds 0`) still reports
+    while not samples or (len(samples) < CALLS and time.perf_counter() < deadline):
         t0 = time.perf_counter()
         fn()
         samples.append((time.perf_counter() - t0) * 1000)

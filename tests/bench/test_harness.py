@@ -256,6 +256,13 @@ def test_server_processes_include_workers_in_sessions_of_their_own():
         proc.wait()
 
 
+def test_model_floor_with_a_zero_budget_still_times_every_call(local_model_dir):
+    """`--floor-seconds 0` used to end a finished run with `no median for empty data`."""
+    floor = harness.model_floor(local_model_dir, [1, 100], 0)
+    timings = [t for size in ("1", "100") for t in floor[size].values()]
+    assert len(timings) == 4 and all(t["calls"] >= 1 and t["median_ms"] > 0 for t in timings)
+
+
 def test_markdown_regeneration_keeps_hand_written_text(tmp_path):
     doc = tmp_path / "b.md"
     doc.write_text(f"# Title\n\nintro\n\n{report.BEGIN}\nold\n{report.END}\n\n## Analysis\nmine\n")
