@@ -32,7 +32,7 @@ from pathlib import Path
 
 from . import HERE, ROOT, BenchError
 from .payloads import body, load_rows, predicted_rows
-from .servers import RUNNING, Server, server_pids
+from .servers import RUNNING, Server, proc_table, server_pids
 
 # An open-loop step is saturated (the server no longer keeps up) when fewer than this share of
 # its requests succeed or complete at the offered rate, or p99 passes SATURATED_P99_MS.
@@ -65,12 +65,8 @@ def _our_cpu_s() -> float:
     """CPU seconds of the benchmark: this process, its exited children (wrk, vegeta, floor.py)
     and every process of every running server (its session and its descendants)."""
     s, c = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    ticks = 0
-    for server in RUNNING:
-        for pid in server_pids(server.proc.pid):
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    table = proc_table()
+    ticks = sum(table[pid][2] for server in RUNNING for pid in server_pids(server.proc.pid, table))
     return s.ru_utime + s.ru_stime + c.ru_utime + c.ru_stime + ticks / CLOCK_TICKS
 
 

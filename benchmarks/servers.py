@@ -109,23 +109,30 @@ def split_specs(text: str) -> list[str]:
 # ---------------------------------------------------------------- processes
 
 
-def server_pids(root: int) -> list[int]:
-    """Every process of a server: its session (the server leads one) and every descendant,
-    which matters for BentoML: its workers start sessions of their own."""
-    parent, session = {}, {}
+def proc_table() -> dict[int, tuple[int, int, int]]:
+    """Every process: pid -> (parent pid, session id, CPU ticks used), from one pass over /proc."""
+    table = {}
     for stat in Path("/proc").glob("[0-9]*/stat"):
         with contextlib.suppress(OSError, IndexError, ValueError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            pid = int(stat.parent.name)
-            parent[pid], session[pid] = int(fields[1]), int(fields[3])
-    found = {pid for pid, sid in session.items() if sid == root}
-    if root in parent:
-        found.add(root)
-    grew = True
-    while grew:
-        more = {pid for pid, ppid in parent.items() if ppid in found} - found
-        found |= more
-        grew = bool(more)
+            f = stat.read_text().rsplit(")", 1)[1].split()
+            table[int(stat.parent.name)] = (int(f[1]), int(f[3]), int(f[11]) + int(f[12]))
+    return table
+
+
+def server_pids(root: int, table: dict[int, tuple[int, int, int]] | None = None) -> list[int]:
+    """Every process of a server: its session (the server leads one) and every descendant,
+    which matters for BentoML: its workers start sessions of their own."""
+    table = proc_table() if table is None else table
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    todo = [pid for pid, (_, sid, _) in table.items() if sid == root or pid == root]
+    found: set[int] = set()
+    while todo:
+        pid = todo.pop()
+        if pid not in found:
+            found.add(pid)
+            todo.extend(children.get(pid, ()))
     return sorted(found)
 
 

@@ -7,8 +7,9 @@ Connection limits (uvicorn alone holds a connection that never sends a byte fore
   connections close after KEEPALIVE_TIMEOUT_SECONDS; a body must be complete within
   REQUEST_BODY_TIMEOUT_SECONDS of its headers (408);
 - at most MAX_CONNECTIONS are open (kept below the open-file limit so `accept()` never fails):
-  a new one closes the longest-idle connection (waiting for request headers with nothing sent),
-  or, when none is, gets a canned 503 and is closed. A flood of idle connections therefore never
+  a new one closes the longest-idle connection waiting for request headers (one with nothing
+  unread first, else one idle past EVICTION_GRACE_SECONDS), or, when none is, gets a canned 503
+  and is closed. A flood of idle connections therefore never
   locks out a health probe.
 Each closure is counted in `mlservice_connections_closed_total{reason}`; repeated log messages
 are rate-limited (redact.py), so no client can fill the log.
