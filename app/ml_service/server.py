@@ -7,10 +7,10 @@ Connection limits (uvicorn alone holds a connection that never sends a byte fore
   connections close after KEEPALIVE_TIMEOUT_SECONDS; a body must be complete within
   REQUEST_BODY_TIMEOUT_SECONDS of its headers (408);
 - at most MAX_CONNECTIONS are open (kept below the open-file limit so `accept()` never fails):
-  a new one closes the longest-idle connection waiting for request headers (one with nothing
-  unread first, else one idle past EVICTION_GRACE_SECONDS), or, when none is, gets a canned 503
-  and is closed. A flood of idle connections therefore never
-  locks out a health probe.
+  a new one closes the longest-idle connection waiting for request headers whose socket does
+  not already hold complete headers (a request the busy loop has not read yet, a probe's), or,
+  when none is, gets a canned 503 and is closed. A flood of idle or trickling connections
+  therefore never locks out a health probe.
 Each closure is counted in `mlservice_connections_closed_total{reason}`; repeated log messages
 are rate-limited (redact.py), so no client can fill the log.
 
@@ -27,12 +27,10 @@ A second signal skips the drain; SIGINT (Ctrl-C) skips it as well.
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import resource
 import signal
-import struct
-import termios
+import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,9 +60,8 @@ def _canned(status: bytes, detail: bytes, extra: bytes = b"") -> bytes:
 # How often the deadlines are checked: one pass over the open connections, instead of a timer
 # started and cancelled on every request.
 SWEEP_SECONDS = 0.5
-# A connection idle for less than this is never evicted while it has unread bytes: it may be a
-# probe whose request the busy event loop has not read yet.
-EVICTION_GRACE_SECONDS = 1.0
+# How far into a connection's unread bytes eviction looks for the end of a request's headers.
+PEEK_BYTES = 16384
 
 
 @dataclass
@@ -155,21 +152,26 @@ class LimitedConnection:
         elif self.body_since is not None and not cycle.more_body:
             self.body_since = None
 
-    def has_unread_bytes(self) -> bool:
-        sock = self.transport.get_extra_info("socket")  # type: ignore[attr-defined]
-        if sock is None:
+    def has_request_waiting(self) -> bool:
+        """Whether complete request headers wait unread in the socket: a request the busy loop
+        has not read yet, unlike the partial bytes of a connection that trickles its header."""
+        tsock = self.transport.get_extra_info("socket")  # type: ignore[attr-defined]
+        if tsock is None:
             return False
+        sock = socket.socket(tsock.family, tsock.type, tsock.proto, tsock.fileno())
         try:
-            waiting = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
-        except OSError:
+            waiting = sock.recv(PEEK_BYTES, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+        except OSError:  # nothing waiting (EAGAIN), or the peer is gone
             return False
-        return struct.unpack("i", waiting)[0] > 0
+        finally:
+            sock.detach()  # the transport owns the descriptor
+        return b"\r\n\r\n" in waiting
 
     def shutdown(self) -> None:
         """The server stops: a connection whose request already arrived but is not read yet is
         answered (with `Connection: close`, guard.py) instead of closed under the client."""
         cycle = self.cycle  # type: ignore[attr-defined]
-        if (cycle is None or cycle.response_complete) and self.has_unread_bytes():
+        if (cycle is None or cycle.response_complete) and self.has_request_waiting():
             return
         super().shutdown()  # type: ignore[misc]
 
@@ -187,14 +189,9 @@ class LimitedConnection:
     def _make_room(self) -> None:
         idle = [c for c in self.connections if c is not self and c.idle_since is not None]  # type: ignore[attr-defined]
         idle.sort(key=lambda c: c.idle_since)
-        # The longest-idle connection that has nothing waiting to be read: one whose request
-        # is already in the socket buffer (a probe that just connected) is not idle, only unread.
-        # Failing that (a slowloris trickle leaves bytes unread in every socket at once while the
-        # loop is busy), the longest-idle one past EVICTION_GRACE_SECONDS: a probe is younger.
-        oldest_allowed = self.loop.time() - EVICTION_GRACE_SECONDS  # type: ignore[attr-defined]
-        victim = next((c for c in idle if not c.has_unread_bytes()), None) or next(
-            (c for c in idle if c.idle_since < oldest_allowed), None
-        )
+        # Not one whose socket already holds a whole request: that is a client (a probe) the
+        # busy loop has not read yet, not an idle one. A trickle's partial header does not count.
+        victim = next((c for c in idle if not c.has_request_waiting()), None)
         if victim is not None:
             victim.cut_off("idle_evicted")
             return

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import resource
+import signal
 import socket
 import threading
 import time
@@ -119,6 +120,32 @@ def test_slowloris_headers_are_cut_off(app: AppServer) -> None:
         closed = len(done)
     health.check()
     assert closed == len(socks), f"{len(socks) - closed} slow connections still open"
+
+
+def test_a_probe_behind_a_slowloris_backlog_is_served(app: AppServer) -> None:
+    """The event loop is behind (here: the process is stopped) while 500 slow connections each
+    send the first bytes of a header and a probe sends a whole request. On resume every socket
+    holds unread bytes and none has been idle for long; only the probe's bytes are a complete
+    request, so it must be a slow connection that makes room. (CI failed this way: a probe
+    that came in the first second of a flood, on a loaded machine, got the 503 instead.)"""
+    slow = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: a"
+    probe_request = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    app.process.send_signal(signal.SIGSTOP)
+    try:
+        with open_connections(app.port, 500) as socks:
+            for s in socks:
+                with contextlib.suppress(OSError):
+                    s.sendall(slow)
+            probe = socket.create_connection(("127.0.0.1", app.port), timeout=10)
+            probe.sendall(probe_request)
+            app.process.send_signal(signal.SIGCONT)
+            with probe:
+                received, _ = read_until_close(probe, timeout=10)
+    finally:
+        app.process.send_signal(signal.SIGCONT)
+    assert received.startswith(b"HTTP/1.1 200"), received[:200]
+    metrics = httpx.get(app.url("/metrics"), timeout=5).text
+    assert 'mlservice_connections_closed_total{reason="idle_evicted"}' in metrics
 
 
 def test_oversized_headers_get_431_and_close(app: AppServer) -> None:
