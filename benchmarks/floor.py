@@ -17,6 +17,7 @@ import warnings
 
 import mlflow.pyfunc
 import pandas as pd
+from ml_service.flat_trees import MAX_ROWS, flatten
 from payloads import load_rows
 
 # ml-service passes a float matrix in the estimator's column order, as measured here
@@ -48,15 +49,19 @@ def _time(fn) -> dict:
 def main(model_dir: str, sizes: list[int]) -> dict:
     pyfunc = mlflow.pyfunc.load_model(model_dir)
     sk = pyfunc.get_raw_model()
-    columns, _ = load_rows(model_dir, 1)
+    columns, example = load_rows(model_dir, 1)
+    flat = flatten(sk, pd.DataFrame(example, columns=columns).to_numpy(dtype="float64"))
     out = {}
-    for n in sizes:
+    # and around flat_trees.MAX_ROWS, where the walk hands batches back to scikit-learn
+    for n in sorted({*sizes, MAX_ROWS, 2 * MAX_ROWS}):
         _, rows = load_rows(model_dir, n)
         frame = pd.DataFrame(rows, columns=columns)
         matrix = frame.to_numpy(dtype="float64")
         out[str(n)] = {
-            # what ml-service does per batch: class probabilities from a float matrix
+            # class probabilities from a float matrix: scikit-learn's own loop over the trees ...
             "sklearn_predict_proba": _time(lambda m=matrix: sk.predict_proba(m)),
+            # ... and ml-service's path (flat_trees.py), the walk itself even above MAX_ROWS
+            "flat_walk": _time(lambda m=matrix: flat.walk(m)) if flat else None,
             # what mlflow serve / MLServer / BentoML do: pyfunc with schema enforcement
             "pyfunc_predict": _time(lambda f=frame: pyfunc.predict(f)),
         }

@@ -594,6 +594,12 @@ def _open_loop_md(report: dict) -> list[str]:
     ]
 
 
+def _floor_cell(timing: dict | None) -> str:
+    if not timing:
+        return "- (model not covered)"
+    return f"{timing['median_ms']:.2f} / {timing['p95_ms']:.2f} ms"
+
+
 def markdown(report: dict, png_name: str) -> str:
     p, m = report["params"], report["machine"]
     ol = p.get("open_loop")
@@ -729,16 +735,20 @@ def markdown(report: dict, png_name: str) -> str:
         table(
             [
                 "rows",
-                "sklearn predict_proba (ml-service's path)",
+                "sklearn predict_proba",
+                "flat tree walk (ml-service's path up to MAX_ROWS)",
+                "walk vs sklearn",
                 "mlflow pyfunc predict (the competitors' path)",
             ],
             [
                 [
                     n,
-                    f"{v['sklearn_predict_proba']['median_ms']:.2f} / "
-                    f"{v['sklearn_predict_proba']['p95_ms']:.2f} ms",
-                    f"{v['pyfunc_predict']['median_ms']:.2f} / "
-                    f"{v['pyfunc_predict']['p95_ms']:.2f} ms",
+                    _floor_cell(v["sklearn_predict_proba"]),
+                    _floor_cell(v.get("flat_walk")),
+                    f"{v['sklearn_predict_proba']['median_ms'] / v['flat_walk']['median_ms']:.1f}x"
+                    if v.get("flat_walk")
+                    else "-",
+                    _floor_cell(v["pyfunc_predict"]),
                 ]
                 for n, v in fl.items()
             ],

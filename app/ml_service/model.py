@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from .flat_trees import FlatTrees, flatten
 from .redact import redact
 from .reference import REFERENCE_KEY, TRAINING_KEY
 from .settings import Settings
@@ -143,10 +144,14 @@ class LoadedModel:
     predict_fn: str = "predict"
     # Columns the model predicts on when missing (NaN): found by the smoke test, see there.
     nan_columns: frozenset[str] = frozenset()
+    # The tree walk without scikit-learn's per-tree loop, once the smoke test proved it exact.
+    flat: FlatTrees | None = None
     load_seconds: float = 0.0
     loaded_at: str = ""
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        if self.flat is not None:
+            return self.flat.predict_proba(features)
         return self.estimator.predict_proba(features)
 
     @property
@@ -485,6 +490,8 @@ def smoke_test(model: LoadedModel) -> None:
     that column NaN (then column by column if the model refuses the batch). The MLflow endpoint
     passes missing values on only for those columns, as `mlflow models serve` would succeed;
     for the others it answers 400 naming the column instead of failing inside the model.
+    Last, it offers the model to the flat tree walk (flat_trees.py), which takes it only where
+    it reproduces scikit-learn's probabilities exactly.
     """
     try:
         proba = np.asarray(model.predict_proba(model.input_example))
@@ -497,6 +504,9 @@ def smoke_test(model: LoadedModel) -> None:
         raise LoadError(Reason.MODEL_REJECTED, f"smoke prediction returned shape {proba.shape}")
     if not np.all(np.isfinite(proba)) or not np.allclose(proba.sum(axis=1), 1.0, atol=1e-6):
         raise LoadError(Reason.MODEL_REJECTED, "smoke prediction returned invalid probabilities")
+    model.flat = flatten(model.estimator, model.input_example)
+    if model.flat is not None:
+        log.info("flat tree walk: %d trees, depth %d", model.flat.n_trees, model.flat.depth)
     model.nan_columns = _nan_columns(model)
 
 

@@ -173,8 +173,8 @@ def test_goals_memory_floor_load_and_versions_are_reported(smoke):
     lone = next(g for g in rep["goals"] if g["goal"].startswith("a lone request"))
     assert "p50" in lone["value"] and "MICROBATCH_WAIT_MS=0" in lone["goal"]
     assert rep["rss_growth"]["requests"] >= 300
-    for n in ("1", "100"):
-        for path in ("sklearn_predict_proba", "pyfunc_predict"):
+    for n in ("1", "100", "512", "1024"):  # the sizes run, and both sides of flat_trees.MAX_ROWS
+        for path in ("sklearn_predict_proba", "flat_walk", "pyfunc_predict"):
             assert rep["floor"][n][path]["calls"] > 0
             assert rep["floor"][n][path]["median_ms"] > 0
     assert rep["microbatch"]["recommendation"]
@@ -260,7 +260,7 @@ def test_model_floor_with_a_zero_budget_still_times_every_call(local_model_dir):
     """`--floor-seconds 0` used to end a finished run with `no median for empty data`."""
     floor = harness.model_floor(local_model_dir, [1, 100], 0)
     timings = [t for size in ("1", "100") for t in floor[size].values()]
-    assert len(timings) == 4 and all(t["calls"] >= 1 and t["median_ms"] > 0 for t in timings)
+    assert len(timings) == 6 and all(t["calls"] >= 1 and t["median_ms"] > 0 for t in timings)
 
 
 def test_markdown_regeneration_keeps_hand_written_text(tmp_path):

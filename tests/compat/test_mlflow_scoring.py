@@ -220,6 +220,12 @@ def test_the_same_model_answers_all_rows_the_same(pair: Pair, local_model_dir: P
         assert a.status_code == b.status_code == 200, (a.text[:300], b.text[:300])
         assert a.json() == b.json()
         assert len(a.json()["predictions"]) == len(frame)
+    # and in requests small enough for the flat tree walk (flat_trees.MAX_ROWS)
+    for start in range(0, len(frame), 100):
+        part = frame.iloc[start : start + 100]
+        a, b = pair.both("/invocations", *_json({"dataframe_split": part.to_dict(orient="split")}))
+        assert a.status_code == b.status_code == 200, (a.text[:300], b.text[:300])
+        assert a.json() == b.json()
 
 
 def test_probes_and_version(pair: Pair) -> None:
