@@ -24,11 +24,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 # Above this, scikit-learn is faster: it stops at each row's leaf, while a level-by-level walk
-# pays the deepest tree's depth for every tree (measured crossover ~1,000 rows; docs/benchmarks.md).
-MAX_ROWS = 512
+# pays the deepest tree's depth for every tree, and its (rows x trees) arrays outgrow the cache
+# (this model, 200 trees: the walk is 1.5x faster at 250 rows, 0.8x at 400; bench floor table).
+MAX_ROWS = 256
 # Each level holds a few (rows x trees) arrays: capping their cells keeps a model with thousands of
-# trees from costing hundreds of MB per batch (it walks fewer rows at once; this model: 512).
-MAX_CELLS = 512 * 200
+# trees from costing hundreds of MB per batch (it walks fewer rows at once; this model: 256).
+MAX_CELLS = MAX_ROWS * 200
 # Load-time proof: this many example rows, each also with every column missing in turn.
 PROBE_EXAMPLE_ROWS = 4
 
