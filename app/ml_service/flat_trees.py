@@ -25,7 +25,8 @@ log = logging.getLogger(__name__)
 
 # Above this, scikit-learn is faster: it stops at each row's leaf, while a level-by-level walk
 # pays the deepest tree's depth for every tree, and its (rows x trees) arrays outgrow the cache
-# (this model, 200 trees: the walk is 1.5x faster at 250 rows, 0.8x at 400; bench floor table).
+# (this model, 200 trees: 1.5x faster at 250 varied rows, 0.8x at 400; the bench floor, repeated
+# rows: 1.0x at 256, 0.5x at 512).
 MAX_ROWS = 256
 # Each level holds a few (rows x trees) arrays: capping their cells keeps a model with thousands of
 # trees from costing hundreds of MB per batch (it walks fewer rows at once; this model: 256).
@@ -36,7 +37,7 @@ PROBE_EXAMPLE_ROWS = 4
 
 @dataclass(frozen=True)
 class FlatTrees:
-    estimator: Any  # the whole fitted estimator (fallback; a Pipeline's earlier steps)
+    estimator: Any  # the whole fitted estimator: what predicts what the walk does not take
     width: int  # columns the estimator takes
     before: Any  # a Pipeline's steps before the trees, or None
     roots: np.ndarray  # (trees,) first node of each tree, in scikit-learn's tree order

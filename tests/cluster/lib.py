@@ -152,15 +152,17 @@ def prom_query(base: str, path: str, **params: str) -> Any:
 
 
 # ---------------------------------------------------------------------------- in-cluster load
-# Runs in the ml-service image (Python, stdlib only) inside the cluster: POSTs one row to the
-# Service by its DNS name at a fixed rate, a new connection per request (so kube-proxy picks an
-# endpoint each time, as for any client), never retries, and stops at `max_seconds` or as soon as
-# /tmp/stop exists. Prints one JSON summary line at the end.
+# Runs in the ml-service image (Python, stdlib only) inside the cluster: POSTs the sample request
+# (its row repeated ROWS times) to the Service by its DNS name at a fixed rate, a new connection
+# per request (so kube-proxy picks an endpoint each time, as for any client), never retries, and
+# stops at `max_seconds` or as soon as /tmp/stop exists. Prints one JSON summary line at the end.
 LOAD_CLIENT = r"""
 import json, os, sys, threading, time, urllib.request
 url, rate, threads = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 max_seconds = float(sys.argv[4])
-body = os.environ["BODY"].encode()
+doc = json.loads(os.environ["BODY"])
+doc["instances"] = doc["instances"] * int(os.environ["ROWS"])
+body = json.dumps(doc).encode()
 lock = threading.Lock()
 stats = {"sent": 0, "ok": 0, "failed": 0, "errors": [], "versions": {}, "first_ok": None}
 start = time.monotonic()
@@ -231,6 +233,7 @@ class InClusterLoad:
         *,
         rate: float = 20,
         threads: int = 4,
+        rows: int = 1,
         max_seconds: float = 240,
         name: str = "load-client",
         service: str = RELEASE,
@@ -240,13 +243,14 @@ class InClusterLoad:
         self.url = f"http://{service}.{namespace}.svc.cluster.local:{port}/predict"
         self.args = [str(rate), str(threads), str(max_seconds)]
         self.max_seconds = max_seconds
+        self.rows = rows
         self.result = LoadResult()
 
     def __enter__(self) -> InClusterLoad:
         self.cluster.start_pod(
             self.namespace, self.name, self.image,
             ["python", "-c", LOAD_CLIENT, self.url, *self.args],
-            env={"BODY": json.dumps(sample_request())},
+            env={"BODY": json.dumps(sample_request()), "ROWS": str(self.rows)},
             # The labels of the chart's `helm test` pod: its NetworkPolicy (where enforced) lets
             # that client in, and this is one too.
             labels={
