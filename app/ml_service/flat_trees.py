@@ -135,13 +135,16 @@ def _build(estimator: Any, clf: Any) -> FlatTrees | None:
     )
 
 
+def each_column_missing(row: np.ndarray) -> np.ndarray:
+    """One copy of `row` per column, with that column NaN."""
+    holed = np.repeat(row[None, :], len(row), axis=0)
+    np.fill_diagonal(holed, np.nan)
+    return holed
+
+
 def probe_rows(example: np.ndarray) -> np.ndarray:
     """The example rows, each of them with one column missing in turn, and an all-missing row."""
-    rows = [example]
-    for row in example:
-        holed = np.repeat(row[None, :], len(row), axis=0)
-        np.fill_diagonal(holed, np.nan)
-        rows.append(holed)
+    rows = [example, *map(each_column_missing, example)]
     rows.append(np.full((1, example.shape[1]), np.nan))
     return np.concatenate(rows)
 

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .flat_trees import FlatTrees, flatten
+from .flat_trees import FlatTrees, each_column_missing, flatten
 from .redact import redact
 from .reference import REFERENCE_KEY, TRAINING_KEY
 from .settings import Settings
@@ -512,8 +512,7 @@ def smoke_test(model: LoadedModel) -> None:
 
 def _nan_columns(model: LoadedModel) -> frozenset[str]:
     names = model.feature_names
-    probe = np.repeat(model.input_example[:1], len(names), axis=0)
-    probe[np.arange(len(names)), np.arange(len(names))] = np.nan
+    probe = each_column_missing(model.input_example[0])
     if _predicts(model, probe):
         return frozenset(names)
     return frozenset(n for i, n in enumerate(names) if _predicts(model, probe[i : i + 1]))
