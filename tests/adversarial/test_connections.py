@@ -5,7 +5,6 @@ restarted the pod) and the log grew 57 MB in 21 s."""
 from __future__ import annotations
 
 import contextlib
-import resource
 import signal
 import socket
 import threading
@@ -16,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 from support.app_server import AppServer, app_server
+from support.attacks import closed_by_server, open_sockets
 
-from .conftest import HealthWatch, read_until_close
+from .conftest import main_port_health, read_until_close
 
 pytestmark = pytest.mark.adversarial
 
@@ -37,47 +37,10 @@ def app(tiny_model: Path, tmp_path: Path) -> Iterator[AppServer]:
         yield server
 
 
-@pytest.fixture(autouse=True)
-def enough_client_sockets() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 4096:
-        pytest.skip(f"the test client needs 4096 open files, the hard limit here is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
-
-
-@contextlib.contextmanager
-def open_connections(port: int, n: int) -> Iterator[list[socket.socket]]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.settimeout(5)
-            with contextlib.suppress(OSError):
-                s.connect(("127.0.0.1", port))
-            socks.append(s)
-        yield socks
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _closed_by_server(sock: socket.socket) -> bool:
-    """True once the server closed its side (after whatever it wrote: a 503 counts too)."""
-    sock.setblocking(False)
-    try:
-        while sock.recv(65536):
-            pass
-        return True
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-
-
 def test_silent_connections_are_cut_off_and_never_lock_out_health(app: AppServer) -> None:
-    with HealthWatch(app).running() as health, open_connections(app.port, 1100) as socks:
+    with main_port_health(app).running() as health, open_sockets(app.port, 1100) as socks:
         time.sleep(HEADER_TIMEOUT + 2)
-        closed = sum(_closed_by_server(s) for s in socks)
+        closed = sum(closed_by_server(s) for s in socks)
         # the server must keep answering new clients while the flood is held
         assert httpx.get(app.url("/ready"), timeout=3).status_code == 200
     health.check()
@@ -94,7 +57,7 @@ def test_slowloris_headers_are_cut_off(app: AppServer) -> None:
     header, so trickling bytes does not keep a connection alive."""
     request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 200
     stop = threading.Event()
-    with HealthWatch(app).running() as health, open_connections(app.port, 500) as socks:
+    with main_port_health(app).running() as health, open_sockets(app.port, 500) as socks:
 
         def trickle() -> None:
             for i in range(len(request)):
@@ -113,7 +76,7 @@ def test_slowloris_headers_are_cut_off(app: AppServer) -> None:
         done: set[int] = set()
         deadline = time.monotonic() + 8
         while len(done) < len(socks) and time.monotonic() < deadline:
-            done |= {i for i, s in enumerate(socks) if i not in done and _closed_by_server(s)}
+            done |= {i for i, s in enumerate(socks) if i not in done and closed_by_server(s)}
             time.sleep(0.5)
         stop.set()
         thread.join(timeout=10)
@@ -132,7 +95,7 @@ def test_a_probe_behind_a_slowloris_backlog_is_served(app: AppServer) -> None:
     probe_request = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
     app.process.send_signal(signal.SIGSTOP)
     try:
-        with open_connections(app.port, 500) as socks:
+        with open_sockets(app.port, 500) as socks:
             for s in socks:
                 with contextlib.suppress(OSError):
                     s.sendall(slow)
@@ -199,7 +162,7 @@ def test_all_busy_sheds_load_with_503(tiny_model: Path, tmp_path: Path) -> None:
             MAX_CONNECTIONS=20,
             REQUEST_BODY_TIMEOUT_SECONDS=30,
         ) as app,
-        open_connections(app.port, 20) as socks,
+        open_sockets(app.port, 20) as socks,
     ):
         head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         for s in socks:

@@ -276,6 +276,9 @@ class Resolved:
     source: str = ""
 
 
+# `/model`'s `source` for a model directory: where the files are on this machine is nobody's
+# business but the operator's.
+LOCAL_SOURCE = "local"
 _ALIAS_RE = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?$")
 _VERSION_RE = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")
 
@@ -298,7 +301,7 @@ def resolve_and_download(settings: Settings, scratch: Path) -> Resolved:
             run_id=str(_read_mlmodel(local).get("run_id") or ""),
             local_dir=local,
             training_metrics={},
-            source=str(local),
+            source=LOCAL_SOURCE,
         )
     if not settings.model_uri.startswith("models:/"):
         # neither a registry URI nor a directory holding an MLmodel file (yet): a volume that is
@@ -455,7 +458,7 @@ def load_local(resolved: Resolved) -> LoadedModel:
         version=resolved.version,
         alias=resolved.alias,
         run_id=resolved.run_id or str(mlmodel.get("run_id") or ""),
-        source=resolved.source or str(model_dir),
+        source=resolved.source or LOCAL_SOURCE,
         estimator=estimator,
         feature_names=names,
         classes=tuple(str(c) for c in estimator.classes_),
