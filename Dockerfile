@@ -1,7 +1,7 @@
 # ml-service serving image. docs/image.md explains every choice; the short version:
 # - builder: a virtualenv with exactly requirements/runtime.txt (hash-checked wheels, no compilers);
 # - runtime: the base image + that virtualenv + the app, UID/GID 10001, read-only root FS friendly
-#   (writes only /tmp), HEALTHCHECK on /health, python as PID 1 so SIGTERM reaches uvicorn;
+#   (writes only /tmp), HEALTHCHECK on the probe listener, python as PID 1 so SIGTERM reaches uvicorn;
 # - targets: `runtime` (default: serves the demo model trained at build time unless MODEL_URI names
 #   another, e.g. a registry version) and `baked` (a registry model copied in instead).
 # Uses only the Dockerfile features built into BuildKit (no `# syntax=` line: nothing to pull).
