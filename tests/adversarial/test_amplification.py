@@ -17,7 +17,7 @@ import pytest
 from support.app_server import AppServer, app_server
 from support.attacks import rss_kib
 
-from .conftest import main_port_health
+from .conftest import main_port_health, warm_up
 
 pytestmark = pytest.mark.adversarial
 
@@ -55,6 +55,7 @@ def app(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         log_dir=tmp_path_factory.mktemp("amplification"),
         MAX_REQUEST_BYTES=MIB + 1024,
     ) as server:
+        warm_up(server, tiny_model)
         yield server
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import errno
+import logging
 from pathlib import Path
 
 import pytest
@@ -10,7 +13,12 @@ from ml_service.serving import service as service_module
 from ml_service.serving.metrics import new_registry
 from ml_service.serving.model import LOCAL_SOURCE, Resolved, load_local
 from ml_service.serving.schemas import example_row
-from ml_service.serving.server import FD_RESERVE, PROBE_CONNECTIONS, fd_budget
+from ml_service.serving.server import (
+    FD_RESERVE,
+    PROBE_CONNECTIONS,
+    fd_budget,
+    quiet_accept_errors,
+)
 from ml_service.serving.service import Service
 from ml_service.serving.settings import Settings
 from support.sklearn_model import save_model
@@ -67,3 +75,26 @@ def test_the_connection_budget_fits_under_the_open_file_limit(open_files: int) -
     assert used <= open_files
     assert budget.max_connections == 512 or open_files < 1024
     assert budget.backlog >= 8
+
+
+def test_accept_running_out_of_descriptors_is_one_line_without_a_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """asyncio reports each failed accept() to the loop's exception handler, traceback and
+    all, then retries a second later; the server's handler makes it one warning."""
+    loop = asyncio.new_event_loop()
+    try:
+        quiet_accept_errors(loop)
+        with caplog.at_level(logging.WARNING):
+            loop.call_exception_handler(
+                {
+                    "message": "socket.accept() out of system resource",
+                    "exception": OSError(errno.EMFILE, "Too many open files"),
+                }
+            )
+            loop.call_exception_handler({"message": "something else", "exception": KeyError(1)})
+    finally:
+        loop.close()
+    emfile, other = caplog.records
+    assert "accept() failed (EMFILE)" in emfile.getMessage() and emfile.exc_info is None
+    assert other.exc_info is not None  # anything else keeps asyncio's own report

@@ -366,6 +366,7 @@ async def _features(svc: Service, model: LoadedModel, media: str, body: bytes) -
 
 
 def _mlflow_features(model: LoadedModel, media: str, body: bytes, max_rows: int) -> np.ndarray:
+    model.mlflow_schemas  # noqa: B018 - MLflow's machinery, loaded once, before any use of it
     if media == CSV:
         return _frame_matrix(model, _parse_csv(model, body, max_rows))
     try:
@@ -435,7 +436,17 @@ async def ping(request: Request) -> Response:
 @router.get("/version", include_in_schema=False)
 async def version() -> Response:
     """The MLflow version whose scoring protocol is served."""
-    from mlflow.version import VERSION
-
     # MLflow answers its bare version string with a JSON media type; so do we.
-    return Response(VERSION, media_type=JSON)
+    return Response(_mlflow_version(), media_type=JSON)
+
+
+@lru_cache(maxsize=1)
+def _mlflow_version() -> str:
+    """Read from the installed package's metadata: importing `mlflow.version` would import all
+    of MLflow, on the event loop, perhaps while the warm-up thread imports it too."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlflow-skinny")  # what the image ships; full mlflow depends on it
+    except PackageNotFoundError:
+        return version("mlflow")
