@@ -164,7 +164,9 @@ def _keep_signature_columns(value: Any, names: frozenset[str]) -> Any:
         return [
             {k: v for k, v in r.items() if k in names} if isinstance(r, dict) else r for r in value
         ]
-    if isinstance(value, dict) and "data" not in value:
+    if not isinstance(value, dict):
+        return value  # not a frame at all: MLflow's parsing refuses it
+    if "data" not in value:
         return {k: v for k, v in value.items() if k in names}
     columns, rows = value.get("columns"), value.get("data")
     if isinstance(columns, list) and isinstance(rows, list):
