@@ -11,11 +11,10 @@ import asyncio
 import contextlib
 import multiprocessing
 import socket
-import statistics
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -38,6 +37,18 @@ def percentile(values: list[float], q: float) -> float:
 
 
 # ---------------------------------------------------------------- watches
+
+
+@contextlib.contextmanager
+def _on_a_thread(run: object, stop: threading.Event, join_timeout: float) -> Iterator[None]:
+    """`run()` on a daemon thread for the duration of the block, then `stop` is set."""
+    thread = threading.Thread(target=run, daemon=True)  # type: ignore[arg-type]
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(timeout=join_timeout)
 
 
 def probe(base_url: str, path: str, timeout: float) -> int:
@@ -91,13 +102,8 @@ class ProbeWatch:
 
     @contextlib.contextmanager
     def running(self) -> Iterator[ProbeWatch]:
-        thread = threading.Thread(target=self._run, daemon=True)
-        thread.start()
-        try:
+        with _on_a_thread(self._run, self._stop, self.timeout + 5):
             yield self
-        finally:
-            self._stop.set()
-            thread.join(timeout=self.timeout + 5)
 
     def summary(self) -> dict:
         return {
@@ -132,13 +138,8 @@ class RssWatch:
     @contextlib.contextmanager
     def running(self) -> Iterator[RssWatch]:
         self.idle_kib = self.peak_kib = rss_kib(self.pid)[0]
-        thread = threading.Thread(target=self._run, daemon=True)
-        thread.start()
-        try:
+        with _on_a_thread(self._run, self._stop, 5):
             yield self
-        finally:
-            self._stop.set()
-            thread.join(timeout=5)
 
     def settled_kib(self, within: float = 5.0, tolerance_kib: int = 16 * 1024) -> int:
         """RSS once it is back within `tolerance_kib` of idle, or after `within` seconds."""
@@ -218,13 +219,8 @@ def trickle(socks: list[socket.socket], data: bytes, interval: float) -> Iterato
             if stop.wait(interval):
                 return
 
-    thread = threading.Thread(target=run, daemon=True)
-    thread.start()
-    try:
+    with _on_a_thread(run, stop, 10):
         yield
-    finally:
-        stop.set()
-        thread.join(timeout=10)
 
 
 # ---------------------------------------------------------------- attacks
@@ -328,19 +324,3 @@ def _flood(port: int, clients: dict[str, tuple[int, bytes]], seconds: float) -> 
 
     asyncio.run(main())
     return result
-
-
-@contextlib.contextmanager
-def in_background(fn: Callable[[], object]) -> Iterator[list]:
-    """Run `fn` on a thread for the duration of the block; its return value lands in the list."""
-    out: list = []
-    thread = threading.Thread(target=lambda: out.append(fn()), daemon=True)
-    thread.start()
-    try:
-        yield out
-    finally:
-        thread.join(timeout=120)
-
-
-def median(values: list[float]) -> float:
-    return statistics.median(values) if values else float("nan")
