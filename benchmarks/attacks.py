@@ -228,12 +228,15 @@ ATTACKS: dict[str, tuple[Callable[[AppServer, argparse.Namespace], dict], dict]]
     "metrics-scrapers": (attack_metrics_scrapers, {}),
     "wide-csv-row": (attack_wide_csv_row, {}),
     "mlflow-log-flood": (attack_mlflow_log_flood, {}),
-    "fd-exhaustion": (attack_fd_exhaustion, {"max_open_files": 1024}),
+    # at ready time, before MLflow's machinery has loaded: that is the attack
+    "fd-exhaustion": (attack_fd_exhaustion, {"max_open_files": 1024, "warm": False}),
 }
 
 
 @contextlib.contextmanager
-def server(args: argparse.Namespace, work: Path, **kwargs: object) -> Iterator[AppServer]:
+def server(
+    args: argparse.Namespace, work: Path, warm: bool = True, **kwargs: object
+) -> Iterator[AppServer]:
     env = {"PYTHONPATH": args.pythonpath} if args.pythonpath else {}
     with app_server(
         model_uri=str(args.model_dir),
@@ -242,6 +245,13 @@ def server(args: argparse.Namespace, work: Path, **kwargs: object) -> Iterator[A
         env_extra=env,
         **kwargs,  # type: ignore[arg-type]
     ) as app:
+        if warm:  # MLflow's machinery loads after /ready (~30 MB): idle RSS is measured after it
+            columns, rows = load_rows(args.model_dir, 1)
+            csv = ",".join(columns) + "\n" + ",".join(map(str, rows[0])) + "\n"
+            with socket.create_connection(("127.0.0.1", app.port), timeout=60) as sock:
+                sock.sendall(post("/invocations", csv.encode(), "text/csv"))
+                sock.recv(64)
+            time.sleep(1)
         yield app
 
 
