@@ -14,6 +14,7 @@ from ml_service.serving.metrics import new_registry
 from ml_service.serving.model import LOCAL_SOURCE, Resolved, load_local
 from ml_service.serving.schemas import example_row
 from ml_service.serving.server import (
+    ACCEPT_BURSTS,
     FD_RESERVE,
     PROBE_CONNECTIONS,
     fd_budget,
@@ -71,7 +72,8 @@ def test_the_openapi_example_is_made_up_from_the_reference_statistics(model_dir:
 @pytest.mark.parametrize("open_files", [256, 1024, 4096, 1 << 20])
 def test_the_connection_budget_fits_under_the_open_file_limit(open_files: int) -> None:
     budget = fd_budget(512, open_files)
-    used = budget.max_connections + budget.backlog + 2 * PROBE_CONNECTIONS + FD_RESERVE
+    bursts = ACCEPT_BURSTS * (budget.backlog + PROBE_CONNECTIONS)
+    used = budget.max_connections + PROBE_CONNECTIONS + bursts + FD_RESERVE
     assert used <= open_files
     assert budget.max_connections == 512 or open_files < 1024
     assert budget.backlog >= 8

@@ -71,9 +71,11 @@ log = logging.getLogger("ml_service")
 # File descriptors kept free for everything that is not a client connection (the listeners,
 # log files, the model download, MLflow's HTTP pool, imports).
 FD_RESERVE = 64
-# The probe listener's connection budget: the kubelet opens one connection per probe, Prometheus
-# one or two; it never shares the main listener's.
+# The probe listener's connection budget (and listen backlog): the kubelet opens one connection
+# per probe, Prometheus one or two; it never shares the main listener's.
 PROBE_CONNECTIONS = 16
+# Accept bursts that can be open at once beyond a listener's cap (fd_budget).
+ACCEPT_BURSTS = 4
 # At most this many requests wait, fully read, behind the one being answered on a connection.
 PIPELINE_DEPTH = 8
 # Most header fields per request: each one is a parser callback and a list entry.
@@ -445,14 +447,17 @@ class FdBudget:
 
 
 def fd_budget(wanted: int, open_files: int) -> FdBudget:
-    """MAX_CONNECTIONS and the accept backlog under the open-file limit: asyncio accepts up to
-    `backlog` connections before the cap can close any, so cap + backlog + the probe
-    listener's budget + FD_RESERVE must fit."""
-    free = open_files - FD_RESERVE - 2 * PROBE_CONNECTIONS
-    cap = min(wanted, max(8, free - 64))
+    """MAX_CONNECTIONS and the accept backlog under the open-file limit.
+
+    asyncio accepts up to `backlog` connections per turn of the loop; a connection only meets
+    the cap two turns later, and the descriptor of one it turns away is released a turn after
+    that: up to ACCEPT_BURSTS bursts are open beyond the cap. So cap + ACCEPT_BURSTS x backlog,
+    the same for the probe listener, and FD_RESERVE must fit."""
+    free = open_files - FD_RESERVE - PROBE_CONNECTIONS * (1 + ACCEPT_BURSTS)
+    cap = min(wanted, max(8, free - ACCEPT_BURSTS * 16))
     if cap < wanted:
         log.warning("MAX_CONNECTIONS lowered to %d: the open-file limit is %d", cap, open_files)
-    return FdBudget(cap, max(8, min(2048, free - cap)))
+    return FdBudget(cap, max(8, min(2048, (free - cap) // ACCEPT_BURSTS)))
 
 
 def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
