@@ -11,9 +11,11 @@ from .body import read_body, require_json
 from .deps import ModelDep, ServiceDep, service_of
 from .errors import ERROR_RESPONSES, json_response
 from .metrics import render
-from .schemas import PredictResponse
+from .schemas import FeedbackResponse, PredictResponse
 
 router = APIRouter()
+# Included only with PREDICTION_SIGNING_SECRET set (app.py).
+feedback_router = APIRouter()
 
 
 @router.get("/health", tags=["probes"], summary="Liveness: the process serves requests")
@@ -92,6 +94,48 @@ async def predict(request: Request) -> Response:
         {"class": label, "probabilities": dict(zip(classes, row, strict=True))}
         for label, row in zip(labels, proba.tolist(), strict=True)
     ]
+    ref = {"name": model.name, "version": model.version}
+    identified = svc.identify(request.headers, "/predict", model, features, labels, proba)
+    if identified is None:
+        return json_response({"model": ref, "predictions": predictions})
+    rid, ids = identified
+    for prediction, pid in zip(predictions, ids or (), strict=False):
+        prediction["prediction_id"] = pid
     return json_response(
-        {"model": {"name": model.name, "version": model.version}, "predictions": predictions}
+        {"model": ref, "request_id": rid, "predictions": predictions}, headers={"X-Request-ID": rid}
     )
+
+
+@feedback_router.post(
+    "/feedback",
+    tags=["model"],
+    summary="Labels (ground truth) for earlier predictions, by prediction ID",
+    response_model=FeedbackResponse,
+    responses={
+        **ERROR_RESPONSES,
+        422: {
+            "model": ERROR_RESPONSES[422]["model"],
+            "description": "The whole batch is refused, nothing is counted: an item's "
+            "prediction ID is malformed, not issued by this service, expired, or its label is "
+            "not one of the model's classes (items named by index, values never echoed)",
+        },
+    },
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}}
+            },
+        }
+    },
+)
+async def feedback(request: Request) -> Response:
+    svc = service_of(request)
+    require_json(request)
+    body = await read_body(request, svc.settings)
+    model = svc.require_model()
+    assert svc.feedback is not None
+    answer, accepted = svc.feedback.receive(body, model.classes)
+    if svc.payload_log is not None:
+        svc.payload_log.offer_labels(accepted)
+    return json_response(answer)

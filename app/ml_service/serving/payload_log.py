@@ -1,0 +1,200 @@
+"""The payload log: sampled prediction rows and accepted labels, written in batches to the
+S3 store the MLflow platform runs (or a directory), to retrain and evaluate on what was served.
+
+Off the request path: a request only appends a reference to its arrays to a queue (the rows
+are already in memory) after one sampling draw. A writer thread turns them into compressed
+JSON Lines objects (ml_service.payload_format) of at most PAYLOAD_LOG_BATCH_ROWS rows, written
+when full or PAYLOAD_LOG_FLUSH_SECONDS after their first row, and once more at shutdown. The
+queue holds at most PAYLOAD_LOG_QUEUE_ROWS rows (those waiting and those being written): past
+it, rows are dropped and counted, never waited for. A write the store refuses (or a store that
+is down) drops that object's rows, counted too; the next object tries again. What the log holds
+never reaches the app's log: failures are logged by type only.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+import random
+import socket
+import threading
+import time
+from typing import Any
+
+import numpy as np
+
+from ml_service.payload_format import encode, iso, object_key, open_store
+
+from .metrics import PayloadLogMetrics
+from .model import LoadedModel, describe
+from .settings import Settings
+
+log = logging.getLogger("ml_service")
+
+# How long shutdown waits for the last objects (inside the chart's terminationGracePeriod margin).
+CLOSE_SECONDS = 5.0
+
+
+class PayloadLog:
+    def __init__(self, settings: Settings, metrics: PayloadLogMetrics) -> None:
+        assert settings.payload_log_uri
+        self.uri = settings.payload_log_uri
+        self.sample = settings.payload_log_sample
+        self.batch_rows = settings.payload_log_batch_rows
+        self.flush_seconds = settings.payload_log_flush_seconds
+        self.capacity = settings.payload_log_queue_rows
+        self.metrics = metrics
+        self._queue: collections.deque = collections.deque()
+        self._rows = 0  # queued or being written: what the capacity bounds
+        self._lock = threading.Lock()
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread: threading.Thread | None = None
+        self._writer = f"{socket.gethostname()[:63]}-{os.getpid()}"
+        self._seq = 0
+        metrics.queued.set_function(lambda: self._rows)
+
+    # ------------------------------------------------------------ the request side (event loop)
+
+    def _admit(self, kind: str, rows: int) -> bool:
+        with self._lock:
+            if self._rows + rows > self.capacity:
+                admitted = False
+            else:
+                self._rows += rows
+                admitted = True
+        if not admitted:
+            self.metrics.dropped.labels(kind, "queue_full").inc(rows)
+        elif self._rows >= self.batch_rows and not self._wake.is_set():
+            self._wake.set()  # a full object's worth: the writer need not wait for its timer
+        return admitted
+
+    def offer_predictions(
+        self,
+        endpoint: str,
+        request_id: str,
+        model: LoadedModel,
+        ids: list[str],
+        features: np.ndarray,
+        labels: list[str],
+        proba: np.ndarray,
+    ) -> None:
+        if self.sample < 1.0 and random.random() >= self.sample:  # noqa: S311 - sampling
+            return
+        if self._admit("predictions", len(ids)):
+            entry = (time.time(), endpoint, request_id, model, ids, features, labels, proba)
+            self._queue.append(("predictions", len(ids), entry))
+
+    def offer_labels(self, accepted: list[Any]) -> None:
+        if accepted and self._admit("labels", len(accepted)):
+            self._queue.append(("labels", len(accepted), (time.time(), accepted)))
+
+    # ------------------------------------------------------------ the writer thread
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="payload-log", daemon=True)
+        self._thread.start()
+
+    def close(self, timeout: float = CLOSE_SECONDS) -> None:
+        """Write what is queued (within `timeout`), then stop the writer."""
+        self._stopping = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        store = None
+        pending: dict[str, list] = {"predictions": [], "labels": []}
+        counts = {"predictions": 0, "labels": 0}
+        first: dict[str, float] = {}
+        while True:
+            self._wake.wait(self._next_wait(first))
+            self._wake.clear()
+            stopping = self._stopping
+            while self._queue:
+                kind, rows, entry = self._queue.popleft()
+                pending[kind].append(entry)
+                counts[kind] += rows
+                first.setdefault(kind, entry[0])  # when its first row arrived
+            for kind, entries in pending.items():
+                due = kind in first and time.time() - first[kind] >= self.flush_seconds
+                if entries and (stopping or due or counts[kind] >= self.batch_rows):
+                    if store is None:
+                        store = self._open()
+                    self._write(store, kind, entries, counts[kind])
+                    pending[kind], counts[kind] = [], 0
+                    first.pop(kind, None)
+            if stopping and not self._queue:
+                return
+
+    def _next_wait(self, first: dict[str, float]) -> float:
+        if not first:  # rows that arrive meanwhile are written by their own arrival time
+            return self.flush_seconds
+        oldest = min(first.values())
+        return max(0.0, oldest + self.flush_seconds - time.time())
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        try:
+            return open_store(self.uri)
+        except Exception as exc:
+            log.warning("payload log: the store cannot be opened: %s", describe(exc))
+            return None
+
+    def _write(self, store, kind: str, entries: list, rows: int) -> None:  # type: ignore[no-untyped-def]
+        try:
+            if store is None:
+                raise RuntimeError("the store could not be opened")
+            records = (
+                _prediction_records(entries) if kind == "predictions" else _label_records(entries)
+            )
+            self._seq += 1
+            at = entries[0][0]
+            store.put(object_key(getattr(store, "prefix", ""), kind, at, self._writer, self._seq),
+                      encode(records))  # fmt: skip
+        except Exception as exc:
+            self.metrics.dropped.labels(kind, "write_failed").inc(rows)
+            log.warning("payload log: %d %s rows not written: %s", rows, kind, _what(exc))
+        else:
+            self.metrics.written.labels(kind).inc(rows)
+            self.metrics.objects.inc()
+        finally:
+            with self._lock:
+                self._rows -= rows
+
+
+def _what(exc: Exception) -> str:
+    """The failure, for the log: S3's error code when the store answered, else the first line
+    of the error (redacted); neither quotes the rows."""
+    code = (getattr(exc, "response", None) or {}).get("Error", {}).get("Code")
+    return f"{type(exc).__name__} ({code})" if code else describe(exc)
+
+
+def _prediction_records(entries: list) -> list[dict[str, Any]]:
+    out = []
+    for at, endpoint, request_id, model, ids, features, labels, proba in entries:
+        when = iso(at)
+        ref = {"name": model.name, "version": model.version}
+        names, classes = model.feature_names, model.classes
+        for pid, row, label, p in zip(ids, features.tolist(), labels, proba.tolist(), strict=True):
+            out.append(
+                {
+                    "time": when,
+                    "endpoint": endpoint,
+                    "request_id": request_id,
+                    "prediction_id": pid,
+                    "model": ref,
+                    "features": dict(zip(names, row, strict=True)),
+                    "prediction": label,
+                    "probabilities": dict(zip(classes, p, strict=True)),
+                }
+            )
+    return out
+
+
+def _label_records(entries: list) -> list[dict[str, Any]]:
+    return [
+        {"time": iso(at), "prediction_id": a.prediction_id, "label": a.label}
+        for at, accepted in entries
+        for a in accepted
+    ]
