@@ -71,9 +71,15 @@ class RecentIds:
 
     def add(self, nonce: int, now: float) -> bool:
         """True when `nonce` is new (and now remembered), False for a duplicate."""
+        age = now - self.started
+        if age >= self.window:
+            # Every ID of the current generation arrived in its first window (any later call
+            # would have rotated it): after two windows of silence none needs keeping.
+            self.previous = self.current if age < 2 * self.window else set()
+            self.current, self.started = set(), now
         if nonce in self.current or nonce in self.previous:
             return False
-        if now - self.started >= self.window or len(self.current) >= self.half:
+        if len(self.current) >= self.half:
             self.previous, self.current, self.started = self.current, set(), now
         self.current.add(nonce)
         return True
