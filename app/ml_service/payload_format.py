@@ -103,16 +103,23 @@ class DirStore:
         return (self.root / key).read_bytes()
 
 
-def open_store(uri: str) -> S3Store | DirStore:
-    """The store of a PAYLOAD_LOG_URI: `s3://bucket/prefix`, `file:///dir` or a directory."""
+def parse_uri(uri: str) -> tuple[str, str] | Path:
+    """(bucket, prefix) of `s3://bucket/prefix`, or the directory of `file:///dir` or `dir`;
+    ValueError for anything else."""
     if uri.startswith("s3://"):
         bucket, _, prefix = uri.removeprefix("s3://").partition("/")
         if not bucket:
-            raise ValueError("payload log URI s3://<bucket>/<prefix> has no bucket")
-        return S3Store(bucket, prefix.strip("/"))
+            raise ValueError("s3://<bucket>/<prefix> has no bucket")
+        return bucket, prefix.strip("/")
     if "://" in uri and not uri.startswith("file://"):
-        raise ValueError("payload log URI must be s3://<bucket>/<prefix> or a local directory")
-    return DirStore(Path(uri.removeprefix("file://")))
+        raise ValueError("must be s3://<bucket>/<prefix> or a local directory")
+    return Path(uri.removeprefix("file://"))
+
+
+def open_store(uri: str) -> S3Store | DirStore:
+    """The store of a PAYLOAD_LOG_URI."""
+    where = parse_uri(uri)
+    return DirStore(where) if isinstance(where, Path) else S3Store(*where)
 
 
 def object_key(prefix: str, kind: str, at: float, writer: str, seq: int) -> str:

@@ -36,12 +36,17 @@ def counters(app: AppServer, http: httpx.Client) -> dict[tuple[str, ...], float]
     return out
 
 
+def dropped(c: dict, kind: str) -> dict[str, float]:
+    """reason -> rows of `kind` dropped for it."""
+    name = "mlservice_payload_log_dropped_rows_total"
+    return {k[-1]: v for k, v in c.items() if k[:2] == (name, kind) and v}
+
+
 def accounted(app: AppServer, http: httpx.Client, kind: str) -> float:
     """Rows of `kind` the log has settled: written or dropped (queued ones are neither)."""
     c = counters(app, http)
     written = c.get(("mlservice_payload_log_rows_total", kind), 0.0)
-    dropped = sum(v for k, v in c.items() if k[:2] == ("mlservice_payload_log_dropped_rows_total", kind))  # fmt: skip
-    return written + dropped
+    return written + sum(dropped(c, kind).values())
 
 
 def bucket_records(minio: Minio, prefix: str, kind: str) -> list[dict]:
@@ -119,10 +124,9 @@ def test_the_bucket_holds_exactly_the_rows_served_through_an_outage(
         log_text = app.log_tail(1_000_000)
 
     written = final[("mlservice_payload_log_rows_total", "predictions")]
-    dropped = {k[-1]: v for k, v in final.items()
-               if k[:2] == ("mlservice_payload_log_dropped_rows_total", "predictions") and v}  # fmt: skip
-    assert dropped, "the outage dropped nothing: MinIO was not really down"
-    assert written + sum(dropped.values()) == len(served)
+    lost = dropped(final, "predictions")
+    assert lost, "the outage dropped nothing: MinIO was not really down"
+    assert written + sum(lost.values()) == len(served)
     rows = bucket_records(minio, prefix, "predictions")
     assert len(rows) == written == len({r["prediction_id"] for r in rows})  # counter = objects
     for row in rows:

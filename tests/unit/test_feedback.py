@@ -392,6 +392,13 @@ def test_settings_errors_never_show_a_secret(monkeypatch: pytest.MonkeyPatch, ca
     monkeypatch.setenv("PREDICTION_SIGNING_SECRET", SECRET)
     monkeypatch.setenv("PAYLOAD_LOG_URI", "s3://bucket/prefix")
     assert load().payload_log_uri == "s3://bucket/prefix"
+    monkeypatch.setenv("PAYLOAD_LOG_URI", "https://bucket.example/prefix")
+    with pytest.raises(SystemExit, match="PAYLOAD_LOG_URI: must be s3://<bucket>/<prefix>"):
+        load()
+    monkeypatch.setenv("PAYLOAD_LOG_URI", "s3:///prefix")
+    with pytest.raises(SystemExit, match="PAYLOAD_LOG_URI: s3://<bucket>/<prefix> has no bucket"):
+        load()
+    monkeypatch.setenv("PAYLOAD_LOG_URI", "s3://bucket/prefix")
     monkeypatch.delenv("PREDICTION_SIGNING_SECRET")
     with pytest.raises(SystemExit, match="PAYLOAD_LOG_URI needs PREDICTION_SIGNING_SECRET"):
         load()

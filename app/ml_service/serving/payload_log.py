@@ -150,8 +150,8 @@ class PayloadLog:
             )
             self._seq += 1
             at = entries[0][0]
-            store.put(object_key(getattr(store, "prefix", ""), kind, at, self._writer, self._seq),
-                      encode(records))  # fmt: skip
+            key = object_key(store.prefix, kind, at, self._writer, self._seq)
+            store.put(key, encode(records))
         except Exception as exc:
             self.metrics.dropped.labels(kind, "write_failed").inc(rows)
             log.warning("payload log: %d %s rows not written: %s", rows, kind, _what(exc))

@@ -11,6 +11,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ml_service.payload_format import parse_uri
+
 
 class Settings(BaseSettings):
     """Every knob of the serving process."""
@@ -172,6 +174,13 @@ class Settings(BaseSettings):
     @classmethod
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("payload_log_uri")
+    @classmethod
+    def _payload_log_uri(cls, value: str | None) -> str | None:
+        if value:
+            parse_uri(value)  # ValueError: "must be s3://<bucket>/<prefix> or a local directory"
+        return value or None
 
     @model_validator(mode="after")
     def _backoff_order(self) -> Settings:
