@@ -22,6 +22,7 @@ from typing import Annotated, Any
 
 import msgspec
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from .errors import ApiError, InputError, error
 from .metrics import FeedbackMetrics
@@ -94,10 +95,10 @@ class Accepted:
 
 
 class Feedback:
-    def __init__(self, settings: Settings, metrics: FeedbackMetrics) -> None:
+    def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
         assert settings.prediction_signing_secret is not None
         self.settings = settings
-        self.metrics = metrics
+        self.metrics = FeedbackMetrics(registry, [*(r.value for r in Refusal), UNKNOWN_LABEL])
         self.recent = RecentIds(settings.feedback_dedupe_seconds, settings.feedback_dedupe_max_ids)
         self.signer: Signer | None = None
         self._tails: dict[str, bytes] | None = None

@@ -23,6 +23,7 @@ import time
 from typing import Any
 
 import numpy as np
+from prometheus_client import CollectorRegistry
 
 from ml_service.payload_format import encode, iso, object_key, open_store
 
@@ -37,14 +38,14 @@ CLOSE_SECONDS = 5.0
 
 
 class PayloadLog:
-    def __init__(self, settings: Settings, metrics: PayloadLogMetrics) -> None:
+    def __init__(self, settings: Settings, registry: CollectorRegistry) -> None:
         assert settings.payload_log_uri
         self.uri = settings.payload_log_uri
         self.sample = settings.payload_log_sample
         self.batch_rows = settings.payload_log_batch_rows
         self.flush_seconds = settings.payload_log_flush_seconds
         self.capacity = settings.payload_log_queue_rows
-        self.metrics = metrics
+        self.metrics = metrics = PayloadLogMetrics(registry)
         self._queue: collections.deque = collections.deque()
         self._rows = 0  # queued or being written: what the capacity bounds
         self._lock = threading.Lock()

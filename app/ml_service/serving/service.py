@@ -26,9 +26,9 @@ from ml_service.model_format import REFERENCE_KEY
 
 from .drift import DriftMonitor
 from .errors import ApiError
-from .feedback import UNKNOWN_LABEL, Feedback
+from .feedback import Feedback
 from .inference import DriftSink, InferenceEngine, settle
-from .metrics import FeedbackMetrics, PayloadLogMetrics, ServiceMetrics
+from .metrics import ServiceMetrics
 from .model import (
     LoadedModel,
     LoadError,
@@ -39,7 +39,7 @@ from .model import (
     stamp,
 )
 from .payload_log import PayloadLog
-from .prediction_ids import Refusal, request_id
+from .prediction_ids import request_id
 from .schemas import ModelSchemas
 from .settings import Settings
 
@@ -81,10 +81,9 @@ class Service:
         self.feedback: Feedback | None = None
         self.payload_log: PayloadLog | None = None
         if settings.prediction_signing_secret is not None:
-            refusals = [r.value for r in Refusal] + [UNKNOWN_LABEL]
-            self.feedback = Feedback(settings, FeedbackMetrics(registry, refusals))
+            self.feedback = Feedback(settings, registry)
         if settings.payload_log_uri:
-            self.payload_log = PayloadLog(settings, PayloadLogMetrics(registry))
+            self.payload_log = PayloadLog(settings, registry)
 
     # ---------------------------------------------------------------- state
 
