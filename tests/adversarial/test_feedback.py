@@ -38,7 +38,7 @@ def mint(n: int, *, secret: str = SECRET, name: str = NAME, at: float | None = N
     labels = [CLASSES[int(i)] for i in np.argmax(proba, axis=1)]
     tails = signer.tail(VERSION, CLASSES)
     assert tails is not None
-    return signer.issue(tails, labels, proba, time.time() if at is None else at)
+    return signer.issue(tails, labels, proba.tolist(), time.time() if at is None else at)
 
 
 @pytest.fixture(scope="module")

@@ -46,7 +46,7 @@ def tokens(s: Signer, n: int = 3, version: str = "4", at: float | None = None) -
     labels = [CLASSES[int(np.argmax(p))] for p in proba]
     tails = s.tail(version, CLASSES)
     assert tails is not None
-    return s.issue(tails, labels, proba, time.time() if at is None else at)
+    return s.issue(tails, labels, proba.tolist(), time.time() if at is None else at)
 
 
 def refusal(s: Signer, token, now: float | None = None) -> Refusal | None:
@@ -77,7 +77,7 @@ def test_scores_round_up_so_bucket_bounds_hold() -> None:
     s = signer()
     tails = s.tail("4", CLASSES)
     proba = np.array([[0.1, 0.9000001], [0.50001, 0.49999], [0.0, 1.0]])
-    ids = s.issue(tails, ["malignant", "benign", "malignant"], proba, time.time())
+    ids = s.issue(tails, ["malignant", "benign", "malignant"], proba.tolist(), time.time())
     assert [s.verify(t, time.time()).score for t in ids] == [0.901, 0.501, 1.0]
 
 
@@ -145,7 +145,7 @@ def test_request_ids_are_kept_only_when_well_formed() -> None:
         assert request_id(good) == good
     for bad in (None, "", "-x", "a" * 129, "a b", "a\r\nX: 1", "<script>", "ä"):
         made = request_id(bad)
-        assert made != bad and len(made) == 32 and int(made, 16) >= 0
+        assert made != bad and len(made) == 32 and int(made, 16) >= 0  # 128 random bits
 
 
 def test_recent_ids_forget_after_the_window_and_stay_bounded() -> None:

@@ -89,13 +89,13 @@ async def predict(request: Request) -> Response:
     features = svc.schemas.parse_predict(body, svc.settings.max_batch_rows)
     proba = await svc.predict_proba(model, features)
     labels = svc.labels(model, proba)
-    classes = model.classes
+    classes, rows = model.classes, proba.tolist()
     predictions = [
         {"class": label, "probabilities": dict(zip(classes, row, strict=True))}
-        for label, row in zip(labels, proba.tolist(), strict=True)
+        for label, row in zip(labels, rows, strict=True)
     ]
     ref = {"name": model.name, "version": model.version}
-    identified = svc.identify(request.headers, "/predict", model, features, labels, proba)
+    identified = svc.identify(request.headers, "/predict", model, features, labels, rows)
     if identified is None:
         return json_response({"model": ref, "predictions": predictions})
     rid, ids = identified

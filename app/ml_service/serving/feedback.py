@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
-import numpy as np
 from prometheus_client import CollectorRegistry
 
 from .errors import ApiError, InputError, error
@@ -121,7 +120,7 @@ class Feedback:
             )
         self.metrics.prepare(model.version, model.classes)
 
-    def issue(self, labels: list[str], proba: np.ndarray) -> list[str] | None:
+    def issue(self, labels: list[str], proba: list[list[float]]) -> list[str] | None:
         """A prediction ID per row (None when the model's names do not fit in one)."""
         if self.signer is None or self._tails is None:
             return None

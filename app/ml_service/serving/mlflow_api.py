@@ -327,10 +327,10 @@ async def _answer(
         # input that reaches here passed the schema, so the log keeps only the type of error.
         log.info("model failed on /invocations input", exc_info=False)
         raise _bad_request(MODEL_FAILED) from None
-    labels = svc.labels(model, proba)
-    answer = {"predictions": proba.tolist() if model.predict_fn == "predict_proba" else labels}
+    labels, rows = svc.labels(model, proba), proba.tolist()
+    answer = {"predictions": rows if model.predict_fn == "predict_proba" else labels}
     # Prediction IDs (when on) travel in headers: the body stays exactly MLflow's.
-    identified = svc.identify(request.headers, "/invocations", model, features, labels, proba)
+    identified = svc.identify(request.headers, "/invocations", model, features, labels, rows)
     headers = None if identified is None else invocation_headers(*identified)
     return json_response(answer, headers=headers)
 

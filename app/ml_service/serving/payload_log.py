@@ -79,7 +79,7 @@ class PayloadLog:
         ids: list[str],
         features: np.ndarray,
         labels: list[str],
-        proba: np.ndarray,
+        proba: list[list[float]],
     ) -> None:
         if self.sample < 1.0 and random.random() >= self.sample:  # noqa: S311 - sampling
             return
@@ -177,7 +177,7 @@ def _prediction_records(entries: list) -> list[dict[str, Any]]:
         when = iso(at)
         ref = {"name": model.name, "version": model.version}
         names, classes = model.feature_names, model.classes
-        for pid, row, label, p in zip(ids, features.tolist(), labels, proba.tolist(), strict=True):
+        for pid, row, label, p in zip(ids, features.tolist(), labels, proba, strict=True):
             out.append(
                 {
                     "time": when,

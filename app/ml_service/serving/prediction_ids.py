@@ -21,15 +21,14 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import hmac
+import math
 import os
 import re
 import struct
-import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-
-import numpy as np
 
 FORMAT = 1
 MAC_BYTES = 16
@@ -49,7 +48,7 @@ def request_id(header: str | None) -> str:
     """The client's request ID when it is well formed, else a new random one."""
     if header is not None and REQUEST_ID.fullmatch(header):
         return header
-    return uuid.uuid4().hex
+    return os.urandom(16).hex()
 
 
 class Refusal(StrEnum):
@@ -78,8 +77,17 @@ class Claims:
     nonce: int  # 64 random bits: the row's identity for duplicate detection
 
 
-def _derive(secret: bytes, model_name: str) -> bytes:
-    return hmac.digest(secret, _DERIVE + model_name.encode(), "sha256")
+def _keyed(secret: bytes, model_name: str) -> hmac.HMAC:
+    """HMAC-SHA256 keyed with a key derived from the secret and the model's name; callers
+    `copy()` it per token (cheaper than keying a new one)."""
+    key = hmac.digest(secret, _DERIVE + model_name.encode(), "sha256")
+    return hmac.new(key, digestmod=hashlib.sha256)
+
+
+def _mac(keyed: hmac.HMAC, body: bytes) -> bytes:
+    h = keyed.copy()
+    h.update(body)
+    return h.digest()[:MAC_BYTES]
 
 
 def _b64(raw: bytes) -> str:
@@ -97,9 +105,9 @@ class Signer:
     def __init__(
         self, secret: bytes, model_name: str, ttl_seconds: int, previous: bytes | None = None
     ) -> None:
-        self._key = _derive(secret, model_name)
+        self._key = _keyed(secret, model_name)
         # Keys that still verify (a rotation: tokens signed with the previous secret stay valid).
-        self._keys = [self._key] + ([_derive(previous, model_name)] if previous else [])
+        self._keys = [self._key] + ([_keyed(previous, model_name)] if previous else [])
         self.ttl = ttl_seconds
 
     def tail(self, model_version: str, classes: tuple[str, ...]) -> dict[str, bytes] | None:
@@ -117,21 +125,21 @@ class Signer:
         return tails
 
     def issue(
-        self, tails: dict[str, bytes], labels: list[str], proba: np.ndarray, now: float
+        self, tails: dict[str, bytes], labels: list[str], proba: list[list[float]], now: float
     ) -> list[str]:
         """One token per row: `labels` are the predicted classes, `proba` the probabilities."""
-        top = np.max(proba, axis=1)
-        # Rounded up, so that "score <= edge" holds for the token exactly when it held for the
-        # probability (edges on the 1/1000 grid); the epsilon absorbs 0.95 * 1000 = 950.0000001.
-        scores = np.clip(np.ceil(top * SCORE_SCALE - 1e-6), 0, SCORE_SCALE).astype(int).tolist()
         issued = int(now)
         nonces = os.urandom(NONCE_BYTES * len(labels))
-        key, digest, pack = self._key, hmac.digest, _HEAD.pack
+        key, pack, ceil = self._key, _HEAD.pack, math.ceil
         out = []
-        for i, (label, score) in enumerate(zip(labels, scores, strict=True)):
-            body = pack(FORMAT, issued, nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES], score)
-            body += tails[label]
-            out.append(_b64(body + digest(key, body, "sha256")[:MAC_BYTES]))
+        for i, (label, row) in enumerate(zip(labels, proba, strict=True)):
+            # Rounded up, so that "score <= edge" holds for the token exactly when it held for
+            # the probability (edges on the 1/1000 grid); the epsilon absorbs 0.95 * 1000 =
+            # 950.0000000000001.
+            score = min(SCORE_SCALE, max(0, ceil(max(row) * SCORE_SCALE - 1e-6)))
+            nonce = nonces[i * NONCE_BYTES : (i + 1) * NONCE_BYTES]
+            body = pack(FORMAT, issued, nonce, score) + tails[label]
+            out.append(_b64(body + _mac(key, body)))
         return out
 
     def verify(self, token: str, now: float) -> Claims:
@@ -144,9 +152,7 @@ class Signer:
         if len(raw) < _HEAD.size + 2 + MAC_BYTES or raw[0] != FORMAT:
             raise TokenError(Refusal.MALFORMED)
         body, mac = raw[:-MAC_BYTES], raw[-MAC_BYTES:]
-        if not any(
-            hmac.compare_digest(hmac.digest(k, body, "sha256")[:MAC_BYTES], mac) for k in self._keys
-        ):
+        if not any(hmac.compare_digest(_mac(k, body), mac) for k in self._keys):
             raise TokenError(Refusal.INVALID_SIGNATURE)
         # Signed by us, so well formed: the fields below were written by `issue`.
         _, issued, nonce, score = _HEAD.unpack_from(body)

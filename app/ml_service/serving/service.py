@@ -190,7 +190,7 @@ class Service:
         model: LoadedModel,
         features: np.ndarray,
         labels: list[str],
-        proba: np.ndarray,
+        proba: list[list[float]],
     ) -> tuple[str, list[str] | None] | None:
         """With prediction IDs on: the request ID and one prediction ID per row (the rows go to
         the payload log when it is on); None when off, and the answer stays as it was."""
