@@ -23,6 +23,7 @@ from __future__ import annotations
 import gzip
 import os
 import re
+import zlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -132,9 +133,29 @@ def iso(at: float) -> str:
     return datetime.fromtimestamp(at, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+class ObjectBuilder:
+    """One object, built a few records at a time: JSON Lines through a streaming gzip (level 1:
+    a fifth of level 6's CPU for about 10 % more bytes; the log is written while serving)."""
+
+    def __init__(self) -> None:
+        self._gzip = zlib.compressobj(1, zlib.DEFLATED, 31)  # wbits 31: a gzip stream
+        self._parts: list[bytes] = []
+        self.rows = 0
+
+    def add(self, records: list[dict[str, Any]]) -> None:
+        self._parts.append(self._gzip.compress(_ENCODER.encode_lines(records)))
+        self.rows += len(records)
+
+    def finish(self) -> bytes:
+        self._parts.append(self._gzip.flush())
+        return b"".join(self._parts)
+
+
 def encode(records: list[dict[str, Any]]) -> bytes:
-    """One object: the records as JSON Lines, gzip-compressed."""
-    return gzip.compress(_ENCODER.encode_lines(records), compresslevel=6)
+    """One object holding `records`."""
+    builder = ObjectBuilder()
+    builder.add(records)
+    return builder.finish()
 
 
 def records(store: S3Store | DirStore, kind: str, since: str | None = None) -> Iterator[dict]:

@@ -3,8 +3,9 @@ S3 store the MLflow platform runs (or a directory), to retrain and evaluate on w
 
 Off the request path: a request only appends a reference to its arrays to a queue (the rows
 are already in memory) after one sampling draw. A writer thread turns them into compressed
-JSON Lines objects (ml_service.payload_format) of at most PAYLOAD_LOG_BATCH_ROWS rows, written
-when full or PAYLOAD_LOG_FLUSH_SECONDS after their first row, and once more at shutdown. The
+JSON Lines objects (ml_service.payload_format) a request at a time, yielding the GIL in between,
+and writes an object when it holds PAYLOAD_LOG_BATCH_ROWS rows or PAYLOAD_LOG_FLUSH_SECONDS after
+its first row, and once more at shutdown. The
 queue holds at most PAYLOAD_LOG_QUEUE_ROWS rows (those waiting and those being written): past
 it, rows are dropped and counted, never waited for. A write the store refuses (or a store that
 is down) drops that object's rows, counted too; the next object tries again. What the log holds
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 from prometheus_client import CollectorRegistry
 
-from ml_service.payload_format import encode, iso, object_key, open_store
+from ml_service.payload_format import ObjectBuilder, iso, object_key, open_store
 
 from .metrics import PayloadLogMetrics
 from .model import LoadedModel, describe
@@ -35,6 +36,8 @@ log = logging.getLogger("ml_service")
 
 # How long shutdown waits for the last objects (inside the chart's terminationGracePeriod margin).
 CLOSE_SECONDS = 5.0
+# How often the writer takes what arrived (rows wait in the queue at most this long).
+TICK_SECONDS = 0.1
 
 
 class PayloadLog:
@@ -67,8 +70,6 @@ class PayloadLog:
                 admitted = True
         if not admitted:
             self.metrics.dropped.labels(kind, "queue_full").inc(rows)
-        elif self._rows >= self.batch_rows and not self._wake.is_set():
-            self._wake.set()  # a full object's worth: the writer need not wait for its timer
         return admitted
 
     def offer_predictions(
@@ -85,11 +86,11 @@ class PayloadLog:
             return
         if self._admit("predictions", len(ids)):
             entry = (time.time(), endpoint, request_id, model, ids, features, labels, proba)
-            self._queue.append(("predictions", len(ids), entry))
+            self._queue.append(("predictions", entry))
 
     def offer_labels(self, accepted: list[Any]) -> None:
         if accepted and self._admit("labels", len(accepted)):
-            self._queue.append(("labels", len(accepted), (time.time(), accepted)))
+            self._queue.append(("labels", (time.time(), accepted)))
 
     # ------------------------------------------------------------ the writer thread
 
@@ -105,35 +106,34 @@ class PayloadLog:
             self._thread.join(timeout)
 
     def _run(self) -> None:
+        """Every TICK_SECONDS: encode what arrived into the objects being built, one request at
+        a time, handing the GIL back to the event loop in between (the thread never holds it
+        for long, so requests do not queue behind a whole object's encoding); write an object
+        once it is full or old enough."""
         store = None
-        pending: dict[str, list] = {"predictions": [], "labels": []}
-        counts = {"predictions": 0, "labels": 0}
-        first: dict[str, float] = {}
+        building: dict[str, tuple[float, ObjectBuilder]] = {}
         while True:
-            self._wake.wait(self._next_wait(first))
-            self._wake.clear()
+            self._wake.wait(TICK_SECONDS)
             stopping = self._stopping
+            ready = []
             while self._queue:
-                kind, rows, entry = self._queue.popleft()
-                pending[kind].append(entry)
-                counts[kind] += rows
-                first.setdefault(kind, entry[0])  # when its first row arrived
-            for kind, entries in pending.items():
-                due = kind in first and time.time() - first[kind] >= self.flush_seconds
-                if entries and (stopping or due or counts[kind] >= self.batch_rows):
-                    if store is None:
-                        store = self._open()
-                    self._write(store, kind, entries, counts[kind])
-                    pending[kind], counts[kind] = [], 0
-                    first.pop(kind, None)
+                kind, entry = self._queue.popleft()
+                at, builder = building.setdefault(kind, (entry[0], ObjectBuilder()))
+                builder.add(ENCODE[kind](entry))
+                time.sleep(0)  # let the event loop run between requests
+                if builder.rows >= self.batch_rows:
+                    ready.append((kind, *building.pop(kind)))
+            now = time.time()
+            for kind, (at, builder) in list(building.items()):
+                if stopping or now - at >= self.flush_seconds:
+                    del building[kind]
+                    ready.append((kind, at, builder))
+            for kind, at, builder in ready:
+                if store is None:
+                    store = self._open()
+                self._write(store, kind, at, builder)
             if stopping and not self._queue:
                 return
-
-    def _next_wait(self, first: dict[str, float]) -> float:
-        if not first:  # rows that arrive meanwhile are written by their own arrival time
-            return self.flush_seconds
-        oldest = min(first.values())
-        return max(0.0, oldest + self.flush_seconds - time.time())
 
     def _open(self):  # type: ignore[no-untyped-def]
         try:
@@ -142,17 +142,13 @@ class PayloadLog:
             log.warning("payload log: the store cannot be opened: %s", describe(exc))
             return None
 
-    def _write(self, store, kind: str, entries: list, rows: int) -> None:  # type: ignore[no-untyped-def]
+    def _write(self, store, kind: str, at: float, builder: ObjectBuilder) -> None:  # type: ignore[no-untyped-def]
+        rows = builder.rows
         try:
             if store is None:
                 raise RuntimeError("the store could not be opened")
-            records = (
-                _prediction_records(entries) if kind == "predictions" else _label_records(entries)
-            )
             self._seq += 1
-            at = entries[0][0]
-            key = object_key(store.prefix, kind, at, self._writer, self._seq)
-            store.put(key, encode(records))
+            store.put(object_key(store.prefix, kind, at, self._writer, self._seq), builder.finish())
         except Exception as exc:
             self.metrics.dropped.labels(kind, "write_failed").inc(rows)
             log.warning("payload log: %d %s rows not written: %s", rows, kind, _what(exc))
@@ -171,31 +167,29 @@ def _what(exc: Exception) -> str:
     return f"{type(exc).__name__} ({code})" if code else describe(exc)
 
 
-def _prediction_records(entries: list) -> list[dict[str, Any]]:
-    out = []
-    for at, endpoint, request_id, model, ids, features, labels, proba in entries:
-        when = iso(at)
-        ref = {"name": model.name, "version": model.version}
-        names, classes = model.feature_names, model.classes
-        for pid, row, label, p in zip(ids, features.tolist(), labels, proba, strict=True):
-            out.append(
-                {
-                    "time": when,
-                    "endpoint": endpoint,
-                    "request_id": request_id,
-                    "prediction_id": pid,
-                    "model": ref,
-                    "features": dict(zip(names, row, strict=True)),
-                    "prediction": label,
-                    "probabilities": dict(zip(classes, p, strict=True)),
-                }
-            )
-    return out
-
-
-def _label_records(entries: list) -> list[dict[str, Any]]:
+def _prediction_records(entry: tuple) -> list[dict[str, Any]]:
+    at, endpoint, request_id, model, ids, features, labels, proba = entry
+    when, ref = iso(at), {"name": model.name, "version": model.version}
+    names, classes = model.feature_names, model.classes
     return [
-        {"time": iso(at), "prediction_id": a.prediction_id, "label": a.label}
-        for at, accepted in entries
-        for a in accepted
+        {
+            "time": when,
+            "endpoint": endpoint,
+            "request_id": request_id,
+            "prediction_id": pid,
+            "model": ref,
+            "features": dict(zip(names, row, strict=True)),
+            "prediction": label,
+            "probabilities": dict(zip(classes, p, strict=True)),
+        }
+        for pid, row, label, p in zip(ids, features.tolist(), labels, proba, strict=True)
     ]
+
+
+def _label_records(entry: tuple) -> list[dict[str, Any]]:
+    at, accepted = entry
+    when = iso(at)
+    return [{"time": when, "prediction_id": a.prediction_id, "label": a.label} for a in accepted]
+
+
+ENCODE = {"predictions": _prediction_records, "labels": _label_records}
