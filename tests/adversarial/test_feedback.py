@@ -6,6 +6,7 @@ and /health keeps answering throughout."""
 from __future__ import annotations
 
 import base64
+import gzip
 import json
 import random
 import time
@@ -180,3 +181,39 @@ def test_a_flood_of_valid_feedback_is_counted_once_in_flat_memory(app: AppServer
     # 70,000 more labels after the dedupe memory filled: what stays is bounded, not per label
     assert grown < 3 * 1024, f"RSS grew {grown} KiB from 30,000 to 100,000 labels"
     print(f"RSS after 30,000 labels {samples[0]} KiB, after 100,000 {samples[1]} KiB")
+
+
+def test_the_signing_keys_never_leave_the_process(tiny_model: Path, tmp_path: Path) -> None:
+    """Every endpoint, good and bad requests, debug logging and the payload log: neither the
+    signing key nor the previous one appears in an answer, a header, the log or the log store."""
+    secret = "sentinel-signing-secret-5b1e-0123456789abcdef"
+    previous = "sentinel-previous-secret-5b1e-0123456789abcdef"
+    log_dir = tmp_path / "payload-log"
+    with app_server(
+        model_uri=str(tiny_model),
+        wait_ready=True,
+        log_dir=tmp_path,
+        LOG_LEVEL="debug",
+        PREDICTION_SIGNING_SECRET=secret,
+        PREDICTION_SIGNING_SECRET_PREVIOUS=previous,
+        PAYLOAD_LOG_URI=str(log_dir),
+        PAYLOAD_LOG_FLUSH_SECONDS=0.2,
+    ) as app:
+        answers = []
+        with httpx.Client(timeout=10) as http:
+            schema = http.get(app.url("/openapi.json")).json()
+            rows = schema["components"]["schemas"]["Instance"]["examples"]
+            answers.append(http.post(app.url("/predict"), json={"instances": rows}))
+            pid = answers[0].json()["predictions"][0]["prediction_id"]
+            answers.append(http.post(app.url("/invocations"), json={"dataframe_records": rows}))
+            for item in ({"prediction_id": pid, "label": "benign"}, {"prediction_id": "x" * 60}):
+                answers.append(http.post(app.url("/feedback"), json={"feedback": [item]}))
+            for path in ("/model", "/metrics", "/openapi.json", "/ready", "/docs"):
+                answers.append(http.get(app.url(path)))
+            time.sleep(1)  # the payload log writes
+        texts = [f"{r.status_code} {dict(r.headers)} {r.text}" for r in answers]
+        texts.append(app.log_tail(1_000_000))
+    stored = [gzip.decompress(f.read_bytes()).decode() for f in log_dir.rglob("*.gz")]
+    assert any(pid in text for text in stored), "the payload log wrote nothing to search"
+    for text in texts + stored:
+        assert secret not in text and previous not in text

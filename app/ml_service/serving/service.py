@@ -199,7 +199,11 @@ class Service:
         rid = request_id(headers.get("x-request-id"))
         ids = self.feedback.issue(labels, proba)
         if self.payload_log is not None and ids is not None:
-            self.payload_log.offer_predictions(endpoint, rid, model, ids, features, labels, proba)
+            assert self.schemas is not None
+            row_type = self.schemas.row_struct
+            self.payload_log.offer_predictions(
+                endpoint, rid, model, ids, features, labels, proba, row_type
+            )
         return rid, ids
 
     def _observe_drift(self, features: np.ndarray, proba: np.ndarray) -> None:
