@@ -1,8 +1,7 @@
 """Train the ml-service classifier, log it to MLflow and register a new model version.
 
-    python -m ml_service.training [--alias champion] [--seed 42] [--learning-rate 0.1] ...
-    python -m ml_service.training --output-dir DIR   # no tracking server: an MLflow model directory
-    python -m ml_service.training --served-data s3://mlflow/payload-log [--served-use evaluate]
+    python -m ml_service.train [--alias champion] [--seed 42] [--learning-rate 0.1] ...
+    python -m ml_service.train --output-dir DIR     # no tracking server: an MLflow model directory
 
 The tracking server comes from MLFLOW_TRACKING_URI. The alias moves only when --alias is given:
 deployed environments pin an exact version in git, so training never silently changes what
