@@ -111,15 +111,18 @@ def test_the_bucket_holds_exactly_the_rows_served_through_an_outage(
         finally:
             minio.start()
         traffic(app, 60)
-        # labels for a third of the rows, the ones of the outage included
+        wait_for(lambda: accounted(app, http, "predictions") == len(served), 60,
+                 what="the rest written")  # fmt: skip
+        # labels for a third of the rows, the ones of the outage included, 50 at a time (the
+        # small queue of this test holds 400 rows)
         for pid in list(served)[::3]:
             labels[pid] = "malignant" if served[pid]["class"] == "benign" else "benign"
         items = [{"prediction_id": pid, "label": label} for pid, label in labels.items()]
-        r = http.post(app.url("/feedback"), json={"feedback": items})
-        assert r.json() == {"accepted": len(items), "duplicates": 0}, r.text
-        wait_for(lambda: accounted(app, http, "predictions") == len(served)
-                 and accounted(app, http, "labels") == len(labels), 60,
-                 what="the rest written")  # fmt: skip
+        for start in range(0, len(items), 50):
+            r = http.post(app.url("/feedback"), json={"feedback": items[start : start + 50]})
+            assert r.json() == {"accepted": len(items[start : start + 50]), "duplicates": 0}
+        wait_for(lambda: accounted(app, http, "labels") == len(labels), 60,
+                 what="the labels written")  # fmt: skip
         final = counters(app, http)
         log_text = app.log_tail(1_000_000)
 
@@ -134,6 +137,7 @@ def test_the_bucket_holds_exactly_the_rows_served_through_an_outage(
         assert row["request_id"] == sent["request_id"] and row["prediction"] == sent["class"]
         assert row["features"] == sent["features"] and row["probabilities"] == sent["probabilities"]
         assert row["model"] == {"name": direct_model.name, "version": direct_model.version}
+    assert final[("mlservice_payload_log_rows_total", "labels")] == len(labels)
     logged_labels = bucket_records(minio, prefix, "labels")
     assert {r["prediction_id"]: r["label"] for r in logged_labels} == labels
     # what the payload log holds never reaches the app's log

@@ -18,6 +18,13 @@ router = APIRouter()
 feedback_router = APIRouter()
 
 
+def json_body(schema: str) -> dict[str, Any]:
+    """The OpenAPI request body of an endpoint that reads its raw body (openapi.py adds the
+    schema to the components)."""
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
+
 @router.get("/health", tags=["probes"], summary="Liveness: the process serves requests")
 async def health() -> dict[str, str]:
     return {"status": "ok"}
@@ -71,14 +78,7 @@ async def model_info(model: ModelDep) -> Response:
     summary="Class and class probabilities per row",
     response_model=PredictResponse,
     responses=ERROR_RESPONSES,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
-            },
-        }
-    },
+    openapi_extra=json_body("PredictRequest"),
 )
 async def predict(request: Request) -> Response:
     svc = service_of(request)
@@ -120,14 +120,7 @@ async def predict(request: Request) -> Response:
             "not one of the model's classes (items named by index, values never echoed)",
         },
     },
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}}
-            },
-        }
-    },
+    openapi_extra=json_body("FeedbackRequest"),
 )
 async def feedback(request: Request) -> Response:
     svc = service_of(request)
