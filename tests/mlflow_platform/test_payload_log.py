@@ -147,6 +147,8 @@ def test_the_bucket_holds_exactly_the_rows_served_through_an_outage(
     # a retraining run on the platform reads the logged rows back, joined with their labels
     joined = sum(1 for r in rows if r["prediction_id"] in labels)
     assert 0 < joined < len(labels)  # some labelled rows were lost in the outage
+    print(f"served {len(served)} rows: {written:.0f} written, dropped {lost}; "
+          f"{len(labels)} labels, {joined} joined with a logged row")  # fmt: skip
     model = train_on(direct_server, logs_dir, "--served-data", uri)
     assert model.result["served"]["rows"] == joined
     assert model.result["served"]["logged_predictions"] == written
