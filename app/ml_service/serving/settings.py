@@ -140,7 +140,7 @@ class Settings(BaseSettings):
     feedback_dedupe_max_ids: int = Field(
         200_000,
         ge=2,
-        description="most prediction IDs remembered for duplicate detection (about 70 bytes "
+        description="most prediction IDs remembered for duplicate detection (about 80 bytes "
         "each); past it, the oldest half is forgotten sooner than `FEEDBACK_DEDUPE_SECONDS`",
     )
     payload_log_uri: str | None = Field(
