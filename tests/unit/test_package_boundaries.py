@@ -85,3 +85,28 @@ def test_the_checker_resolves_relative_and_late_imports(tmp_path: Path) -> None:
     names = imported_modules(path, root=tmp_path)
     assert {"ml_service.release.quality_gate", "ml_service.serving.model"} <= names
     assert "ml_service.training.train" in names
+
+
+@pytest.mark.parametrize(
+    ("product", "stage"), [("serving", "serving-code"), ("training", "demo-model")]
+)
+def test_the_image_copies_every_shared_module_a_product_imports(product: str, stage: str) -> None:
+    """The Dockerfile copies the package root's modules file by file: a shared module serving
+    (or the demo model's training) imports but the stage leaves out fails only in the image."""
+    dockerfile = (PACKAGE.parents[1] / "Dockerfile").read_text()
+    block = dockerfile.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0].replace("\\\n", " ")
+    copied = {
+        word.removeprefix("app/ml_service/").removesuffix(".py")
+        for line in block.splitlines()
+        if line.startswith("COPY ")
+        for word in line.split()
+        if word.startswith("app/ml_service/") and word.endswith(".py")
+    }
+    shared = {
+        name.split(".")[1]
+        for path in (PACKAGE / product).rglob("*.py")
+        for name in imported_modules(path)
+        if name.count(".") >= 1 and (PACKAGE / f"{name.split('.')[1]}.py").is_file()
+    }
+    assert shared, f"{product} imports no shared module: the check would prove nothing"
+    assert shared <= copied, f"Dockerfile stage {stage} lacks {sorted(shared - copied)}"
