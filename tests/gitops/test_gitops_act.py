@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.gitrepo import forget_releases
 
 from .conftest import ROOT, TOOLS_BIN, run_git, snapshot_repo, tool
 
@@ -80,7 +81,7 @@ class ActRepo:
             "-s",
             "GITOPS_APP_PRIVATE_KEY=fake-private-key",
             "--var",
-            "GITOPS_APP_ID=12345",
+            "GITOPS_APP_CLIENT_ID=Iv23li0fake",
         ]
         for name in ("setup-python", "setup-go", "create-github-app-token"):
             cmd += ["--local-repository", f"{pinned('actions/' + name)}={ACT_ACTIONS / name}"]
@@ -146,6 +147,7 @@ def story(act_venv: Path, tmp_path_factory):
     remote, work = tmp / "remote.git", tmp / "work"
     run_git(tmp, "init", "--quiet", "--bare", "-b", "main", str(remote))
     snapshot_repo(work)
+    forget_releases(work)  # the jobs train against this test's own, empty MLflow server
     run_git(work, "remote", "add", "origin", str(remote))
     run_git(work, "push", "--quiet", "origin", "main")
     # Symlinks are copied as they are by act's checkout: the jobs' .venv is the private one.

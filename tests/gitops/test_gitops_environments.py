@@ -131,7 +131,7 @@ def test_release_file_drives_image_and_model(rendered, released_repo: Path, env:
     (container,) = pod["containers"]
     image = release["image"]
     assert container["image"] == f"{image['repository']}:{image['tag']}@{image['digest']}"
-    # #13.4: GHCR's first publish is private; the pull secret is set in every environment.
+    # GHCR's first publish is private; the pull secret is set in every environment.
     assert pod["imagePullSecrets"] == [{"name": "ghcr-pull"}]
     env_vars = {e["name"]: e.get("value") for e in container.get("env", [])}
     # The chart may pass settings as env or through a ConfigMap (envFrom); both reach the app.
@@ -187,7 +187,7 @@ def test_crd_validation_catches_a_typo(argocd_crd_files):
 
 
 def test_release_files_pin_images_the_release_workflow_pushes():
-    """#13.3: release.yml pushes only `<repository>:<full commit sha>`; a release file pins such a
+    """Release.yml pushes only `<repository>:<full commit sha>`; a release file pins such a
     tag and its digest (or does not exist: nothing released, no Application)."""
     workflow = (ROOT / ".github/workflows/release.yml").read_text()
     assert "tags: ${{ steps.name.outputs.repository }}:${{ github.sha }}" in workflow

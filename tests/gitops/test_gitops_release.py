@@ -299,7 +299,7 @@ def test_promote_copies_release_state_only(sandbox: Sandbox):
 
 
 def test_promotion_never_skips_an_environment(sandbox: Sandbox):
-    """#13.5: dev -> prod is refused, --force or not; backwards needs --force (a rollback)."""
+    """Dev -> prod is refused, --force or not; backwards needs --force (a rollback)."""
     ok(sandbox.release("2"))
     sandbox.merge("gitops/dev")
     for extra in ((), ("--force",)):
@@ -327,7 +327,7 @@ def test_promotion_to_prod_and_backwards(sandbox: Sandbox):
 
 
 def test_chart_changes_are_promoted_not_tracked(sandbox: Sandbox):
-    """#13.5: a chart change reaches an environment with its release/promotion, never by merely
+    """A chart change reaches an environment with its release/promotion, never by merely
     landing on main: each environment renders the chart at the commit its release.yaml pins."""
     ok(sandbox.release("2"))
     sandbox.merge("gitops/dev")
