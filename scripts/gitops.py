@@ -986,10 +986,9 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    def bump_opts(sp: argparse.ArgumentParser) -> None:
+    def pr_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--base", default="main", help="branch the PR targets (default main)")
         sp.add_argument("--remote", default="origin", help="remote to push to (default origin)")
-        sp.add_argument("--force", action="store_true", help="allow a no-op, downgrade, rollback")
         sp.add_argument("--no-pr", action="store_true", help="push the branch, open no PR")
         sp.add_argument(
             "--no-render-check",
@@ -997,6 +996,10 @@ def parser() -> argparse.ArgumentParser:
             action="store_false",
             help="skip `helm template` of the changed environment",
         )
+
+    def bump_opts(sp: argparse.ArgumentParser) -> None:
+        pr_opts(sp)
+        sp.add_argument("--force", action="store_true", help="allow a no-op, downgrade, rollback")
         sp.add_argument(
             "--override-quality-gate",
             dest="override_gate",
@@ -1031,7 +1034,7 @@ def parser() -> argparse.ArgumentParser:
     rb = sub.add_parser("rollback", help="put an environment back on a state it ran before")
     rb.add_argument("env", choices=ENVIRONMENTS)
     rb.add_argument("--to", help="the commit that pinned the state (default: the one before)")
-    bump_opts(rb)
+    pr_opts(rb)
     rb.set_defaults(func=cmd_rollback)
 
     c = sub.add_parser("check", help="the required check of a release or promotion PR")

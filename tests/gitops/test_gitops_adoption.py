@@ -126,6 +126,7 @@ def ruleset() -> dict:
     return json.loads((ROOT / ".github" / "rulesets" / "main.json").read_text())
 
 
+@pytest.mark.repo_state
 def test_branch_protection_requires_every_check_that_runs_on_a_pull_request():
     """The ruleset names exactly the jobs of the workflows every pull request runs (ci.yml and
     release-check.yml), reported by GitHub Actions: a required check nobody reports blocks every
@@ -148,6 +149,7 @@ def test_branch_protection_requires_every_check_that_runs_on_a_pull_request():
         assert f"`{check}`" in docs
 
 
+@pytest.mark.repo_state
 def test_reviews_guard_what_runs_and_admins_can_bypass():
     """Nobody merges their own push to a release file: the last push needs someone else's
     approval, and a release approver's (CODEOWNERS) for environments/ and the workflows. Admins

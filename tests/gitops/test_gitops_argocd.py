@@ -26,7 +26,7 @@ from .conftest import (
     snapshot_repo,
 )
 
-pytestmark = pytest.mark.gitops
+pytestmark = [pytest.mark.gitops, pytest.mark.repo_state]
 
 ARGOCD_FILES = sorted(ARGOCD_DIR.rglob("*.yaml"))
 # Objects Argo CD syncs: the bootstrap and what it syncs (argocd/install holds ConfigMap patches).
