@@ -259,7 +259,7 @@ def test_release_workflow_ships_values_only_changes():
     jobs = doc["jobs"]
     assert jobs["train"]["if"] == jobs["image"]["if"] == "needs.plan.outputs.mode == 'full'"
     bump = jobs["bump-dev"]
-    assert "needs.plan.outputs.mode != 'none'" in bump["if"]
+    assert "needs.plan.outputs.mode == 'values'" in bump["if"]
     run = bump["steps"][-1]["run"]
     assert '--values-only --revision "$GITHUB_SHA"' in run
 
