@@ -12,9 +12,9 @@
 `release` and `promote` never touch the caller's work tree: they check out the base branch in a
 temporary git worktree, write `environments/<env>/release.yaml` there (round-trip, comments and
 formatting kept; created on the first release to an environment), run the quality gate
-(ml_service.quality_gate: the new model against the one the environment runs), check that the
-environment still renders, commit on the deterministic branch `gitops/<env>`, force-push it and
-open or update the one pull request of that environment with `gh`.
+(ml_service.release.quality_gate: the new model against the one the environment runs), check
+that the environment still renders, commit on the deterministic branch `gitops/<env>`,
+force-push it and open or update the one pull request of that environment with `gh`.
 `check` is what a release or promotion pull request must pass (workflow release-check): it
 proves from git and the MLflow registry what the tool that wrote the PR promised, so a hand-edited
 bot branch or a hand-written PR fails it.
@@ -44,7 +44,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.scalarstring import ScalarString
 
 ROOT = Path(__file__).resolve().parents[1]
-# The quality gate lives in the app package of this same checkout (ml_service.quality_gate).
+# The quality gate lives in the app package of this same checkout (ml_service.release.quality_gate).
 if (ROOT / "app" / "ml_service").is_dir() and str(ROOT / "app") not in sys.path:
     sys.path.insert(0, str(ROOT / "app"))
 
@@ -524,7 +524,7 @@ def bump(
 
 
 def quality_gate(a: argparse.Namespace, t: Target, new: ReleaseState):
-    """ml_service.quality_gate against what t.env runs, with the thresholds of the base branch.
+    """The quality gate against what t.env runs, with the thresholds of the base branch.
 
     Returns the result (its markdown goes into the PR); a failure without an override is Refused
     (exit 3, nothing pushed)."""
@@ -532,7 +532,7 @@ def quality_gate(a: argparse.Namespace, t: Target, new: ReleaseState):
     # bucket is not reachable from CI runners: keep MLflow 3.x from switching to presigned bucket
     # URLs.
     os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
-    from ml_service import quality_gate as qg
+    from ml_service.release import quality_gate as qg
 
     config_text = read_at(a.repo, t.base.ref, GATE_CONFIG, missing_ok=True)
     if config_text is None:
@@ -569,7 +569,7 @@ def quality_gate(a: argparse.Namespace, t: Target, new: ReleaseState):
 
 
 def gate_tag(env: str, key: str) -> str:
-    from ml_service import quality_gate as qg
+    from ml_service.release import quality_gate as qg
 
     return f"{qg.TAG_PREFIX}.{env}.{key}"
 

@@ -210,8 +210,8 @@ def test_first_release(life: Life):
 
 
 def test_second_release_of_newer_code(life: Life):
-    train_py = (life.work / "app/ml_service/train.py").read_text()
-    life.commit("train: a code change", **{"app/ml_service/train.py": train_py + "\n# changed\n"})
+    code = "app/ml_service/training/train.py"
+    life.commit("train: a code change", **{code: (life.work / code).read_text() + "\n# changed\n"})
     life.gitops(*release_args(life, 2))
     life.passes("gitops/dev")
     # A person pins v1 again with the newer code: lowered, and the gate never admitted that state.
