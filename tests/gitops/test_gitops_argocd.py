@@ -26,7 +26,7 @@ from .conftest import (
     snapshot_repo,
 )
 
-pytestmark = [pytest.mark.gitops, pytest.mark.repo_state]
+pytestmark = pytest.mark.gitops
 
 ARGOCD_FILES = sorted(ARGOCD_DIR.rglob("*.yaml"))
 # Objects Argo CD syncs: the bootstrap and what it syncs (argocd/install holds ConfigMap patches).
@@ -50,6 +50,7 @@ def wave(obj: dict) -> int:
     return int((obj["metadata"].get("annotations") or {}).get("argocd.argoproj.io/sync-wave", 0))
 
 
+@pytest.mark.repo_state
 def test_every_object_reads_the_repository_bootstrap_names():
     """One URL in every place Argo CD reads this repository from: the template's, a GitHub URL
     after `make adopt REPO=...`, any other after `make adopt ... REPO_URL=...`. GitHub is told
@@ -105,6 +106,7 @@ def test_one_application_per_released_environment(generated_apps, released_repo:
         assert app["metadata"]["annotations"]["ml-service.io/model-version"] == "3"
 
 
+@pytest.mark.repo_state
 def test_one_application_per_released_environment_only(tmp_path: Path):
     """An environment without release.yaml gets no Application, so nothing pulls an image that
     release.yml never pushed; each release file makes exactly one. Checked on this repository

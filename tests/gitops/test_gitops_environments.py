@@ -18,7 +18,7 @@ from support import kube
 
 from .conftest import APPS_DIR, ARGOCD_DIR, ENVIRONMENTS, ROOT, generate, load_all
 
-pytestmark = [pytest.mark.gitops, pytest.mark.repo_state]
+pytestmark = pytest.mark.gitops
 
 CHART = ROOT / "charts" / "ml-service"
 PROMOTABLE = {"revision", "image", "model"}
@@ -169,6 +169,7 @@ def test_release_tool_renders_like_the_repo_server(
     assert (args, cwd) == (kept, chart)
 
 
+@pytest.mark.repo_state
 def test_every_released_environment_renders_as_pinned(tmp_path: Path):
     """What this repository releases now (none, some or every environment; any commit, image and
     model): the Application generated for each release file renders, at the commit it pins, valid
@@ -215,6 +216,7 @@ def test_crd_validation_catches_a_typo(argocd_crd_files):
     assert any("selfHeel" in f.message for f in findings), findings
 
 
+@pytest.mark.repo_state
 def test_release_files_pin_images_the_release_workflow_pushes():
     """release.yml pushes only `<repository>:<full commit sha>`; a release file pins such a
     tag and its digest (or does not exist: nothing released, no Application)."""
@@ -255,6 +257,7 @@ def lookup(tree, path):
     return tree
 
 
+@pytest.mark.repo_state
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_values_hold_only_what_differs_from_the_chart(env: str):
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -263,6 +266,7 @@ def test_values_hold_only_what_differs_from_the_chart(env: str):
     assert not copies, f"{env}/values.yaml repeats chart defaults: {copies}"
 
 
+@pytest.mark.repo_state
 def test_a_single_environment_ships_the_dashboards():
     """One Grafana serves the cluster and a dashboard uid may exist once."""
     shipping = [

@@ -10,11 +10,12 @@ Every pull request passes `gitops.py check` (the required check `release-check`)
 and what a person could push instead is refused by it: a digest edited on the bot's branch, a
 lowered model, a hand-written dev -> prod copy, a rollback to a state prod never ran.
 
-At every state the tests that read what a team's repository changes (marker `repo_state`:
-argocd/, environments/ rendered through the chart, .github/ rulesets and CODEOWNERS) run inside
-the copy, as the team's CI runs them. The rest of the suite reads nothing the story changes (the
-chart tier reads charts/ alone, which neither adoption nor a release touches), so it is not
-repeated there. Those nested runs are the cost of this module; their wall times are printed.
+At every state the tests that read the state a team's repository moves through (marker
+`repo_state`: its release files, the URL argocd/ reads, the ruleset and CODEOWNERS) run inside
+the copy, as the team's CI runs them; where a step changes argocd/ (adoption) or an environment's
+values, the whole Argo CD and environment modules run there too (every Application rendered and
+validated). The chart tier reads charts/ alone, which no step touches, so it is not repeated.
+Those nested runs are most of this module's cost; their wall times are printed.
 """
 
 from __future__ import annotations
@@ -117,11 +118,16 @@ class Life:
     def release(self, env: str, ref: str = "origin/main") -> dict:
         return yaml.safe_load(run_git(self.work, "show", f"{ref}:environments/{env}/release.yaml"))
 
-    def state_tests(self, label: str) -> None:
+    def state_tests(self, label: str, *, argocd_or_values: bool = False) -> None:
         """The tests that read the repository's state, run inside the copy (its own pytest)."""
         start = time.monotonic()
-        proc = self.run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
-                        "-m", "repo_state", "tests", timeout=1200)  # fmt: skip
+        where = ["-m", "repo_state", "tests"]
+        if argocd_or_values:  # every test of the modules that read argocd/ and the values
+            modules = ("argocd", "environments", "adoption")
+            paths = [f"tests/gitops/test_gitops_{m}.py" for m in modules]
+            where = [*paths, "-m", "not integration", "-k", "not adoption_keeps_the_argocd"]
+        proc = self.run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *where,
+                        timeout=1200)  # fmt: skip
         self.timings[label] = time.monotonic() - start
         assert proc.returncode == 0, f"{label}: -m repo_state in the copy:\n" + (
             proc.stdout[-6000:] + proc.stderr[-2000:]
@@ -191,7 +197,7 @@ def test_adopted(life: Life):
     again = life.run("make", "--no-print-directory", "adopt", f"REPO={REPO}")
     assert again.returncode == 0 and "already adopted" in again.stdout
     assert run_git(life.work, "status", "--porcelain") == ""
-    life.state_tests("adopted")
+    life.state_tests("adopted", argocd_or_values=True)
 
 
 def test_first_release(life: Life):
@@ -271,7 +277,7 @@ def test_values_only_change_travels_dev_staging_prod(life: Life):
     docs = yaml.safe_load_all(life.gitops("render", "prod"))
     (hpa,) = [d for d in docs if d and d["kind"] == "HorizontalPodAutoscaler"]
     assert hpa["spec"]["maxReplicas"] == 12
-    life.state_tests("values released to prod")
+    life.state_tests("values released to prod", argocd_or_values=True)
 
 
 def test_rollback(life: Life):
