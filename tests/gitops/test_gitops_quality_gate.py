@@ -276,4 +276,3 @@ def test_public_links_never_carry_credentials(gate, monkeypatch):
     assert gate.public_base_url() == "https://mlflow.example.com:8443/ml"
     monkeypatch.setenv("MLFLOW_UI_URL", "https://mlflow.example.com")
     assert gate.public_base_url() == "https://mlflow.example.com"
-    assert gate._no_secrets("GET https://u:p@h/x failed") == "GET https://***@h/x failed"
