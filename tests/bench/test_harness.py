@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from support.tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the harness is the `benchmarks` package at the repository root
@@ -32,8 +32,7 @@ LADDERS = 2
 
 @pytest.fixture(scope="module")
 def smoke(local_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    if not shutil.which("wrk"):
-        pytest.fail("wrk is not installed: run `make setup` (target setup-bench)")
+    tool("wrk", "setup-bench")
     harness.find_vegeta()  # BenchError naming `make setup` when missing
     out = tmp_path_factory.mktemp("bench")
     argv = [

@@ -9,12 +9,12 @@ import json
 import re
 import shutil
 import subprocess
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import pytest
 import yaml
-from support import kube
+from support import kube, tools
 
 pytestmark = pytest.mark.platform
 
@@ -27,11 +27,7 @@ PSACHECK = kube.TOOLS / "bin" / "psacheck"
 CHECKOV = kube.TOOLS / "checkov" / "bin" / "checkov"
 
 
-def tool(path: Path) -> Path:
-    try:
-        return kube.require(path)
-    except kube.ToolMissingError as err:
-        pytest.fail(str(err))
+tool = partial(tools.tool, setup="setup-chart")
 
 
 @cache

@@ -6,12 +6,12 @@ run them.)"""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
 import pytest
 import yaml
 from support import kube
+from support.tools import tool
 
 pytestmark = pytest.mark.platform
 
@@ -22,9 +22,7 @@ HADOLINT = ROOT / ".tools" / "hadolint" / "bin" / "hadolint"
 
 
 def test_hadolint_passes_with_every_ignore_justified():
-    if not HADOLINT.exists():
-        pytest.fail(f"{HADOLINT} missing: run `make setup`")
-    proc = subprocess.run([str(HADOLINT), "--no-color", DOCKERFILE.name], cwd=ROOT,
+    proc = subprocess.run([tool(HADOLINT, "setup-image"), "--no-color", DOCKERFILE.name], cwd=ROOT,
                           capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = DOCKERFILE.read_text().splitlines()
@@ -43,11 +41,8 @@ def test_targets_run_unprivileged():
 
 
 def test_entrypoint_passes_shellcheck():
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.fail("shellcheck missing: run `make setup` (setup-gitops installs it)")
-    proc = subprocess.run([shellcheck, str(ENTRYPOINT)], capture_output=True, text=True,
-                          check=False)  # fmt: skip
+    proc = subprocess.run([tool("shellcheck", "setup-gitops"), str(ENTRYPOINT)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stdout
 
 

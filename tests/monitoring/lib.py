@@ -4,10 +4,10 @@ Prometheus process."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
-import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,6 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from support import tools
 from support.kube import HelmError, load_documents, run_helm, template_args
 from support.net import free_port, wait_http
 from support.procs import spawn, stop_group, tail
@@ -31,12 +32,7 @@ KPS_METRICS = HERE / "kube_prometheus_stack_metrics.txt"
 RELEASE, NAMESPACE = "ml-service", "ml"
 
 
-def tool(name: str) -> str:
-    """A pinned tool from .tools/bin, else from PATH (promtool/prometheus come from apt)."""
-    for candidate in (TOOLS / "bin" / name, shutil.which(name)):
-        if candidate and Path(candidate).exists():
-            return str(candidate)
-    pytest.fail(f"`{name}` not found: run `make setup` (or `make setup-monitoring`)")
+tool = functools.partial(tools.tool, setup="setup-monitoring")
 
 
 def node_modules() -> Path:
