@@ -10,10 +10,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support.poll import wait_until
 from support.tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -242,9 +242,7 @@ def test_server_processes_include_workers_in_sessions_of_their_own():
     )
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     try:
-        deadline = time.monotonic() + 10
-        while len(servers.server_pids(proc.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: len(servers.server_pids(proc.pid)) >= 2, 10, "two server pids", 0.1)
         pids = servers.server_pids(proc.pid)
         assert proc.pid in pids and len(pids) == 2, pids
         worker = next(p for p in pids if p != proc.pid)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.poll import wait_until
 
 from .conftest import SUMMARY, Container, Docker, run_container
 
@@ -39,15 +40,13 @@ def _status(url: str) -> int | None:
 
 
 def _wait(predicate, timeout: float, what: str, container: Container, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def running_and():  # type: ignore[no-untyped-def]
         result = predicate()
-        if result:
-            return result
-        if not container.state()["Running"]:
+        if not result and not container.state()["Running"]:
             raise AssertionError(f"container exited while waiting for {what}:\n{container.logs()}")
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout:.0f}s:\n{container.logs()}")
+        return result
+
+    return wait_until(running_and, timeout, what, interval, container.logs)
 
 
 def _wait_healthy(container: Container) -> None:

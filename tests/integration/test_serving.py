@@ -19,6 +19,7 @@ from support.app_server import AppServer, app_server
 from support.mlflow import MlflowServer, RegisteredModel
 from support.mlflow import mlflow_server as start_mlflow_server
 from support.net import free_port
+from support.poll import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -106,13 +107,13 @@ def test_late_tracking_server_is_picked_up(
         MODEL_LOAD_BACKOFF_MAX_SECONDS=1,
     ) as app:
         assert httpx.get(app.url("/health")).status_code == 200
-        deadline = time.monotonic() + 60
-        while True:  # at least two failed attempts, so the retry loop is really exercised
-            metrics = httpx.get(app.url("/metrics")).text
-            if _sample(metrics, "mlservice_model_load_failures_total") >= 2:
-                break
-            assert time.monotonic() < deadline, app.log_tail()
-            time.sleep(0.2)
+        # at least two failed attempts, so the retry loop is really exercised
+        wait_until(
+            lambda: _sample(httpx.get(app.url("/metrics")).text,
+                            "mlservice_model_load_failures_total") >= 2,
+            60, "two failed load attempts", 0.2, app.log_tail,
+        )  # fmt: skip
+        metrics = httpx.get(app.url("/metrics")).text
         ready = httpx.get(app.url("/ready"))
         assert ready.status_code == 503
         assert ready.headers["retry-after"].isdigit()

@@ -162,17 +162,5 @@ def ready_body(app: AppServer, http: httpx.Client) -> tuple[int, dict]:
     return r.status_code, r.json()
 
 
-def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
-    """Poll `predicate` until it returns a truthy value (returned); AssertionError on timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout:.0f}s (last: {last!r})")
-
-
 def dump(obj) -> str:
     return json.dumps(obj, indent=1, sort_keys=True, default=str)

@@ -29,8 +29,9 @@ from support.mlflow_platform import (
     sentinel,
     service_user,
 )
+from support.poll import wait_until
 
-from .conftest import EXTRA_SECRETS, dump, record, registry_client, wait_for
+from .conftest import EXTRA_SECRETS, dump, record, registry_client
 from .test_serving import example_rows, model_objects
 
 pytestmark = pytest.mark.platform
@@ -67,7 +68,7 @@ def failing_with(app: AppServer, http: httpx.Client, reason: str, timeout: float
         body = r.json()
         return body if body.get("attempts", 0) >= 2 and body.get("reason") != "starting" else None
 
-    wait_for(check, timeout, what=f"two failed load attempts\n{app.log_tail()}")
+    wait_until(check, timeout, "two failed load attempts", 0.5, app.log_tail)
     body = not_ready(app, http)
     assert body["reason"] == reason, f"{dump(body)}\n{app.log_tail()}"
     return body
@@ -149,10 +150,11 @@ def test_database_restart_while_serving(
         assert http.get(app.url("/ready")).status_code == 200
 
     # MLflow reconnects (its pool pings connections before use) and a new instance loads again.
-    wait_for(
+    wait_until(
         lambda: http.get(registry, params=params, auth=auth).status_code == 200,
         60,
-        what="the tracking server answering again",
+        "the tracking server answering again",
+        0.5,
     )
     with serve(proxied_server, proxied_model.model_uri, logs_dir) as app:
         app.wait_ready()

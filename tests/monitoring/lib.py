@@ -9,7 +9,6 @@ import json
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import yaml
 from support import tools
 from support.kube import HelmError, load_documents, run_helm, template_args
 from support.net import free_port, wait_http
+from support.poll import wait_until
 from support.procs import spawn, stop_group, tail
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -223,17 +223,8 @@ class Prometheus:
         return httpx.get(f"{self.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
 
     def wait_for(self, what: str, predicate, timeout: float = 30.0, interval: float = 0.5):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = predicate()
-            if last:
-                return last
-            time.sleep(interval)
-        raise AssertionError(
-            f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})"
-            f"\nprometheus log:\n{tail(self.log_path, 2000)}"
-        )
+        return wait_until(predicate, timeout, what, interval,
+                          lambda: f"prometheus log:\n{tail(self.log_path, 2000)}")  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -7,11 +7,11 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 from support.net import free_port, wait_http
+from support.poll import wait_until
 from support.procs import spawn, stop_group, tail
 
 
@@ -27,19 +27,13 @@ def test_stop_group_ends_children_that_outlive_the_leader(tmp_path) -> None:
     # the leader ignores SIGTERM and its child runs on: both must be gone afterwards
     log = tmp_path / "log"
     proc = spawn(["bash", "-c", "trap '' TERM; sleep 300 & echo child=$!; wait"], log_path=log)
-    deadline = time.monotonic() + 30
-    while "child=" not in tail(log):
-        assert time.monotonic() < deadline, "the test script did not start"
-        time.sleep(0.05)
+    wait_until(lambda: "child=" in tail(log), 30, "the test script started", 0.05)
     child = int(tail(log).split("child=")[1].split()[0])
     assert os.getpgid(proc.pid) == proc.pid == os.getpgid(child) != os.getpgid(0)
     stop_group(proc, timeout=1)
     assert proc.returncode == -signal.SIGKILL  # SIGTERM was ignored, so it took the SIGKILL
     # the orphaned child is reaped by init asynchronously once killed
-    deadline = time.monotonic() + 10
-    while group_alive(proc.pid) and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert not group_alive(proc.pid)
+    wait_until(lambda: not group_alive(proc.pid), 10, "the process group gone", 0.05)
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
 
@@ -67,7 +61,7 @@ def test_wait_http_waits_for_the_status_and_notices_dead_processes(tmp_path) -> 
     try:
         wait_http(f"{base}/ok", timeout=5)
         wait_http(f"{base}/busy", timeout=5, status=503)
-        with pytest.raises(TimeoutError, match="did not answer 200"):
+        with pytest.raises(TimeoutError, match="answering 200: not reached"):
             wait_http(f"{base}/busy", timeout=0.5)
     finally:
         server.shutdown()
