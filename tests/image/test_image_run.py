@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from support.mlflow import RegisteredModel
 from support.poll import wait_until
 
 from .conftest import SUMMARY, Container, Docker, run_container
@@ -110,7 +111,7 @@ def _load_until_closed(
 
 
 def exercise(
-    docker: Docker, container: Container, model_dir: Path, name: str, version: str, label: str
+    docker: Docker, container: Container, model_dir: Path, model: RegisteredModel, label: str
 ) -> None:
     started = time.monotonic()
 
@@ -131,7 +132,7 @@ def exercise(
     response = httpx.post(container.url("/predict"), json={"instances": rows}, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == {"name": name, "version": version}
+    assert body["model"] == {"name": model.name, "version": model.version}
     assert len(body["predictions"]) == 3
     for prediction in body["predictions"]:
         assert prediction["class"] in {"benign", "malignant"}
@@ -190,14 +191,7 @@ def test_runs_against_the_mlflow_server(
         "MLFLOW_TRACKING_URI": registered_model.tracking_uri,
     }
     with run_container(docker, image, env) as container:
-        exercise(
-            docker,
-            container,
-            local_model_dir,
-            registered_model.name,
-            registered_model.version,
-            "from MLflow",
-        )
+        exercise(docker, container, local_model_dir, registered_model, "from MLflow")
 
 
 def test_runs_with_a_baked_in_model_and_no_tracking_server(
@@ -209,14 +203,7 @@ def test_runs_with_a_baked_in_model_and_no_tracking_server(
     assert "MLFLOW_TRACKING_URI" not in env
     assert config["Labels"]["org.ml-service.model.version"] == registered_model.version
     with run_container(docker, baked_image, {}) as container:
-        exercise(
-            docker,
-            container,
-            local_model_dir,
-            registered_model.name,
-            registered_model.version,
-            "baked",
-        )
+        exercise(docker, container, local_model_dir, registered_model, "baked")
 
 
 def test_baked_image_needs_no_network(docker: Docker, baked_image: str):
