@@ -1,4 +1,5 @@
-"""Session fixtures shared by every tier: a real MLflow server and a model trained once on it."""
+"""What every tier shares: its marker, and session fixtures (a real MLflow server and a model
+trained once on it)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,32 @@ from support.mlflow import (
     train,
 )
 from support.mlflow import mlflow_server as _start_mlflow_server
+
+TESTS = Path(__file__).resolve().parent
+# A tier is a directory: its marker selects exactly the tests under it (`make test-<marker>`).
+TIER_OF_DIRECTORY = {
+    "unit": "unit",
+    "models": "models",
+    "integration": "integration",
+    "compat": "compat",
+    "adversarial": "adversarial",
+    "chart": "chart",
+    "image": "image",
+    "monitoring": "monitoring",
+    "gitops": "gitops",
+    "bench": "bench",
+    "mlflow_platform": "platform",
+    "cluster": "cluster",
+}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        directory = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        if directory not in TIER_OF_DIRECTORY:
+            raise pytest.UsageError(f"{item.nodeid}: tests/{directory} is no tier of conftest.py")
+        item.add_marker(TIER_OF_DIRECTORY[directory])
 
 
 @pytest.fixture(scope="session")

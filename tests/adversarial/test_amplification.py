@@ -18,8 +18,6 @@ from support.app_server import AppServer, app_server
 
 from .conftest import HealthWatch, rss_kib
 
-pytestmark = pytest.mark.adversarial
-
 MIB = 1024 * 1024
 
 

@@ -19,8 +19,6 @@ from support.app_server import AppServer, app_server
 
 from .conftest import HealthWatch, read_until_close
 
-pytestmark = pytest.mark.adversarial
-
 HEADER_TIMEOUT = 2.0
 
 

@@ -9,11 +9,8 @@ import string
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from support.app_server import app_server
-
-pytestmark = pytest.mark.adversarial
 
 ATTACKS = 3000
 

@@ -16,8 +16,6 @@ from support.mlflow import MlflowServer
 from support.net import free_port
 from support.poll import wait_until
 
-pytestmark = pytest.mark.adversarial
-
 SECRETS = {
     "MLFLOW_TRACKING_USERNAME": "sentinel-user-5b1e",
     "MLFLOW_TRACKING_PASSWORD": "sentinel-password-5b1e",

@@ -18,12 +18,9 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from support.app_server import app_server
 
 from .conftest import read_until_close
-
-pytestmark = pytest.mark.adversarial
 
 CLIENTS = 50
 DRAIN = 3.0

@@ -21,8 +21,6 @@ sys.path.insert(0, str(ROOT))  # the harness is the `benchmarks` package at the 
 
 from benchmarks import BenchError, harness, report, run, servers  # noqa: E402
 
-pytestmark = pytest.mark.bench
-
 RUN = ROOT / "benchmarks" / "run.py"
 CONNECTIONS = (1, 4)
 ROWS = (1, 100)

@@ -13,8 +13,6 @@ from support import kube
 
 from .conftest import CHART, RENDERINGS, Rendering, render, tool
 
-pytestmark = pytest.mark.chart
-
 IDS = [r.id for r in RENDERINGS]
 PSACHECK = kube.TOOLS / "bin" / "psacheck"
 

@@ -13,8 +13,6 @@ from support import kube
 
 from .conftest import CHART, CI_VALUES, ROOT, tool
 
-pytestmark = pytest.mark.chart
-
 SUITES = sorted((CHART / "tests").glob("*_test.yaml"))
 TEMPLATES = sorted(
     p.relative_to(CHART).as_posix()

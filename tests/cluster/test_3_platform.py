@@ -17,8 +17,6 @@ from support.cluster.images import platform_images as platform_image_refs
 from .conftest import InClusterMlflow
 from .lib import get_json
 
-pytestmark = pytest.mark.cluster
-
 
 def test_platform_helm_test_passes(cluster: Cluster, mlflow_registry: InClusterMlflow) -> None:
     proc = cluster.helm("test", "mlflow", "-n", mlflow_registry.namespace, "--timeout", "3m",

@@ -28,7 +28,6 @@ from .lib import (
     uninstall_leaves_nothing,
 )
 
-pytestmark = pytest.mark.cluster
 NS = "ml-service-dev"
 
 

@@ -27,8 +27,6 @@ from .lib import (
     uninstall_leaves_nothing,
 )
 
-pytestmark = pytest.mark.cluster
-
 # prod as is asks for 3 x 500m CPU plus a 4th pod during a rollout (maxSurge 1, maxUnavailable 0):
 # 2 CPUs on this single node minus the add-ons cannot hold the 4th. Its values now say so, and a
 # small cluster rolls one pod at a time instead (capacity 2 of 3 during the rollout):

@@ -51,8 +51,6 @@ from support.gitrepo import run_git, snapshot_repo
 from .conftest import InClusterMlflow, chart_image
 from .lib import ROOT, SUMMARY, deployment_pods, get_json, measure
 
-pytestmark = pytest.mark.cluster
-
 ENVS = ("dev", "staging", "prod")
 GITHUB_REPO = "acme/ml-service"
 # what release.yml pushes to (the chart's default image.repository)

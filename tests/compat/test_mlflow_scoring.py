@@ -24,8 +24,6 @@ from support.app_server import AppServer, app_server
 from support.mlflow import ScoringServer, scoring_server
 from support.sklearn_model import save_model
 
-pytestmark = pytest.mark.compat
-
 SENTINEL = "never-echo-7f3a"
 JSON_TYPE = {"content-type": "application/json"}
 

@@ -32,8 +32,6 @@ import yaml
 
 from .conftest import ROOT, TOOLS_BIN, run_git, snapshot_repo, tool
 
-pytestmark = [pytest.mark.gitops, pytest.mark.integration]
-
 ACT_ACTIONS = Path(__file__).parent / "act" / "actions"
 FAKE_DIGEST = "sha256:" + "e" * 64
 

@@ -18,8 +18,6 @@ import yaml
 
 from .conftest import ROOT, load_all, snapshot_repo
 
-pytestmark = pytest.mark.gitops
-
 
 def test_adoption_keeps_the_argocd_tests_green(tmp_path: Path):
     copy = tmp_path / "adopted"

@@ -15,8 +15,6 @@ import pytest
 
 from .conftest import ROOT
 
-pytestmark = [pytest.mark.gitops, pytest.mark.integration]
-
 RELEASE = """\
 # prod release state (test copy)
 revision: "{commit}"

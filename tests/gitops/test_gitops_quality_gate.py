@@ -19,8 +19,6 @@ import yaml
 from .conftest import ROOT
 from .test_gitops_release import DIGEST_A, DIGEST_B, REPOSITORY, Sandbox, make_sandbox, ok
 
-pytestmark = [pytest.mark.gitops, pytest.mark.integration]
-
 GOOD = ()  # the default hyper-parameters
 # One boosting round with a tiny learning rate: it predicts the majority class (benign) for
 # every row, so recall of the malignant class falls to 0 and macro F1 below 0.4.

@@ -7,11 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-import pytest
-
 from .conftest import ROOT, tool
-
-pytestmark = [pytest.mark.gitops, pytest.mark.integration]
 
 
 def test_release_dry_run():

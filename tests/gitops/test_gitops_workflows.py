@@ -13,8 +13,6 @@ import yaml
 
 from .conftest import ROOT, tool
 
-pytestmark = pytest.mark.gitops
-
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
 USES_RE = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+)(.*)$")
 

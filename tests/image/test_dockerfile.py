@@ -14,8 +14,6 @@ from support.tools import tool
 
 from .conftest import ROOT, SUMMARY, UID_GID, Docker
 
-pytestmark = pytest.mark.image
-
 HADOLINT = ROOT / ".tools" / "hadolint" / "bin" / "hadolint"
 
 

@@ -13,13 +13,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
 from support.mlflow import RegisteredModel
 from support.poll import wait_until
 
 from .conftest import SUMMARY, Container, Docker, run_container
-
-pytestmark = pytest.mark.image
 
 # docker stop's grace: more than the app's SHUTDOWN_DRAIN_SECONDS (5) + SHUTDOWN_GRACE_SECONDS (20).
 STOP_TIMEOUT = 40

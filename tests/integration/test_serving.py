@@ -21,8 +21,6 @@ from support.mlflow import mlflow_server as start_mlflow_server
 from support.net import free_port
 from support.poll import wait_until
 
-pytestmark = pytest.mark.integration
-
 
 def example_rows(app: AppServer, n: int = 3) -> list[dict[str, float]]:
     """Rows built from the model's own input example (shown in /openapi.json)."""

@@ -15,8 +15,6 @@ import pytest
 import yaml
 from support import kube, tools
 
-pytestmark = pytest.mark.platform
-
 CHART = kube.ROOT / "charts" / "mlflow-platform"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 RENDERINGS = {"defaults": [], **{f"ci/{p.name}": [p] for p in CI_VALUES}}

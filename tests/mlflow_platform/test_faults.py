@@ -34,8 +34,6 @@ from support.poll import wait_until
 from .conftest import EXTRA_SECRETS, dump, record, registry_client
 from .test_serving import example_rows, model_objects
 
-pytestmark = pytest.mark.platform
-
 REASONS = {
     "starting",
     "registry_unreachable",

@@ -11,8 +11,6 @@ import pytest
 import yaml
 from support import kube
 
-pytestmark = pytest.mark.platform
-
 ROOT = kube.ROOT
 APP_FILE = ROOT / "argocd" / "apps" / "mlflow-platform.yaml"
 ENVIRONMENTS = ("dev", "staging", "prod")

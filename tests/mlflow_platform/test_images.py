@@ -8,12 +8,9 @@ from __future__ import annotations
 import re
 import subprocess
 
-import pytest
 import yaml
 from support import kube
 from support.tools import tool
-
-pytestmark = pytest.mark.platform
 
 ROOT = kube.ROOT
 DOCKERFILE = ROOT / "platform.Dockerfile"

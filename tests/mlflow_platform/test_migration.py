@@ -26,8 +26,6 @@ from support.mlflow_platform import (
 from .conftest import registry_client
 from .test_serving import example_rows, model_objects, s3_probabilities
 
-pytestmark = pytest.mark.platform
-
 ROOT = Path(__file__).resolve().parents[2]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
 

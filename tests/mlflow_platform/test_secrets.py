@@ -20,7 +20,7 @@ from support.poll import wait_until
 
 from .conftest import EXTRA_SECRETS, LOG_DIRS, RESPONSES
 
-pytestmark = [pytest.mark.platform, pytest.mark.runs_last]
+pytestmark = pytest.mark.runs_last
 
 
 def probe(app: AppServer, http: httpx.Client) -> None:

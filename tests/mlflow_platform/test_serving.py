@@ -15,8 +15,6 @@ from support.mlflow_platform import BUCKET, Minio, PlatformServer, Postgres
 
 from .conftest import dump
 
-pytestmark = pytest.mark.platform
-
 
 def s3_objects(minio: Minio, prefix: str) -> dict[str, int]:
     """key -> size of every object under `prefix` (paginated)."""

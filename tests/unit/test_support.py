@@ -30,7 +30,7 @@ def test_stop_group_ends_children_that_outlive_the_leader(tmp_path) -> None:
     wait_until(lambda: "child=" in tail(log), 30, "the test script started", 0.05)
     child = int(tail(log).split("child=")[1].split()[0])
     assert os.getpgid(proc.pid) == proc.pid == os.getpgid(child) != os.getpgid(0)
-    stop_group(proc, timeout=1)
+    stop_group(proc, timeout=1, children_grace=0.5)
     assert proc.returncode == -signal.SIGKILL  # SIGTERM was ignored, so it took the SIGKILL
     # the orphaned child is reaped by init asynchronously once killed
     wait_until(lambda: not group_alive(proc.pid), 10, "the process group gone", 0.05)
