@@ -252,7 +252,8 @@ def test_server_processes_include_workers_in_sessions_of_their_own():
 
 
 def test_model_floor_with_a_zero_budget_still_times_every_call(local_model_dir):
-    """`--floor-seconds 0` used to end a finished run with `no median for empty data`."""
+    """`--floor-seconds 0` still times every call: a finished run never ends with `no median for
+    empty data`."""
     floor = harness.model_floor(local_model_dir, [1, 100], 0)
     timings = [t for size in ("1", "100") for t in floor[size].values()]
     assert len(timings) == 6 and all(t["calls"] >= 1 and t["median_ms"] > 0 for t in timings)

@@ -28,7 +28,7 @@ from .lib import (
 )
 
 # prod as is asks for 3 x 500m CPU plus a 4th pod during a rollout (maxSurge 1, maxUnavailable 0):
-# 2 CPUs on this single node minus the add-ons cannot hold the 4th. Its values now say so, and a
+# 2 CPUs on this single node minus the add-ons cannot hold the 4th. Its values say so, and a
 # small cluster rolls one pod at a time instead (capacity 2 of 3 during the rollout):
 PROD_SMALL_NODE = {"updateStrategy": {"maxSurge": 0, "maxUnavailable": 1}}
 # staging: smaller CPU requests so a bounded load crosses the HPA's 70 % target, and a short

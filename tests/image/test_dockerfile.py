@@ -114,6 +114,24 @@ def _all_locked() -> list[str]:
     return re.findall(r"(?m)^([A-Za-z0-9_.\-]+)==", text)
 
 
+def test_image_ships_serving_code_only(docker: Docker, image: str):
+    """The package in the image is the serving app and the shared modules loading a model needs;
+    training and the release gate (their dependencies are not installed) are nowhere under /opt."""
+    out = _in_image(
+        docker,
+        image,
+        "import json, os, ml_service;"
+        "found = [top for top, dirs, files in os.walk('/opt')"
+        " if top.endswith(('ml_service/training', 'ml_service/release'))];"
+        "package = sorted(os.listdir(os.path.dirname(ml_service.__file__)));"
+        "print(json.dumps({'found': found, 'package': package}))",
+    )
+    shipped = json.loads(out)
+    assert shipped["found"] == [], shipped["found"]
+    assert {"serving", "model_format.py", "redact.py", "__main__.py"} <= set(shipped["package"])
+    assert not {"training", "release"} & set(shipped["package"]), shipped["package"]
+
+
 def test_virtualenv_holds_exactly_the_runtime_lock(docker: Docker, image: str):
     listing = _in_image(
         docker,
