@@ -97,7 +97,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         20.0,
         ge=0,
-        description="after the drain: the most time in-flight requests get to finish (503 after it)",
+        description="after the drain: the most time in-flight requests get to finish "
+        "(503 after it)",
     )
     numeric_threads: int = Field(
         1, ge=1, le=64, description="OpenMP/BLAS threads of the inference thread"
