@@ -3,25 +3,19 @@ and accurate with its default hyper-parameters."""
 
 from __future__ import annotations
 
-import pytest
 from ml_service.training import train
 from threadpoolctl import threadpool_limits
 
 
-@pytest.fixture(scope="module")
-def dataset():
-    return train.load_dataset()
+def split(args):  # type: ignore[no-untyped-def]
+    """The training data, split as `args` say."""
+    x, y = train.load_dataset()
+    return train.split(x, y, args.test_size, args.seed)
 
 
-@pytest.fixture(scope="module")
-def args():
-    return train.parse_args([])
-
-
-def test_fit_is_reproducible_whatever_the_thread_count(dataset) -> None:
-    x, y = dataset
+def test_fit_is_reproducible_whatever_the_thread_count() -> None:
     args = train.parse_args(["--max-iter", "30"])  # small: two OpenMP threads on a busy box
-    data = train.split(x, y, args.test_size, args.seed)
+    data = split(args)
     results = []
     for limit in (1, 2, 1):
         with threadpool_limits(limits=limit):
@@ -31,9 +25,9 @@ def test_fit_is_reproducible_whatever_the_thread_count(dataset) -> None:
     assert results[0] == results[1] == results[2]
 
 
-def test_default_model_is_accurate(dataset, args) -> None:
-    x, y = dataset
-    data = train.split(x, y, args.test_size, args.seed)
+def test_default_model_is_accurate() -> None:
+    args = train.parse_args([])
+    data = split(args)
     with threadpool_limits(limits=1):
         pipe = train.build_pipeline(args).fit(data.x_train, data.y_train)
         metrics, _, _ = train.evaluate(pipe, data)
