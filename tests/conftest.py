@@ -17,30 +17,20 @@ from support.mlflow import (
 from support.mlflow import mlflow_server as _start_mlflow_server
 
 TESTS = Path(__file__).resolve().parent
-# A tier is a directory: its marker selects exactly the tests under it (`make test-<marker>`).
-TIER_OF_DIRECTORY = {
-    "unit": "unit",
-    "models": "models",
-    "integration": "integration",
-    "compat": "compat",
-    "adversarial": "adversarial",
-    "chart": "chart",
-    "image": "image",
-    "monitoring": "monitoring",
-    "gitops": "gitops",
-    "bench": "bench",
-    "mlflow_platform": "platform",
-    "cluster": "cluster",
-}
+# A tier is a directory of tests/ and the marker of the same name (registered in pyproject.toml):
+# `pytest -m <tier>` selects exactly that directory. tests/mlflow_platform's marker is `platform`.
+MARKER_OF_DIRECTORY = {"mlflow_platform": "platform"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    registered = {line.split(":")[0].strip() for line in config.getini("markers")}
     for item in items:
         directory = Path(item.path).resolve().relative_to(TESTS).parts[0]
-        if directory not in TIER_OF_DIRECTORY:
-            raise pytest.UsageError(f"{item.nodeid}: tests/{directory} is no tier of conftest.py")
-        item.add_marker(TIER_OF_DIRECTORY[directory])
+        marker = MARKER_OF_DIRECTORY.get(directory, directory)
+        if marker not in registered:
+            raise pytest.UsageError(f"{item.nodeid}: no tier marker `{marker}` in pyproject.toml")
+        item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")
