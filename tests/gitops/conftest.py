@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from support import tools
+from support import kube, tools
 from support.gitrepo import run_git, snapshot_repo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -38,7 +38,7 @@ def argocd_version() -> str:
 
 
 def load_all(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return kube.load_documents(path.read_text())
 
 
 def appset_render(repo: Path, appset: Path = APPSET, projects: Path = PROJECTS):

@@ -6,7 +6,6 @@ model and no server."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,19 +14,13 @@ from pathlib import Path
 import httpx
 from support.mlflow import RegisteredModel
 from support.poll import wait_until
+from support.rows import from_model_dir
 
 from .conftest import SUMMARY, Container, Docker, run_container
 
 # docker stop's grace: more than the app's SHUTDOWN_DRAIN_SECONDS (5) + SHUTDOWN_GRACE_SECONDS (20).
 STOP_TIMEOUT = 40
 START_TIMEOUT = 240.0  # cold start on 2 shared cores: imports + model download + smoke prediction
-
-
-def example_rows(model_dir: Path, n: int) -> list[dict[str, float]]:
-    """Rows from the model's own input example (pandas split orient)."""
-    example = json.loads((model_dir / "input_example.json").read_text())
-    base = dict(zip(example["columns"], example["data"][0], strict=True))
-    return [{k: v * (1 + 0.001 * i) for k, v in base.items()} for i in range(n)]
 
 
 def _status(url: str) -> int | None:
@@ -125,7 +118,7 @@ def exercise(
         "/health only answered once the model was loaded"
     )
 
-    rows = example_rows(model_dir, 3)
+    rows = from_model_dir(model_dir, 3, step=0.001)
     response = httpx.post(container.url("/predict"), json={"instances": rows}, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
@@ -146,7 +139,7 @@ def exercise(
         target=_load_until_closed,
         args=(
             container.url("/predict"),
-            {"instances": example_rows(model_dir, 200)},
+            {"instances": from_model_dir(model_dir, 200, step=0.001)},
             stop_sent,
             result,
             time.monotonic() + STOP_TIMEOUT + 30,

@@ -17,7 +17,7 @@ ENVIRONMENTS = ("dev", "staging", "prod")
 
 
 def load_all(path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return kube.load_documents(path.read_text())
 
 
 def application() -> dict:
