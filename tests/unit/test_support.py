@@ -1,4 +1,4 @@
-"""The shared test helpers every tier relies on: ports, HTTP waits, process-group cleanup."""
+"""The shared test helpers every tier relies on: ports, polling, HTTP waits, process groups."""
 
 from __future__ import annotations
 
@@ -69,3 +69,19 @@ def test_wait_http_waits_for_the_status_and_notices_dead_processes(tmp_path) -> 
     dead.wait()
     with pytest.raises(RuntimeError, match="exited with 3"):
         wait_http(f"http://127.0.0.1:{free_port()}/", timeout=5, proc=dead)
+
+
+def test_wait_until_returns_the_value_retries_what_it_is_told_and_says_why_it_gave_up() -> None:
+    answers = iter([None, KeyError("not yet"), 0, "done"])
+
+    def next_answer():  # type: ignore[no-untyped-def]
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert wait_until(next_answer, 5, "an answer", 0.01, retry=(KeyError,)) == "done"
+    with pytest.raises(ValueError, match="never: not reached within 0s"):
+        wait_until(lambda: False, 0, "never", 0.01, lambda: "the log", error=ValueError)
+    with pytest.raises(ZeroDivisionError):  # not retried: it propagates at once
+        wait_until(lambda: 1 / 0, 5, "a bug", 0.01)
