@@ -153,6 +153,7 @@ def test_helm_package_keeps_the_dashboards(tmp_path: Path):
     assert "ml-service/templates/tests/test-predict.yaml" in names
 
 
+@pytest.mark.server
 def test_helm_test_check_passes_against_the_real_app(served_model, tmp_path: Path):
     """The `helm test` pod's command and payload, run against the real app serving a real model."""
     (pod,) = [

@@ -15,6 +15,8 @@ import pytest
 
 from .conftest import ROOT
 
+pytestmark = pytest.mark.server
+
 RELEASE = """\
 # prod release state (test copy)
 revision: "{commit}"

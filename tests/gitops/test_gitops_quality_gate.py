@@ -1,4 +1,4 @@
-"""The quality gate (#15) through the real `scripts/gitops.py release` / `promote` against the real
+"""The quality gate through the real `scripts/gitops.py release` / `promote` against the real
 MLflow server of the session: models trained by `python -m ml_service.training`, evaluated by
 `mlflow.models.evaluate`, rules checked by `mlflow.validate_evaluation_results`. Only `gh` is fake
 (tests/gitops/fake_gh.py: the GitHub API cannot be reached from here); the PR bodies it records
@@ -18,6 +18,8 @@ import yaml
 
 from .conftest import ROOT
 from .test_gitops_release import DIGEST_A, DIGEST_B, REPOSITORY, Sandbox, make_sandbox, ok
+
+pytestmark = pytest.mark.server
 
 GOOD = ()  # the default hyper-parameters
 # One boosting round with a tiny learning rate: it predicts the majority class (benign) for

@@ -7,7 +7,11 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
+
 from .conftest import ROOT, tool
+
+pytestmark = pytest.mark.server
 
 
 def test_release_dry_run():
