@@ -43,9 +43,9 @@ def main() -> int:
         os.environ.setdefault(key, value)
     os.environ.update(MLFLOW_LOGGING)
     from .redact import configure_logging
-    from .serving.settings import Settings
+    from .serving.settings import load
 
-    settings = Settings()
+    settings = load()
     configure_logging(settings.log_level)
     from .serving.app import create_app
     from .serving.server import build

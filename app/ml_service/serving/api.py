@@ -6,17 +6,31 @@ answers (`Service.liveness`, `Service.readiness`); the kubelet and Prometheus us
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import PlainTextResponse, Response
+from starlette.datastructures import Headers
 
 from .body import OFF_LOOP_BYTES, read_body, require_json
 from .deps import ModelDep, ServiceDep, service_of
 from .errors import ERROR_RESPONSES, json_response
 from .model import LoadedModel
-from .schemas import PredictResponse
+from .schemas import FeedbackResponse, PredictResponse
+from .service import Service
 
 router = APIRouter()
+# Included only with PREDICTION_SIGNING_SECRET set (app.py).
+feedback_router = APIRouter()
+
+
+def json_body(schema: str) -> dict[str, Any]:
+    """The OpenAPI request body of an endpoint that reads its raw body (openapi.py adds the
+    schema to the components)."""
+    ref = {"$ref": f"#/components/schemas/{schema}"}
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": ref}}}}
+
 
 # Answers with more rows than this are built on the bodies thread (1,000 rows: ~4 ms of work).
 OFF_LOOP_ROWS = 64
@@ -72,14 +86,7 @@ async def model_info(model: ModelDep) -> Response:
     summary="Class and class probabilities per row",
     response_model=PredictResponse,
     responses=ERROR_RESPONSES,
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {
-                "application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}
-            },
-        }
-    },
+    openapi_extra=json_body("PredictRequest"),
 )
 async def predict(request: Request) -> Response:
     svc = service_of(request)
@@ -96,16 +103,58 @@ async def predict(request: Request) -> Response:
     proba = await svc.predict_proba(model, features)
     labels = svc.labels(model, proba)
     if len(labels) > OFF_LOOP_ROWS:
-        return await svc.offload(_answer, model, labels, proba)
-    return _answer(model, labels, proba)
+        return await svc.offload(_answer, svc, request.headers, model, features, labels, proba)
+    return _answer(svc, request.headers, model, features, labels, proba)
 
 
-def _answer(model: LoadedModel, labels: list[str], proba: np.ndarray) -> Response:
-    classes = model.classes
+def _answer(
+    svc: Service,
+    headers: Headers,
+    model: LoadedModel,
+    features: np.ndarray,
+    labels: list[str],
+    proba: np.ndarray,
+) -> Response:
+    classes, rows = model.classes, proba.tolist()
     predictions = [
         {"class": label, "probabilities": dict(zip(classes, row, strict=True))}
-        for label, row in zip(labels, proba.tolist(), strict=True)
+        for label, row in zip(labels, rows, strict=True)
     ]
+    ref = {"name": model.name, "version": model.version}
+    identified = svc.identify(headers, "/predict", model, features, labels, rows)
+    if identified is None:
+        return json_response({"model": ref, "predictions": predictions})
+    rid, ids = identified
+    for prediction, pid in zip(predictions, ids or (), strict=False):
+        prediction["prediction_id"] = pid
     return json_response(
-        {"model": {"name": model.name, "version": model.version}, "predictions": predictions}
+        {"model": ref, "request_id": rid, "predictions": predictions}, headers={"X-Request-ID": rid}
     )
+
+
+@feedback_router.post(
+    "/feedback",
+    tags=["model"],
+    summary="Labels (ground truth) for earlier predictions, by prediction ID",
+    response_model=FeedbackResponse,
+    responses={
+        **ERROR_RESPONSES,
+        422: {
+            "model": ERROR_RESPONSES[422]["model"],
+            "description": "The whole batch is refused, nothing is counted: an item's "
+            "prediction ID is malformed, not issued by this service, expired, or its label is "
+            "not one of the model's classes (items named by index, values never echoed)",
+        },
+    },
+    openapi_extra=json_body("FeedbackRequest"),
+)
+async def feedback(request: Request) -> Response:
+    svc = service_of(request)
+    require_json(request)
+    body = await read_body(request, svc.settings)
+    model = svc.require_model()
+    assert svc.feedback is not None
+    answer, accepted = svc.feedback.receive(body, model.classes)
+    if svc.payload_log is not None:
+        svc.payload_log.offer_labels(accepted)
+    return json_response(answer)

@@ -35,6 +35,14 @@ def _route_paths(routes: list) -> Iterator[str]:
             yield route.path
 
 
+MIDDLEWARE_REFUSED = (
+    "ml-service answers POST /predict and /invocations at its edge, before FastAPI's middleware "
+    "stack (serving/hot_routes.py): a middleware added with add_middleware() or "
+    "@app.middleware would never see them. Wrap the edge instead, so it sees every request: "
+    "`app.edge = YourMiddleware(app.edge, ...)` in create_app (serving/app.py)."
+)
+
+
 class ServingApp(FastAPI):
     """FastAPI entered through ml-service's own edge: every HTTP request passes the metrics and
     the guard first, and the prediction routes are answered there, never entering the
@@ -42,6 +50,16 @@ class ServingApp(FastAPI):
     lifespan, is FastAPI as usual."""
 
     edge: Callable[..., Awaitable[None]]
+
+    def __init__(self, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if kwargs.get("middleware"):
+            raise RuntimeError(MIDDLEWARE_REFUSED)
+        super().__init__(**kwargs)
+
+    def add_middleware(self, middleware_class, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        """Refused, like `middleware=` above: FastAPI's middleware stack never sees the
+        prediction routes. `@app.middleware("http")` comes here too."""
+        raise RuntimeError(MIDDLEWARE_REFUSED)
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] != "http":
@@ -59,6 +77,8 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.engine.start()
+        if service.payload_log is not None:
+            service.payload_log.start()
         loader = asyncio.create_task(service.load_forever(), name="model-loader")
         try:
             yield
@@ -83,9 +103,13 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
     app.state.service = service
     app.include_router(api.router)
     app.include_router(mlflow_api.router)
+    if service.feedback is not None:  # without a signing key, no route: nothing changes
+        app.include_router(api.feedback_router)
     errors.install(app)
     openapi.install(app, service)
     hot = {("POST", "/predict"): api.predict, ("POST", "/invocations"): mlflow_api.invocations}
+    if service.feedback is not None:
+        hot[("POST", "/feedback")] = api.feedback
     # Outermost first: metrics see every answer, including the guard's own refusals.
     app.edge = HttpMetrics(
         ConnectionGuard(HotRoutes(app.framework, routes=hot), service=service),

@@ -30,7 +30,8 @@ from fastapi.responses import Response
 
 from .body import OFF_LOOP_BYTES, read_body
 from .deps import service_of
-from .errors import ApiError, MlflowError, MlflowErrorBody, json_response
+from .errors import ApiError, MlflowError, MlflowErrorBody, json_response, too_many_rows
+from .feedback import invocation_headers
 from .model import LoadedModel
 from .schemas import FiniteFloatMsgspec, ModelSchemas
 from .service import Service
@@ -106,7 +107,7 @@ class FastPath:
         if sorted(columns) != sorted(self._order) or any(len(r) != n for r in value.data):
             return None
         if len(value.data) > max_rows:
-            raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+            raise too_many_rows(max_rows)
         x = np.asarray(value.data, dtype=np.float64).reshape(len(value.data), n)
         order = [columns.index(name) for name in self._schemas.feature_names]
         return (x if order == list(range(n)) else x[:, order]), payload.params
@@ -212,7 +213,7 @@ def _mlflow_frame(model: LoadedModel, payload: dict[str, Any], max_rows: int) ->
         raise _bad_request(REQUIRED_FORMAT)
     key, value = next(iter(data.items()))
     if _rows(value) > max_rows:
-        raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+        raise too_many_rows(max_rows)
     if _too_wide(value, len(model.feature_names) + MAX_EXTRA_COLUMNS):
         raise _too_wide_error()
     data[key] = _keep_signature_columns(value, frozenset(model.feature_names))
@@ -300,7 +301,7 @@ def _check_csv(model: LoadedModel, text: str, max_rows: int) -> None:
                 rows += 1
                 limit = header_width + 1
             if rows > max_rows:
-                raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+                raise too_many_rows(max_rows)
             if len(record) > limit:
                 raise _too_wide_error()
     except csv.Error:
@@ -322,6 +323,8 @@ def _parse_csv(model: LoadedModel, body: bytes, max_rows: int) -> Any:
         frame = parse_csv_input(io.StringIO(text), model.mlflow_schemas[0])
     except MlflowException:
         raise _csv_error() from None
+    if len(frame) > max_rows:
+        raise too_many_rows(max_rows)
     frame = frame[[c for c in frame.columns if c in set(model.feature_names)]]
     return _enforce(model, frame, None)[0]
 
@@ -383,7 +386,9 @@ def _mlflow_features(model: LoadedModel, media: str, body: bytes, max_rows: int)
     return _frame_matrix(model, frame)
 
 
-async def _answer(svc: Service, model: LoadedModel, features: np.ndarray) -> Response:
+async def _answer(
+    svc: Service, model: LoadedModel, features: np.ndarray, request: Request
+) -> Response:
     try:
         proba = await svc.predict_proba(model, features)
     except ApiError:
@@ -393,10 +398,12 @@ async def _answer(svc: Service, model: LoadedModel, features: np.ndarray) -> Res
         # input that reaches here passed the schema, so the log keeps only the type of error.
         log.info("model failed on /invocations input", exc_info=False)
         raise _bad_request(MODEL_FAILED) from None
-    labels = svc.labels(model, proba)
-    if model.predict_fn == "predict_proba":
-        return json_response({"predictions": proba.tolist()})
-    return json_response({"predictions": labels})
+    labels, rows = svc.labels(model, proba), proba.tolist()
+    answer = {"predictions": rows if model.predict_fn == "predict_proba" else labels}
+    # Prediction IDs (when on) travel in headers: the body stays exactly MLflow's.
+    identified = svc.identify(request.headers, "/invocations", model, features, labels, rows)
+    headers = None if identified is None else invocation_headers(*identified)
+    return json_response(answer, headers=headers)
 
 
 @router.post(
@@ -419,7 +426,7 @@ async def invocations(request: Request) -> Response:
         media = _content_type(request)
         body = await read_body(request, svc.settings)
         model = svc.require_model()
-        return await _answer(svc, model, await _features(svc, model, media, body))
+        return await _answer(svc, model, await _features(svc, model, media, body), request)
     except ApiError as exc:
         raise MlflowError.of(exc) from None
 

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from typing_extensions import TypedDict
 
-from .errors import ApiError, InputError, error, safe_errors
+from .errors import InputError, error, safe_errors, too_many_rows
 
 # Above this, a rejected body gets msgspec's first error only: explaining more would cost
 # work that grows with what the caller sent.
@@ -169,7 +169,7 @@ class ModelSchemas:
     def rows_matrix(self, rows: list[msgspec.Struct], max_rows: int) -> np.ndarray:
         """Decoded rows → float64 matrix in signature order (413 over `max_rows`)."""
         if len(rows) > max_rows:
-            raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+            raise too_many_rows(max_rows)
         astuple = msgspec.structs.astuple
         return np.asarray([astuple(r) for r in rows], dtype=np.float64).reshape(
             len(rows), len(self.feature_names)
@@ -191,3 +191,21 @@ class ModelSchemas:
             except ValidationError as detailed:
                 return safe_errors(detailed)
         return [msgspec_error(exc)]
+
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str = Field(description="as `/predict` returned it for the row")
+    label: str = Field(description="the true class: one of the model's classes (`GET /model`)")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    feedback: list[FeedbackItem] = Field(min_length=1, description="up to FEEDBACK_MAX_ITEMS")
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int = Field(description="labels counted in the live quality metrics")
+    duplicates: int = Field(
+        description="labels for prediction IDs this replica already counted (not counted again)"
+    )
