@@ -23,7 +23,13 @@ rate-limited (redact.py), so no client can fill the log. The kubelet and Prometh
 probe listener (probes.py), which has budgets, a thread and an event loop of its own.
 
 Every request passes `ConnectionLimits.admit` once its headers are complete, before the app
-or its body: the one place where a policy that refuses requests cheaply plugs in.
+or its body. On the main listener a POST (the work: predictions, scoring, feedback) must also fit
+under the adaptive concurrency limit (admission.py); one that does not gets a canned 503 with
+`Retry-After` from here, without a task, the app or its body being parsed: its body (up to
+SHED_READ_BYTES) is skipped by the parser and the connection stays open; a larger or chunked
+body is not read at all (503 and close). A request pipelined behind one in flight gets its 503
+in order, through a tiny ASGI app. Each refusal is counted in
+`mlservice_requests_shed_total{reason}`.
 
 Shutdown sequence on SIGTERM:
 1. readiness turns 503 at once and every response says `Connection: close` (guard.py);
@@ -41,6 +47,7 @@ settings are read once, at start): a terminal hang-up or a stray reload signal n
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import ctypes
 import errno
@@ -64,6 +71,8 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .admission import AdaptiveLimit
+from .inference import CLIENT_GONE
 from .settings import Settings
 
 log = logging.getLogger("ml_service")
@@ -88,6 +97,11 @@ PEEK_BYTES = 16384
 # At shutdown, a connection this young that has not sent a request yet gets until this age to
 # send one (it is answered with `Connection: close`) instead of being closed under it.
 FRESH_CONNECTION_SECONDS = 1.0
+# A refused request's body up to this size is skipped by the parser, so the connection stays
+# open for the client's next request; a larger (or chunked) one is never read: 503 and close.
+SHED_READ_BYTES = 64 * 1024
+# `Retry-After` of a refusal under load: a burst is over, or another replica answers, by then.
+SHED_RETRY_AFTER_SECONDS = 1
 # accept() errors that mean "out of descriptors or memory": asyncio retries after a second.
 ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -112,6 +126,23 @@ BODY_TIMEOUT = _canned(
     b"408 Request Timeout", b"request body not received in time (REQUEST_BODY_TIMEOUT_SECONDS)"
 )
 BAD_REQUEST = _canned(b"400 Bad Request", b"invalid HTTP request")
+_SHED_BODY = b'{"detail":"overloaded, retry later"}'
+_SHED_HEAD = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n" + (
+    b"retry-after: %d\r\ncontent-length: %d\r\n" % (SHED_RETRY_AFTER_SECONDS, len(_SHED_BODY))
+)
+SHED_KEEP_OPEN = _SHED_HEAD + b"\r\n" + _SHED_BODY
+SHED_CLOSE = _SHED_HEAD + b"connection: close\r\n\r\n" + _SHED_BODY
+
+
+async def _shed_app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """The 503 of a refused request pipelined behind one in flight (answered in order)."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"retry-after", b"%d" % SHED_RETRY_AFTER_SECONDS),
+        (b"content-length", b"%d" % len(_SHED_BODY)),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": _SHED_BODY})
 
 
 class Refused(Exception):
@@ -137,16 +168,34 @@ class ConnectionLimits:
     on_closed: Callable[[str], None]
     # Runs on every sweep: the main loop's heartbeat for the probe listener's liveness check.
     on_sweep: Callable[[], None] = lambda: None
+    # The adaptive concurrency limit of POST requests (none on the probe listener), and what
+    # counts each refusal by reason.
+    limiter: AdaptiveLimit | None = None
+    on_shed: Callable[[str], None] = lambda reason: None
     connections: set = field(default_factory=set)
 
     def overload_response(self) -> bytes:
         retry = b"retry-after: %d\r\n" % self.retry_after
         return _canned(b"503 Service Unavailable", b"too many connections", retry)
 
-    def admit(self, conn: LimitedConnection) -> None:
-        """Every request's headers are complete, its body not read yet, the app not called:
-        raise `Refused` with a canned answer to turn it away here. No policy beyond the
-        connection cap is installed today; this is where admission control plugs in."""
+    def limited(self, method: bytes) -> bool:
+        """Whether a request counts against the concurrency limit: every POST on a listener
+        that has one (the work; GETs are probes, the model's description, the docs)."""
+        return self.limiter is not None and method == b"POST"
+
+    def admit(self) -> bool:
+        """A limited request's headers are complete, its body not read yet, the app not
+        called: False turns it away (the connection answers 503); True admits it, and
+        `release` must follow once it is answered or its client is gone."""
+        assert self.limiter is not None
+        if self.limiter.try_acquire():
+            return True
+        self.on_shed("concurrency_limit")
+        return False
+
+    def release(self, started: float, now: float) -> None:
+        assert self.limiter is not None
+        self.limiter.release(now - started)
 
     def watch(self, connections: set, loop: asyncio.AbstractEventLoop) -> None:
         """Start the deadline sweep over a server's connections."""
@@ -242,10 +291,15 @@ class LimitedConnection:
     spanned_bytes: int = 0
     header_fields: int = 0
     in_headers: bool = False
+    # When each admitted request still unanswered on this connection was admitted, in order
+    # (None for one refused in order behind another); a refused request's body being skipped.
+    admitted: collections.deque
+    shedding: bool = False
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
         super().connection_made(_CountingTransport(transport))  # type: ignore[misc]
         self.flow = _Flow(transport)
+        self.admitted = collections.deque()
         self.opened_at = self.idle_since = self.loop.time()  # type: ignore[attr-defined]
         if len(self.connections) > self.limits.max_connections:  # type: ignore[attr-defined]
             self._make_room()
@@ -302,20 +356,80 @@ class LimitedConnection:
     def on_headers_complete(self) -> None:
         self.in_headers = False
         self.idle_since = None
-        self.limits.admit(self)
+        now = self.body_since = self.loop.time()  # type: ignore[attr-defined]
+        if self.limits.limited(self.parser.get_method()):  # type: ignore[attr-defined]
+            if not self.limits.admit():
+                self._shed()
+                return
+            self.admitted.append(now)
         super().on_headers_complete()  # type: ignore[misc]
-        self.body_since = self.loop.time()  # type: ignore[attr-defined]
+        cycle = self.cycle  # type: ignore[attr-defined]
+        if cycle is not None:  # (none for an upgrade request)
+            # The inference engine skips the work of a client that has gone (inference.py).
+            self.scope.setdefault("extensions", {})[CLIENT_GONE] = lambda: cycle.disconnected  # type: ignore[attr-defined]
+
+    def _shed(self) -> None:
+        """Answer a refused request with a canned 503, in order, at the least cost: its body is
+        skipped by the parser (small) or never read (large, chunked: close)."""
+        cycle = self.cycle  # type: ignore[attr-defined]
+        if cycle is not None and not cycle.response_complete:  # behind one in flight
+            self.admitted.append(None)
+            app, self.app = self.app, _shed_app  # type: ignore[attr-defined]
+            try:
+                super().on_headers_complete()  # type: ignore[misc]
+            finally:
+                self.app = app
+            return
+        length = None
+        for name, value in self.headers:  # type: ignore[attr-defined]
+            if name == b"transfer-encoding":
+                length = None
+                break
+            if name == b"content-length" and value.isdigit():
+                length = int(value)
+        if length is None or length > SHED_READ_BYTES or self.expect_100_continue:  # type: ignore[attr-defined]
+            raise Refused("overloaded", SHED_CLOSE)
+        self.shedding = True
+
+    def on_body(self, body: bytes) -> None:
+        if not self.shedding:
+            super().on_body(body)  # type: ignore[misc]
 
     def on_message_complete(self) -> None:
         self.body_since = None
-        super().on_message_complete()  # type: ignore[misc]
+        if not self.shedding:
+            super().on_message_complete()  # type: ignore[misc]
+            return
+        self.shedding = False
+        if self.parser.should_keep_alive():  # type: ignore[attr-defined]
+            self.transport.write(SHED_KEEP_OPEN)  # type: ignore[attr-defined]
+            self._answered()
+        else:
+            self.transport.write(SHED_CLOSE)  # type: ignore[attr-defined]
+            self.transport.close()  # type: ignore[attr-defined]
 
     def on_response_complete(self) -> None:
+        if self.admitted:
+            started = self.admitted.popleft()
+            if started is not None:
+                self.limits.release(started, self.loop.time())  # type: ignore[attr-defined]
+        self._answered()
+
+    def _answered(self) -> None:
         self.served += 1
         super().on_response_complete()  # type: ignore[misc]  # starts a queued request, if any
         cycle = self.cycle  # type: ignore[attr-defined]  # the last request read
         if cycle is None or cycle.response_complete:
             self.idle_since = self.loop.time()  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Requests whose answers will never be sent: their clients waited this long for nothing.
+        now = self.loop.time()  # type: ignore[attr-defined]
+        while self.admitted:
+            started = self.admitted.popleft()
+            if started is not None:
+                self.limits.release(started, now)
+        super().connection_lost(exc)  # type: ignore[misc]
 
     # ---------------------------------------------------------------- closing
 
@@ -568,7 +682,10 @@ def build(app, settings: Settings) -> GracefulServer:  # type: ignore[no-untyped
     def closed(reason: str) -> None:
         service.metrics.connections_closed.labels(reason).inc()
 
-    def limits(max_connections: int, on_sweep: Callable[[], None] = lambda: None):  # type: ignore[no-untyped-def]
+    def shed(reason: str) -> None:
+        service.metrics.shed.labels(reason).inc()
+
+    def limits(max_connections: int, on_sweep: Callable[[], None] = lambda: None, limiter=None):  # type: ignore[no-untyped-def]
         return ConnectionLimits(
             header_timeout=settings.request_header_timeout_seconds,
             max_header_bytes=settings.max_header_bytes,
@@ -578,9 +695,13 @@ def build(app, settings: Settings) -> GracefulServer:  # type: ignore[no-untyped
             retry_after=settings.retry_after_seconds,
             on_closed=closed,
             on_sweep=on_sweep,
+            limiter=limiter,
+            on_shed=shed,
         )
 
-    main_limits = limits(budget.max_connections, on_sweep=service.heartbeat)
+    main_limits = limits(
+        budget.max_connections, on_sweep=service.heartbeat, limiter=service.admission
+    )
     config = uvicorn.Config(
         app,
         host=settings.host,
