@@ -41,6 +41,9 @@ SATURATED_THROUGHPUT = 0.8
 SATURATED_P99_MS = 2000.0
 # vegeta sent at less than this share of the offered rate: the generator itself was starved.
 LAGGED_RATE = 0.9
+# Past its first saturated step, a server stays on the ladder up to this many times its
+# capacity in that ladder (the highest rate it kept up with): goodput under overload.
+OVERLOAD_FACTOR = 4.0
 
 
 # ---------------------------------------------------------------- machine load
@@ -239,6 +242,7 @@ def vegeta(
         raise BenchError(f"vegeta report failed ({rep.returncode}): {rep.stderr[-2000:]}")
     raw = json.loads(rep.stdout)
     lat = raw["latencies"]
+    outcome = _outcome(exe, results, seconds)
     res = {
         "rate": rate,
         "seconds": round(raw["duration"] / 1e9, 3),
@@ -253,6 +257,7 @@ def vegeta(
         | {"mean": round(lat["mean"] / 1e6, 3), "max": round(lat["max"] / 1e6, 3)},
         "status_codes": raw.get("status_codes") or {},
         "errors": (raw.get("errors") or [])[:5],
+        **outcome,
         **load,
     }
     res["saturated"] = (
@@ -262,6 +267,44 @@ def vegeta(
     )
     res["lagged"] = res["sent_rate"] < LAGGED_RATE * rate
     return res
+
+
+def _outcome(exe: str, results: Path, seconds: float) -> dict:
+    """Goodput (200s per second of the attack), the share refused with 503, the latency of the
+    answered (200) requests alone, and the connections reset, from vegeta's per-request
+    results: under overload, the latency of all answers mixes fast refusals with the
+    requests that were served."""
+    enc = subprocess.run(
+        [exe, "encode", "-to=json", str(results)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if enc.returncode != 0:
+        raise BenchError(f"vegeta encode failed ({enc.returncode}): {enc.stderr[-2000:]}")
+    ok: list[float] = []
+    shed = resets = total = 0
+    for line in enc.stdout.splitlines():
+        hit = json.loads(line)
+        total += 1
+        if hit["code"] == 200:
+            ok.append(hit["latency"] / 1e6)
+        elif hit["code"] == 503:
+            shed += 1
+        elif "reset" in (hit.get("error") or ""):
+            resets += 1
+    ok.sort()
+
+    def pct(q: float) -> float | None:
+        return round(ok[min(len(ok) - 1, int(q * len(ok)))], 3) if ok else None
+
+    return {
+        "goodput": round(len(ok) / seconds, 1),
+        "shed_share": round(shed / total, 4) if total else 0.0,
+        "resets": resets,
+        "admitted_latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},
+    }
 
 
 # ---------------------------------------------------------------- the model
@@ -338,14 +381,20 @@ def open_loop(
     work: Path,
 ) -> list[dict]:
     """Ladders of constant rates (1-row requests), repeated; at every rate each server in turn
-    (the order rotates per repetition). A server leaves a ladder at its first saturated step:
-    higher rates would only pile up a backlog."""
+    (the order rotates per repetition). Past its first saturated step a server stays on the
+    ladder up to OVERLOAD_FACTOR times its capacity in that ladder (the highest rate it kept up
+    with), so goodput and shedding under overload are measured, then leaves it."""
     exe = find_vegeta()
     results = []
     for rep in range(repetitions):
         k = rep % len(servers)
         active = servers[k:] + servers[:k]
+        capacity: dict[str, int | None] = {}
         for rate in rates:
+            for s in list(active):
+                cap = capacity.get(s.spec.key, 0)
+                if cap is None or (cap and rate > OVERLOAD_FACTOR * cap):
+                    active.remove(s)
             for s in list(active):
                 what = f"vegeta {s.spec.key} {rate}/s ladder {rep + 1}"
                 res = vegeta(
@@ -354,15 +403,23 @@ def open_loop(
                 s.requests_sent += res["requests"]
                 results.append({"server": s.spec.key, "repetition": rep + 1, **res})
                 flags = " SATURATED" * res["saturated"] + " (generator lagged)" * res["lagged"]
+                over = (
+                    f"  shed {res['shed_share']:.0%}, 200s p99 "
+                    f"{res['admitted_latency_ms']['p99']} ms, {res['resets']} resets"
+                    if res["saturated"]
+                    else ""
+                )
                 print(
                     f"  {s.spec.key:<22} {rate:>6}/s ladder {rep + 1}: "
                     f"p50 {res['latency_ms']['p50']:8.1f} ms  "
                     f"p99 {res['latency_ms']['p99']:8.1f} ms"
-                    f"  {res['throughput']:8.1f} ok/s{flags}{busy_note(res)}",
+                    f"  {res['goodput']:8.1f} ok/s{flags}{over}{busy_note(res)}",
                     flush=True,
                 )
-                if res["saturated"]:
-                    active.remove(s)
+                if not res["saturated"]:
+                    capacity[s.spec.key] = rate
+                elif not capacity.get(s.spec.key):
+                    capacity[s.spec.key] = None  # saturated at its first step: no capacity
                 time.sleep(pause)  # let the server drain whatever is left before the next step
             if not active:
                 break

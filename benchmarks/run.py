@@ -3,7 +3,8 @@
 Steps: train (or reuse) the model and download it to a plain directory; start every server one at
 a time (time from process start to ready, RSS at ready); drive them with wrk, interleaved ABC ABC
 per scenario (payload rows x connections) so that machine noise hits all of them alike; then
-vegeta at constant rates, a ladder up to saturation repeated and interleaved the same way; RSS
+vegeta at constant rates, a ladder up to saturation and on to 4x each server's capacity (goodput
+under overload), repeated and interleaved the same way; RSS
 growth of ml-service over N requests; the in-process floor; a py-spy profile of ml-service under
 load. Writes JSON, a PNG plot and the generated part of docs/benchmarks.md.
 
@@ -62,6 +63,9 @@ PRESETS = {
             3200,
             3600,
             4000,
+            4800,
+            6400,
+            8000,
         ],
         "open_loop_step": 10.0,
         "open_loop_repetitions": 3,
@@ -76,7 +80,7 @@ PRESETS = {
         "rss_requests": 0,
         "profile_seconds": 0.0,
         "floor_seconds": 1.0,
-        "open_loop_rates": [50, 200, 800, 1600, 3200],
+        "open_loop_rates": [50, 200, 800, 1600, 3200, 4800, 6400],
         "open_loop_step": 2.0,
         "open_loop_repetitions": 2,
         "open_loop_pause": 0.5,

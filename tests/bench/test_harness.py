@@ -147,6 +147,13 @@ def test_open_loop_ladders_are_interleaved_and_summarised(smoke):
         assert r["requests"] > 0 and r["sent_rate"] > 0, r
         assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"], r
         assert r["loadavg_start"] >= 0 and r["loadavg_end"] >= 0
+        # goodput and the latency of the 200s alone, from vegeta's per-request results
+        assert 0 <= r["goodput"] <= r["requests"] / 0.5 + 1, r
+        assert 0 <= r["shed_share"] <= 1 and r["resets"] >= 0, r
+        p99_ok = r["admitted_latency_ms"]["p99"]
+        assert p99_ok is None or p99_ok <= r["latency_ms"]["max"] + 1e-3, r
+    ml = [r for r in results if r["server"] == "ml-service" and not r["saturated"]]
+    assert ml and all(r["goodput"] > 0 and r["shed_share"] == 0 for r in ml)
     steps = {(s["server"], s["rate"]): s for s in rep["open_loop"]["steps"]}
     for server in SERVERS:
         s = steps[server, RATES[0]]
@@ -337,7 +344,36 @@ def test_open_loop_limit_is_the_highest_rate_under_the_slo_at_and_below_it():
     assert steps["a", 200]["p99_median"] == 25 and steps["a", 200]["p99_max"] == 900
     assert steps["a", 800]["p99_median"] is None  # 2 of 3 ladders saturated: no median
     assert steps["b", 200] == steps["b", 200] | {"ladders": 3, "saturated": 3, "p99_median": None}
-    assert ("b", 400) not in steps  # saturated in every ladder at 200/s: no more rows
+    assert ("b", 400) not in steps  # left every ladder after 200/s: no more rows
+
+
+def test_overload_steps_report_goodput_against_capacity():
+    def step(rep, rate, goodput, shed, p99_ok, saturated):
+        return {"server": "a", "repetition": rep, "rate": rate, "throughput": rate,
+                "saturated": saturated, "lagged": False, "busy": False,
+                "latency_ms": {"p50": 1.0, "p99": 5.0 if not saturated else 3000},
+                "goodput": goodput, "shed_share": shed, "resets": 0,
+                "admitted_latency_ms": {"p50": 1.0, "p99": p99_ok}}  # fmt: skip
+
+    results = [
+        x
+        for k in (1, 2)
+        for x in (
+            step(k, 100, 100, 0.0, 5.0, False),
+            step(k, 200, 200, 0.0, 6.0, False),
+            step(k, 400, 190, 0.5, 8.0, True),
+            step(k, 800, 180, 0.75, 9.0, True),
+        )
+    ]
+    params = {"rates": [100, 200, 400, 800], "repetitions": 2, "slo_ms": 50}
+    summary = report.open_loop_summary(results, ["a"], params)
+    over = {o["rate"]: o for o in summary["overload"]}
+    assert set(over) == {400, 800}  # the steps past capacity (200/s), not skipped
+    assert over[800]["load_factor"] == 4 and over[800]["capacity"] == 200
+    assert over[800]["goodput_vs_capacity"] == 0.9
+    assert over[400]["shed_share"] == 0.5 and over[400]["admitted_p99"] == 8.0
+    md = "\n".join(report._overload_md(summary["overload"]))
+    assert "| 800 (4x) | 180 | 90% | 75% | 9.0 | 0 |" in md
 
 
 def test_goals_say_by_how_much_they_are_missed():
