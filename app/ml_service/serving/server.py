@@ -388,14 +388,30 @@ class LimitedConnection:
             if name == b"content-length" and value.isdigit():
                 length = int(value)
         if length is None or length > SHED_READ_BYTES or self.expect_100_continue:  # type: ignore[attr-defined]
-            raise Refused("overloaded", SHED_CLOSE)
+            self._refuse_unread()
+            return
         self.shedding = True
 
+    def _refuse_unread(self) -> None:
+        """503 and close without reading the body. Closing a socket with unread bytes makes the
+        kernel reset the connection (the client may lose the 503 with it), so this is a
+        lingering close: the answer and a FIN go out, what the client still sends is read and
+        dropped, and the connection closes once the client closes it, or a second later."""
+        self.limits.on_closed("overloaded")
+        self.transport.write(SHED_CLOSE)  # type: ignore[attr-defined]
+        self.transport.write_eof()  # type: ignore[attr-defined]
+        self.flow.held = True  # data_received drops everything from here on
+        now = self.loop.time()  # type: ignore[attr-defined]
+        self.body_since, self.idle_since = None, now
+        self.drain_deadline = now + FRESH_CONNECTION_SECONDS
+
     def on_body(self, body: bytes) -> None:
-        if not self.shedding:
+        if not (self.shedding or self.flow.held):
             super().on_body(body)  # type: ignore[misc]
 
     def on_message_complete(self) -> None:
+        if self.flow.held:  # refused unread: the rest of the chunk is dropped
+            return
         self.body_since = None
         if not self.shedding:
             super().on_message_complete()  # type: ignore[misc]
