@@ -231,16 +231,7 @@ def vegeta(
     load = LOAD.measure(what or f"vegeta {rate}/s", before, probe())
     if out.returncode != 0:
         raise BenchError(f"vegeta attack failed ({out.returncode}): {out.stderr[-2000:]}")
-    rep = subprocess.run(
-        [exe, "report", "-type=json", str(results)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if rep.returncode != 0:
-        raise BenchError(f"vegeta report failed ({rep.returncode}): {rep.stderr[-2000:]}")
-    raw = json.loads(rep.stdout)
+    raw = json.loads(_vegeta_output(exe, "report", "-type=json", str(results)))
     lat = raw["latencies"]
     outcome = _outcome(exe, results, seconds)
     res = {
@@ -269,23 +260,23 @@ def vegeta(
     return res
 
 
+def _vegeta_output(exe: str, command: str, *args: str) -> str:
+    out = subprocess.run(
+        [exe, command, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    if out.returncode != 0:
+        raise BenchError(f"vegeta {command} failed ({out.returncode}): {out.stderr[-2000:]}")
+    return out.stdout
+
+
 def _outcome(exe: str, results: Path, seconds: float) -> dict:
     """Goodput (200s per second of the attack), the share refused with 503, the latency of the
     answered (200) requests alone, and the connections reset, from vegeta's per-request
     results: under overload, the latency of all answers mixes fast refusals with the
     requests that were served."""
-    enc = subprocess.run(
-        [exe, "encode", "-to=json", str(results)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if enc.returncode != 0:
-        raise BenchError(f"vegeta encode failed ({enc.returncode}): {enc.stderr[-2000:]}")
     ok: list[float] = []
     shed = resets = total = 0
-    for line in enc.stdout.splitlines():
+    for line in _vegeta_output(exe, "encode", "-to=json", str(results)).splitlines():
         hit = json.loads(line)
         total += 1
         if hit["code"] == 200:

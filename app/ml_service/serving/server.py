@@ -506,6 +506,12 @@ class LimitedConnection:
         super().shutdown()  # type: ignore[misc]
 
     def _make_room(self) -> None:
+        limiter = self.limits.limiter
+        if limiter is not None and limiter.in_flight >= limiter.current:
+            # Refusing work already: making room would only admit one more request to refuse,
+            # at the price of a scan of every connection for each one that arrives.
+            self._turn_away()
+            return
         others = [c for c in self.connections if c is not self]  # type: ignore[attr-defined]
         # A client that has not taken its answer for a while holds its slot for nothing.
         now = self.loop.time()  # type: ignore[attr-defined]
@@ -520,6 +526,9 @@ class LimitedConnection:
         if victim is not None:
             victim.cut_off("idle_evicted")
             return
+        self._turn_away()
+
+    def _turn_away(self) -> None:
         self.idle_since = None
         self.limits.on_closed("over_capacity")
         self.transport.write(self.limits.overload_response())  # type: ignore[attr-defined]
