@@ -398,7 +398,10 @@ class LimitedConnection:
         lingering close: the answer and a FIN go out, what the client still sends is read and
         dropped, and the connection closes once the client closes it, or a second later."""
         self.limits.on_closed("overloaded")
-        self.transport.write(SHED_CLOSE)  # type: ignore[attr-defined]
+        self._linger(SHED_CLOSE)
+
+    def _linger(self, answer: bytes) -> None:
+        self.transport.write(answer)  # type: ignore[attr-defined]
         self.transport.write_eof()  # type: ignore[attr-defined]
         self.flow.held = True  # data_received drops everything from here on
         now = self.loop.time()  # type: ignore[attr-defined]
@@ -509,8 +512,10 @@ class LimitedConnection:
         limiter = self.limits.limiter
         if limiter is not None and limiter.in_flight >= limiter.current:
             # Refusing work already: making room would only admit one more request to refuse,
-            # at the price of a scan of every connection for each one that arrives.
-            self._turn_away()
+            # at the price of a scan of every connection for each one that arrives. Its request
+            # may already be in the socket: a lingering close, so the 503 is not reset away.
+            self.limits.on_closed("over_capacity")
+            self._linger(self.limits.overload_response())
             return
         others = [c for c in self.connections if c is not self]  # type: ignore[attr-defined]
         # A client that has not taken its answer for a while holds its slot for nothing.
