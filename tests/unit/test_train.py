@@ -64,19 +64,40 @@ def test_fingerprint_sees_any_change(dataset) -> None:
 def test_hyper_parameter_flags_reach_the_estimator() -> None:
     args = train.parse_args(
         ["--learning-rate", "0.05", "--max-iter", "7", "--max-depth", "3", "--class-weight",
-         "balanced", "--seed", "5"]
+         "balanced", "--seed", "5", "--model-seed", "9", "--max-features", "0.8"]
     )  # fmt: skip
     clf = train.build_pipeline(args).named_steps["classifier"]
     assert (clf.learning_rate, clf.max_iter, clf.max_depth) == (0.05, 7, 3)
-    assert clf.class_weight == "balanced" and clf.random_state == 5
+    assert clf.class_weight == "balanced" and clf.max_features == 0.8
+    assert clf.random_state == 9, "the model seed, not the split seed"
     logged = train.hyper_params(args)
     assert logged["learning_rate"] == 0.05 and logged["max_depth"] == 3
-    assert logged["seed"] == 5 and logged["class_weight"] == "balanced"
+    assert (
+        logged["seed"] == 5 and logged["model_seed"] == 9 and logged["class_weight"] == "balanced"
+    )
+
+
+def test_the_model_seed_changes_the_model_not_the_held_out_rows(dataset) -> None:
+    x, y = dataset
+    fits = []
+    for model_seed in ("1", "2"):
+        args = train.parse_args(["--model-seed", model_seed, "--max-iter", "30"])
+        data = train.split(x, y, args.test_size, args.seed)
+        with threadpool_limits(limits=1):
+            pipe = train.build_pipeline(args).fit(data.x_train, data.y_train)
+            _, pred, proba = train.evaluate(pipe, data)
+        meta = train.training_metadata(data, args)
+        fits.append((meta["test_fingerprint"], train.predictions_digest(pred, proba)))
+    (rows_1, predictions_1), (rows_2, predictions_2) = fits
+    assert rows_1 == rows_2, "same held-out rows: the quality gate can compare the two"
+    assert predictions_1 != predictions_2, "another model seed, another model"
 
 
 @pytest.mark.parametrize(
-    "argv", [["--test-size", "0.9"], ["--drift-bins", "1"], ["--class-weight", "heavy"]]
-)
+    "argv",
+    [["--test-size", "0.9"], ["--drift-bins", "1"], ["--class-weight", "heavy"],
+     ["--max-features", "0"]],
+)  # fmt: skip
 def test_bad_flags_are_rejected(argv, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
         train.parse_args(argv)
