@@ -52,9 +52,9 @@ class Family:
     should_refuse: bool
     pairs: int = 0
     refused: Counter = field(default_factory=Counter)  # mode -> pairs refused
-    by_rule: dict[str, Counter] = field(default_factory=dict)  # mode -> "metric:rule" -> count
+    by_rule: dict[str, Counter] = field(default_factory=dict)  # mode -> "metric rule" -> count
     disagreements: list[int] = field(default_factory=list)  # rows the two models label apart
-    differences: dict[str, list[float]] = field(default_factory=dict)  # metric -> all rows'
+    differences: dict[str, list[float]] = field(default_factory=dict)  # metric -> per pair
 
     def add(self, comparisons, config: GateConfig, disagree: int) -> None:
         self.pairs += 1
@@ -98,13 +98,15 @@ def flip_labels(y, share: float, seed: int):
 
 
 def fitted_scores(args, model_seed: int, data, evaluation, positive: str, flip: float = 0.0):
+    """The training pipeline of `args` with `model_seed`, fitted on `data` (its training labels
+    flipped by `flip`), scored on the evaluation rows."""
     from threadpoolctl import threadpool_limits
 
     from ml_service.training.train import build_pipeline
 
-    args.model_seed = model_seed
+    seeded = argparse.Namespace(**{**vars(args), "model_seed": model_seed})
     with threadpool_limits(limits=1):
-        pipe = build_pipeline(args).fit(data.x_train, flip_labels(data.y_train, flip, model_seed))
+        pipe = build_pipeline(seeded).fit(data.x_train, flip_labels(data.y_train, flip, model_seed))
         return Scores.of(pipe, evaluation.frame[list(evaluation.features)], positive)
 
 

@@ -1,15 +1,16 @@
 """Train the ml-service classifier, log it to MLflow and register a new model version.
 
     python -m ml_service.training [--alias champion] [--seed 42] [--model-seed 42] ...
-    python -m ml_service.training --output-dir DIR     # no tracking server: an MLflow model directory
+    python -m ml_service.training --output-dir DIR   # no tracking server: an MLflow model dir
 
 The tracking server comes from MLFLOW_TRACKING_URI. The alias moves only when --alias is given:
 deployed environments pin an exact version in git, so training never silently changes what
 production serves. Two seeds: --seed draws the held-out split (the quality gate scores every
 version on that split, so it must stay the same across versions), --model-seed the estimator's
 randomness (which features each split considers): retraining with another --model-seed gives an
-equivalent model the gate can compare. --output-dir saves the same model (signature, input example, drift reference
-in its metadata) to a local directory instead, with no run and no registry: the image's demo model.
+equivalent model the gate can compare. --output-dir saves the same model (signature, input
+example, drift reference in its metadata) to a local directory instead, with no run and no
+registry: the image's demo model.
 """
 
 from __future__ import annotations
