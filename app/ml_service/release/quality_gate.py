@@ -7,7 +7,8 @@ Both models (the candidate and the version the environment pins in
 split with MLflow's own evaluation (`mlflow.models.evaluate`, default classifier evaluator, plus a
 macro-F1 metric). Every gated metric also gets a paired bootstrap (intervals.py): its confidence
 interval for the candidate and for the difference candidate - serving on the same rows, on all
-rows and on each slice the configuration names. Each rule of `environments/quality-gate.yaml`
+rows and on each slice the configuration names; with --served-data, also on the labelled rows of
+served traffic (the top-level rules). Each rule of `environments/quality-gate.yaml`
 decides on the point value or on the interval's bound and becomes an
 `mlflow.models.MetricThreshold` checked by `mlflow.validate_evaluation_results`. The result (both
 models' metrics, the differences and their intervals, pass/fail per rule, an override reason) is
@@ -32,7 +33,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
@@ -50,6 +51,7 @@ TAG_PREFIX = "quality_gate"
 MAX_REASON = 500
 MAX_CATEGORIES = 20  # slices of one column without `bins`: one per distinct value, at most this
 MAX_FAILED_TAG = 4000
+SERVED = "served traffic"  # the row group of --served-data's rows
 # mlflow.models.evaluate's metrics and the bootstrap's scikit-learn ones are the same functions:
 # a larger gap means they measure different things, and the intervals would not be about the
 # numbers shown.
@@ -127,11 +129,18 @@ class Slice(_Strict):
     thresholds: dict[str, Rule] = Field(min_length=1)
 
 
+class Served(_Strict):
+    # Recent labelled traffic (--served-data): the rules hold there too once this many rows
+    # carry a label; fewer, and the served checks are skipped (the table says so).
+    min_rows: int = Field(default=100, ge=1)
+
+
 class GateConfig(_Strict):
     evaluation: Evaluation
     bootstrap: Bootstrap = Bootstrap()
     thresholds: dict[str, Rule] = Field(min_length=1)
     slices: list[Slice] = Field(default_factory=list, max_length=10)
+    served: Served = Served()
 
     @model_validator(mode="after")
     def _rules_fit_metrics(self) -> GateConfig:
@@ -354,7 +363,7 @@ def _subset(scores: Scores, rows: np.ndarray) -> Scores:
 @dataclass
 class Check:
     metric: str
-    rule: str  # min / max / max_drop / max_rise / split
+    rule: str  # min / max / max_drop / max_rise / split / served (served rows skipped)
     limit: float | None  # the MetricThreshold value the decided-on number was held to
     setting: float | None  # the number in the configuration
     passed: bool
@@ -367,6 +376,8 @@ class Check:
     def describe(self) -> str:
         if self.rule == "split":
             return "neither model trained on the held-out rows"
+        if self.rule == "served":
+            return self.message
         words = {
             "min": f"≥ {self.setting:g}",
             "max": f"≤ {self.setting:g}",
@@ -486,6 +497,7 @@ class GateResult:
     bootstrap: dict[str, Any] = field(default_factory=dict)  # the settings the intervals used
     override_reason: str | None = None
     error: str | None = None  # the gate could not run
+    served: dict[str, Any] | None = None  # {"source", "rows"} of --served-data
 
     @property
     def failed_checks(self) -> list[Check]:
@@ -545,6 +557,9 @@ class GateResult:
             "| --- | ---: | ---: | ---: | --- | --- |",
         ]
         for c in self.checks:
+            if c.rule == "served":
+                out.append(f"| served traffic | | | | {c.describe()} | skipped |")
+                continue
             if c.rule == "split":
                 base_ok = self.baseline.split_ok if self.baseline else None
                 out.append(
@@ -601,6 +616,11 @@ class GateResult:
                 f"resamples stratified by class (seed {self.bootstrap['seed']}), {share}s "
                 "(percentile). A `point` rule decides on the estimate, an `interval` rule on the "
                 "bound worst for the arriving model."
+            )
+        if self.served:
+            out.append(
+                f"Served traffic: the same rules on {self.served['rows']} labelled rows of served "
+                f"traffic ({self.served['source']}), rows `· served traffic`."
             )
         return "\n".join(out)
 
@@ -804,8 +824,9 @@ def _log(result: GateResult, config_path: str) -> None:
             f"paired bootstrap, {b['resamples']} resamples stratified by class, seed {b['seed']}, "
             f"{b['confidence']:g} percentile interval"
         )
+        rules = [c for c in result.checks if c.rule not in ("split", "served")]
         tags[f"{TAG_PREFIX}.{env}.decisions"] = ", ".join(
-            sorted({f"{c.label}:{c.rule}:{c.decision}" for c in result.checks if c.rule != "split"})
+            sorted({f"{c.label}:{c.rule}:{c.decision}" for c in rules})
         )[:MAX_FAILED_TAG]
     mlflow.set_tags(tags)
     metrics = _interval_metrics(result)
@@ -814,7 +835,7 @@ def _log(result: GateResult, config_path: str) -> None:
             {
                 f"gate_{env}_delta_{k}": v - result.baseline.metrics[k]
                 for k, v in result.candidate.metrics.items()
-                if k in result.baseline.metrics
+                if k in result.baseline.metrics and not k.startswith("served_")
             }
         )
     mlflow.log_metrics(metrics)
@@ -832,9 +853,12 @@ def run_gate(
     config_path: Path,
     config_name: str | None = None,
     override_reason: str | None = None,
+    served_data: str | None = None,
+    served_since: str | None = None,
 ) -> GateResult:
     """Evaluate `candidate` (name, version) against `baseline` (what env runs, None if nothing)
-    on the held-out split, log everything to the candidate's run, and return the verdict.
+    on the held-out split (and on the labelled served rows of the payload log at `served_data`,
+    from `served_since` on), log everything to the candidate's run, and return the verdict.
 
     Raises GateError only for a broken configuration; a gate that cannot reach the registry
     returns a result with `error` set (failed unless overridden)."""
@@ -848,7 +872,8 @@ def run_gate(
     try:
         # MLflow prints run links (with the tracking URI as given) on stdout: not into logs.
         with contextlib.redirect_stdout(io.StringIO()):
-            _run(result, config, baseline, config_name)
+            served = (served_data, served_since) if served_data else None
+            _run(result, config, baseline, config_name, served)
     except GateError as exc:
         result.error = str(exc)
     except Exception as exc:  # the registry or an artifact store said no: report, never trace
@@ -856,7 +881,19 @@ def run_gate(
     return result
 
 
-def _run(result: GateResult, config: GateConfig, baseline, config_path: str) -> None:
+def served_set(uri: str, since: str | None, features: tuple[str, ...]) -> EvaluationSet:
+    """The labelled served rows of a payload log (from `since` on), as an evaluation set."""
+    import pandas as pd
+
+    from ml_service.payload_format import labelled_rows
+
+    rows, labels, _ids, _counts = labelled_rows(uri, list(features), since)
+    frame = pd.DataFrame(rows, columns=list(features), dtype="float64")
+    frame["label"] = labels
+    return EvaluationSet(SERVED, frame, features)
+
+
+def _run(result: GateResult, config: GateConfig, baseline, config_path: str, served=None) -> None:
     import logging
 
     import mlflow
@@ -916,7 +953,42 @@ def _run(result: GateResult, config: GateConfig, baseline, config_path: str) -> 
                     _agree(result.baseline.metrics, result.comparisons, "baseline")
                 result.checks = decide(config, result.comparisons)
                 result.checks.append(split_check(result.candidate, result.baseline))
+            if served is not None and result.error is None:
+                result.checks += _served_checks(
+                    result, config, served, data, cand_model, base_model
+                )
             _log(result, config_path)
+
+
+def _served_checks(result, config, served, held, cand_model, base_model) -> list[Check]:  # type: ignore[no-untyped-def]
+    """Both models on the labelled served rows: mlflow.models.evaluate's metrics (`served_*`),
+    the paired intervals and the top-level rules, as rows `<metric> · served traffic`. The
+    slices stay the held-out split's: their bins are the fixed rows' quantiles."""
+    data = served_set(*served, held.features)
+    result.served = {"source": served[0], "rows": len(data.frame)}
+    positives = int((data.labels == config.evaluation.positive_class).sum())
+    why = None
+    if len(data.frame) < config.served.min_rows:
+        why = f"skipped: {len(data.frame)} labelled rows, fewer than served.min_rows"
+    elif not 0 < positives < len(data.frame):
+        why = f"skipped: the {len(data.frame)} labelled rows hold only one class"
+    if why:
+        return [Check(SERVED, "served", None, config.served.min_rows, True, why)]
+    env, scores, evaluated = result.env, {}, {}
+    for model, info, who in ((cand_model, result.candidate, "candidate"),
+                             (base_model, result.baseline, "baseline")):  # fmt: skip
+        if model is not None and info is not None:
+            evaluated[who] = _evaluate(model, data, config, f"gate_{env}_served_{who}_")
+            info.metrics.update({f"served_{k}": v for k, v in evaluated[who].items()})
+            scores[who] = _scores(model, info.label, data, config)
+    on_all_rows = compare(
+        config.model_copy(update={"slices": []}), data, scores["candidate"], scores.get("baseline")
+    )
+    for who, metrics in evaluated.items():
+        _agree(metrics, on_all_rows, who)
+    comparisons = [replace(c, slice=SERVED, key="served") for c in on_all_rows]
+    result.comparisons += comparisons
+    return decide(config, comparisons)
 
 
 def _pair(m: ModelInfo) -> tuple[str, str]:
@@ -961,6 +1033,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, help=f"threshold file (default: <repo>/{DEFAULT_CONFIG})")
     p.add_argument("--override-quality-gate", dest="override", metavar="REASON")
     p.add_argument("--markdown", type=Path, help="also write the PR table here")
+    p.add_argument(
+        "--served-data",
+        metavar="URI",
+        help="also score both models on the labelled rows of this payload log (PAYLOAD_LOG_URI)",
+    )
+    p.add_argument("--served-since", metavar="YYYY-MM-DD", help="payload-log objects from then on")
     a = p.parse_args(argv)
     try:
         result = run_gate(
@@ -970,6 +1048,8 @@ def main(argv: list[str] | None = None) -> int:
             config_path=a.config or a.repo / DEFAULT_CONFIG,
             config_name=str(a.config) if a.config else DEFAULT_CONFIG,
             override_reason=a.override,
+            served_data=a.served_data,
+            served_since=a.served_since,
         )
     except GateError as exc:
         print(f"quality-gate: {exc}", file=sys.stderr)
