@@ -17,6 +17,12 @@ pytestmark = pytest.mark.gitops
 
 MODELS = 8  # pairs per family; the documented run uses 200
 FLIP = 0.2
+# docs/gitops.md, "Measured error rates" (200 pairs per family): the committed rules refuse 2 % of
+# equivalent models and 100 % of the 20 %-flipped ones; the same tolerances on the point value
+# refuse no equivalent model. With 8 pairs the test allows one pair of margin each way: two
+# equivalent refusals out of 8 have a chance near 1 % at the documented 2 %.
+MOST_EQUIVALENT_REFUSED = 1
+LEAST_DEGRADED_REFUSED = MODELS - 1
 
 
 def test_the_committed_rules_pass_equivalent_models_and_refuse_degraded_ones(tmp_path):
@@ -36,11 +42,12 @@ def test_the_committed_rules_pass_equivalent_models_and_refuse_degraded_ones(tmp
     assert equivalent["mean_rows_labelled_apart"] < degraded["mean_rows_labelled_apart"]
     assert degraded["mean_difference"]["f1_score_macro"] < 0
     # the rules as committed: equivalent models rarely refused, degraded ones almost always
-    assert equivalent["refused"]["as configured"] <= 1, equivalent
-    assert degraded["refused"]["as configured"] >= MODELS - 1, degraded
-    # point and interval decisions side by side, in the report too
-    for mode in ("point", "interval"):
-        assert 0 <= equivalent["refused"][mode] <= MODELS
+    assert equivalent["refused"]["as configured"] <= MOST_EQUIVALENT_REFUSED, equivalent
+    assert degraded["refused"]["as configured"] >= LEAST_DEGRADED_REFUSED, degraded
+    # point and interval decisions side by side: the point rules refuse no more equivalent
+    # models than the committed ones, the interval rules no fewer degraded ones
+    assert equivalent["refused"]["point"] <= MOST_EQUIVALENT_REFUSED, equivalent
+    assert degraded["refused"]["interval"] >= degraded["refused"]["point"], degraded
     assert "| arriving model | rows labelled apart (mean) | point rules | interval rules " in (
         proc.stdout
     )
