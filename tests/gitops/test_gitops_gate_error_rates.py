@@ -9,11 +9,7 @@ import json
 import subprocess
 import sys
 
-import pytest
-
 from .conftest import ROOT
-
-pytestmark = pytest.mark.gitops
 
 MODELS = 8  # pairs per family; the documented run uses 200
 FLIP = 0.2

@@ -42,6 +42,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ml_service.redact import redact, without_userinfo
 from ml_service.release.intervals import Estimate, Scores, paired_bootstrap
 
 DEFAULT_CONFIG = "environments/quality-gate.yaml"
@@ -664,11 +665,10 @@ def _run_link(m: ModelInfo) -> str:
 def public_base_url() -> str:
     """Where people open MLflow: MLFLOW_UI_URL, else the tracking URI without credentials."""
     raw = os.environ.get("MLFLOW_UI_URL") or os.environ.get("MLFLOW_TRACKING_URI", "")
-    parts = urlsplit(raw)
+    parts = urlsplit(without_userinfo(raw))
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return ""
-    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
 def _load(client, name: str, version: str, tmp: Path):
@@ -877,7 +877,7 @@ def run_gate(
     except GateError as exc:
         result.error = str(exc)
     except Exception as exc:  # the registry or an artifact store said no: report, never trace
-        result.error = f"{type(exc).__name__}: {_no_secrets(str(exc))[:500]}"
+        result.error = f"{type(exc).__name__}: {redact(str(exc))[:500]}"
     return result
 
 
@@ -1003,11 +1003,6 @@ def clean_reason(reason: str | None) -> str | None:
     if not text:
         raise GateError("an override needs a reason (--override-quality-gate 'why')")
     return text[:MAX_REASON]
-
-
-def _no_secrets(text: str) -> str:
-    """Drop URL userinfo (user:password@) from an error message."""
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
 
 
 # --------------------------------------------------------------------------- CLI
