@@ -381,11 +381,11 @@ def story(cluster: Cluster, mlflow_registry: InClusterMlflow, app_image: str,
                       env)  # fmt: skip
         github = None
         try:
-            adopted_images_only(story, app_image, platform_images)
             # The tier's own platform release gives way to Argo CD; its Secrets and volumes stay
             # (the registry's rows and bucket), as on a cluster where step 5 made them.
             cluster.helm("uninstall", "mlflow", "-n", mlflow_registry.namespace, "--wait",
                          "--timeout", "3m")  # fmt: skip
+            adopted_images_only(story, app_image, platform_images)
             # 3. Secrets before the first sync (step 5): the pull secret wherever Argo CD deploys
             # (never used: the images are on the node).
             for ns in (mlflow_registry.namespace, *(f"ml-service-{e}" for e in ENVS)):
