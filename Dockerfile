@@ -50,16 +50,23 @@ RUN find /opt/venv -depth \( \( -type d \( -name tests -o -name test \) \) \
 # venv (mlflow-skinny can save a model; no run, no registry).
 FROM builder AS demo-model
 # Only what training imports: serving-code changes keep this layer cached.
-COPY app/ml_service/__init__.py app/ml_service/reference.py app/ml_service/train.py \
-     /opt/ml-service/app/ml_service/
-RUN MLFLOW_DISABLE_TELEMETRY=true /opt/venv/bin/python -m ml_service.train \
+COPY app/ml_service/__init__.py app/ml_service/model_format.py /opt/ml-service/app/ml_service/
+COPY app/ml_service/training /opt/ml-service/app/ml_service/training
+RUN MLFLOW_DISABLE_TELEMETRY=true /opt/venv/bin/python -m ml_service.training \
         --output-dir /opt/ml-service/model --output-json /tmp/demo-model.json
+
+# The serving code alone: the package's shared modules and serving/, not training or the release
+# gate (they need the training extras, which the runtime venv does not have).
+FROM scratch AS serving-code
+COPY app/ml_service/__init__.py app/ml_service/__main__.py app/ml_service/model_format.py \
+     app/ml_service/redact.py /ml_service/
+COPY app/ml_service/serving /ml_service/serving
 
 # The root FS is read-only at run time, so Python cannot cache bytecode there and would compile
 # every module a start imports (~2,400) before answering. compile_startup.py loads the demo model
 # the way a start does and ships bytecode instead of source for exactly those modules (+~6 MB).
 FROM builder AS startup-bytecode
-COPY app/ml_service /opt/ml-service/app/ml_service
+COPY --from=serving-code /ml_service /opt/ml-service/app/ml_service
 COPY --from=demo-model /opt/ml-service/model /opt/ml-service/model
 COPY scripts/docker/compile_startup.py /build/
 RUN MLFLOW_DISABLE_TELEMETRY=true /opt/venv/bin/python /build/compile_startup.py \
@@ -80,7 +87,7 @@ RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid 10001 --no-create-home --home-dir /tmp \
         --shell /usr/sbin/nologin app
 COPY --from=startup-bytecode /opt/venv /opt/venv
-COPY app/ml_service /opt/ml-service/app/ml_service
+COPY --from=serving-code /ml_service /opt/ml-service/app/ml_service
 # The app keeps its source; its bytecode is trusted without checking it (nothing rewrites it).
 RUN python3 -m compileall -q --invalidation-mode unchecked-hash /opt/ml-service/app
 ENV PATH=/opt/venv/bin:$PATH \

@@ -17,7 +17,7 @@ import warnings
 
 import mlflow.pyfunc
 import pandas as pd
-from ml_service.flat_trees import MAX_ROWS, flatten
+from ml_service.serving.flat_trees import MAX_ROWS, flatten
 from payloads import load_rows
 
 # ml-service passes a float matrix in the estimator's column order, as measured here

@@ -276,7 +276,7 @@ def prepare_model(model_dir: str | None, work: Path) -> tuple[Path, dict]:
     result_file = work / "train.json"
     print(f"training the default model (MLFLOW_TRACKING_URI={tracking})", flush=True)
     subprocess.run(  # in `work`: MLflow puts a sqlite store's artifacts under ./mlruns
-        [sys.executable, "-m", "ml_service.train", "--output-json", str(result_file)],
+        [sys.executable, "-m", "ml_service.training", "--output-json", str(result_file)],
         cwd=work,
         env=mlflow_env(tracking),
         check=True,
@@ -496,7 +496,7 @@ def summarise_profile(raw: Path, top: int = 12) -> dict:
 
 
 def default_microbatch() -> float:
-    from ml_service.settings import Settings
+    from ml_service.serving.settings import Settings
 
     return float(Settings.model_fields["microbatch_wait_ms"].default)
 

@@ -1,7 +1,7 @@
 """The HTTP floor: a hello-world ASGI app under the uvicorn settings ml-service uses.
 
 `python benchmarks/hello.py` serves it on $HOST:$PORT with the settings of
-`ml_service.server.build` (asyncio loop, one worker, no access log, no websockets, no server
+`ml_service.serving.server.build` (asyncio loop, one worker, no access log, no websockets, no server
 header, lifespan off since there is nothing to start), with uvicorn's default parser, h11, unless
 `HELLO_HTTP=httptools` selects the one ml-service runs (`make bench` measures both floors). It
 reads the whole request body and answers a small fixed JSON document, so the figures are what HTTP

@@ -7,7 +7,7 @@ line, so variants of ml-service (or of the HTTP floor) run side by side in the s
     ml-service[MICROBATCH_WAIT_MS=0]    one setting changed (the label is the spec's text)
     nomb=ml-service[MICROBATCH_WAIT_MS=0,NUMERIC_THREADS=1]          a short label
     granian=ml-service -- {bin}/granian --interface asgi --host {host} --port {port}
-        --factory ml_service.main:create_app    another launcher, same env (MODEL_URI, PORT...)
+        --factory ml_service.serving.app:create_app    another launcher, same env (MODEL_URI...)
 
 Placeholders in a command: {python} {bin} (the virtualenv's bin) {host} {port} {model_dir} {root}.
 """

@@ -16,7 +16,7 @@ mlflow-stop: ## stop the local MLflow server started by make mlflow/train
 	@$(LOCAL_ENV) scripts/local-mlflow.sh stop
 
 train: mlflow ## train, register a new version of ml-service (TRAIN_ARGS="--alias champion --seed 42 ...")
-	$(LOCAL_ENV) MLFLOW_TRACKING_URI=$(MLFLOW_LOCAL_URI) $(BIN)/python -m ml_service.train $(TRAIN_ARGS)
+	$(LOCAL_ENV) MLFLOW_TRACKING_URI=$(MLFLOW_LOCAL_URI) $(BIN)/python -m ml_service.training $(TRAIN_ARGS)
 
 serve: venv ## serve models:/ml-service@champion from the local MLflow server on 127.0.0.1:$(PORT)
 	MLFLOW_TRACKING_URI=$(MLFLOW_LOCAL_URI) MODEL_URI=$${MODEL_URI:-models:/ml-service@champion} \

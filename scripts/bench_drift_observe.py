@@ -12,9 +12,9 @@ import statistics
 import timeit
 
 import numpy as np
-from ml_service import train
-from ml_service.drift import DriftMonitor
-from ml_service.reference import compute_reference
+from ml_service.model_format import compute_reference
+from ml_service.serving.drift import DriftMonitor
+from ml_service.training import train
 from prometheus_client import CollectorRegistry, generate_latest
 from threadpoolctl import threadpool_limits
 

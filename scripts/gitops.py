@@ -10,9 +10,9 @@
 `release` and `promote` never touch the caller's work tree: they check out the base branch in a
 temporary git worktree, write `environments/<env>/release.yaml` there (round-trip, comments and
 formatting kept; created on the first release to an environment), run the quality gate
-(ml_service.quality_gate: the new model against the one the environment runs), check that the
-environment still renders, commit on the deterministic branch `gitops/<env>`, force-push it and
-open or update the one pull request of that environment with `gh`.
+(ml_service.release.quality_gate: the new model against the one the environment runs), check
+that the environment still renders, commit on the deterministic branch `gitops/<env>`,
+force-push it and open or update the one pull request of that environment with `gh`.
 Exit codes: 0 done (or already up to date), 2 bad input or failure, 3 refused (no-op, downgrade
 without --force, a skipped environment, a failed quality gate without --override-quality-gate).
 """
@@ -37,7 +37,7 @@ from ruamel.yaml import YAML
 from ruamel.yaml.scalarstring import ScalarString
 
 ROOT = Path(__file__).resolve().parents[1]
-# The quality gate lives in the app package of this same checkout (ml_service.quality_gate).
+# The quality gate lives in the app package of this same checkout (ml_service.release.quality_gate).
 if (ROOT / "app" / "ml_service").is_dir() and str(ROOT / "app") not in sys.path:
     sys.path.insert(0, str(ROOT / "app"))
 
@@ -612,7 +612,7 @@ def cmd_pin_platform(a: argparse.Namespace) -> str:
 
 
 def quality_gate(a: argparse.Namespace, t: Target, new: ReleaseState):
-    """ml_service.quality_gate against what t.env runs, with the thresholds of the base branch.
+    """The quality gate against what t.env runs, with the thresholds of the base branch.
 
     Returns the result (its markdown goes into the PR); a failure without an override is Refused
     (exit 3, nothing pushed)."""
@@ -620,7 +620,7 @@ def quality_gate(a: argparse.Namespace, t: Target, new: ReleaseState):
     # bucket is not reachable from CI runners: keep MLflow 3.x from switching to presigned bucket
     # URLs.
     os.environ.setdefault("MLFLOW_ENABLE_PROXY_MULTIPART_DOWNLOAD", "false")
-    from ml_service import quality_gate as qg
+    from ml_service.release import quality_gate as qg
 
     config_text = read_at(a.repo, t.base.ref, GATE_CONFIG, missing_ok=True)
     if config_text is None:

@@ -36,7 +36,7 @@ state=$("$ROOT/scripts/local-mlflow.sh" start)
 [[ $state == started ]] && started_mlflow=1
 
 echo "==> training; registering a new version of ml-service with alias champion"
-"$BIN/python" -m ml_service.train --alias champion --output-json "$SCRATCH/train.json"
+"$BIN/python" -m ml_service.training --alias champion --output-json "$SCRATCH/train.json"
 
 echo "==> serving $MODEL_URI on http://$HOST:$PORT"
 "$BIN/python" -m ml_service &

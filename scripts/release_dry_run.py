@@ -2,7 +2,7 @@
 """`make release-dry-run`: the release workflow end to end on this machine, nothing pushed anywhere.
 
 1. start a real MLflow server (sqlite + local artifacts, a free 127.0.0.1 port);
-2. train and register a new version of `ml-service` on it (`python -m ml_service.train`);
+2. train and register a new version of `ml-service` on it (`python -m ml_service.training`);
 3. build the serving image (`make image`, the image tier's build);
 4. snapshot the work tree into a scratch repository with a local bare remote, clone it, and run
    `scripts/gitops.py release --no-pr` there (quality gate against the same MLflow server):
@@ -61,7 +61,7 @@ def sh(*cmd: str, cwd: Path = ROOT, env: dict | None = None) -> str:
 
 def train(tracking_uri: str, out: Path) -> str:
     env = mlflow_env(tracking_uri)
-    sh(sys.executable, "-m", "ml_service.train", "--output-json", str(out), env=env)
+    sh(sys.executable, "-m", "ml_service.training", "--output-json", str(out), env=env)
     return str(json.loads(out.read_text())["version"])
 
 

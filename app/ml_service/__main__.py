@@ -34,12 +34,12 @@ def main() -> int:
     for key, value in MLFLOW_CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     from .redact import configure_logging
-    from .settings import Settings
+    from .serving.settings import Settings
 
     settings = Settings()
     configure_logging(settings.log_level)
-    from .main import create_app
-    from .server import build
+    from .serving.app import create_app
+    from .serving.server import build
 
     server = build(create_app(settings), settings)
     server.run()

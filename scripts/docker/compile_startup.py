@@ -26,12 +26,12 @@ from pathlib import Path
 def imported_modules(venv: Path, model_dir: Path) -> list[Path]:
     os.environ["MODEL_URI"] = str(model_dir)
     import ml_service.__main__
-    import ml_service.main
-    import ml_service.server  # noqa: F401
+    import ml_service.serving.app
+    import ml_service.serving.server  # noqa: F401
     import uvicorn.lifespan.on
     import uvicorn.protocols.http.httptools_impl  # noqa: F401
-    from ml_service.model import fetch_and_deserialize, smoke_test
-    from ml_service.settings import Settings
+    from ml_service.serving.model import fetch_and_deserialize, smoke_test
+    from ml_service.serving.settings import Settings
 
     model = fetch_and_deserialize(Settings(), Path(tempfile.mkdtemp()))
     smoke_test(model)

@@ -89,10 +89,10 @@ def test_demo_model_is_the_default_training_run(
     cluster: Cluster, quickstart, tmp_path: Path, quiet_mlflow_env
 ) -> None:
     """Same seed, same data, same lock: the image's demo model predicts exactly what a default
-    training run on this host (`python -m ml_service.train --output-dir`) predicts."""
+    training run on this host (`python -m ml_service.training --output-dir`) predicts."""
     out = tmp_path / "model"
     subprocess.run(
-        [sys.executable, "-m", "ml_service.train", "--output-dir", str(out)],
+        [sys.executable, "-m", "ml_service.training", "--output-dir", str(out)],
         env=quiet_mlflow_env, check=True, capture_output=True, timeout=600,
     )  # fmt: skip
     payload = sample_request()

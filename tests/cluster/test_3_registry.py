@@ -304,27 +304,11 @@ def test_an_unreachable_registry_is_reported_where_users_look(
         cluster.helm("uninstall", release, "-n", NS, "--wait", check=False)
 
 
-HAS_PREFLIGHT = "import importlib.util as u; print(bool(u.find_spec('ml_service.preflight')))"
-
-
-def image_has_preflight(cluster: Cluster, image: str) -> bool:
-    try:
-        result = cluster.run_pod(
-            NS, "has-preflight", image, ["python", "-c", HAS_PREFLIGHT], timeout=120
-        )
-    except ClusterError:
-        return False
-    return result.logs.strip().endswith("True")
-
-
 def test_preflight_fails_the_upgrade_at_once_with_the_reason(
     cluster: Cluster, dev, app_image: str
 ) -> None:
     """With `preflight.enabled`, a missing version fails `helm upgrade` in seconds, helm prints the
     reason, and nothing of the release changes."""
-    if not image_has_preflight(cluster, app_image):
-        # TODO(preflight): remove once the image ships ml_service.preflight (the lead's app work).
-        pytest.skip("the image has no ml_service.preflight yet (app work in progress)")
     before = cluster.get("deployment", RELEASE, namespace=NS)["metadata"]["generation"]
     start = time.monotonic()
     proc = cluster.helm(

@@ -1,5 +1,5 @@
 """The quality gate (#15) through the real `scripts/gitops.py release` / `promote` against the real
-MLflow server of the session: models trained by `python -m ml_service.train`, evaluated by
+MLflow server of the session: models trained by `python -m ml_service.training`, evaluated by
 `mlflow.models.evaluate`, rules checked by `mlflow.validate_evaluation_results`. Only `gh` is fake
 (tests/gitops/fake_gh.py: the GitHub API cannot be reached from here); the PR bodies it records
 are checked for the metrics table.
@@ -209,7 +209,7 @@ def test_a_typo_in_the_thresholds_fails_naming_the_key(flow, models):
 
 @pytest.fixture
 def gate():
-    from ml_service import quality_gate
+    from ml_service.release import quality_gate
 
     return quality_gate
 

@@ -181,7 +181,8 @@ def test_startup_modules_ship_bytecode_not_source(docker: Docker, image: str):
         docker,
         image,
         "import importlib, json;"
-        "names = ['sklearn.base', 'fastapi.routing', 'mlflow.models.signature', 'ml_service.main'];"
+        "names = ['sklearn.base', 'fastapi.routing', 'mlflow.models.signature',"
+        " 'ml_service.serving.app'];"
         "print(json.dumps({n: type(importlib.import_module(n).__spec__.loader).__name__"
         " for n in names}))",
     )
@@ -189,4 +190,4 @@ def test_startup_modules_ship_bytecode_not_source(docker: Docker, image: str):
     assert loaders["sklearn.base"] == "SourcelessFileLoader"
     assert loaders["fastapi.routing"] == "SourcelessFileLoader"
     assert loaders["mlflow.models.signature"] == "SourcelessFileLoader"
-    assert loaders["ml_service.main"] == "SourceFileLoader"
+    assert loaders["ml_service.serving.app"] == "SourceFileLoader"

@@ -326,7 +326,7 @@ def test_sigterm_during_burst_loses_no_request(local_model_dir: Path, tmp_path: 
 _GC_PROBE = r"""
 import asyncio, gc, json, threading, time
 gc.disable()  # what `python -m ml_service` does before its imports
-from ml_service.main import create_app
+from ml_service.serving.app import create_app
 from prometheus_client import CollectorRegistry
 
 async def main():

@@ -12,13 +12,13 @@ import pandas as pd
 import pytest
 import skops.io
 import yaml
-from ml_service.reference import (
+from ml_service.model_format import (
     REFERENCE_KEY,
     SKOPS_TRUSTED_TYPES,
     TRAINING_KEY,
     reference_from_metadata,
 )
-from ml_service.train import load_dataset
+from ml_service.training.train import load_dataset
 from support.mlflow import MlflowServer, RegisteredModel, mlflow_env, run_training, train
 
 pytestmark = pytest.mark.integration

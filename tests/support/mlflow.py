@@ -100,8 +100,8 @@ def run_training(
     timeout: float = 600.0,
     extra_env: dict[str, str] | None = None,
 ) -> tuple[dict, subprocess.CompletedProcess]:
-    """Run `python -m ml_service.train` as a real subprocess: (--output-json document, process)."""
-    cmd = [sys.executable, "-m", "ml_service.train", "--output-json", str(output_json), *args]
+    """`python -m ml_service.training` as a real subprocess: (--output-json document, process)."""
+    cmd = [sys.executable, "-m", "ml_service.training", "--output-json", str(output_json), *args]
     proc = subprocess.run(
         cmd,
         env=mlflow_env(tracking_uri, **(extra_env or {})),

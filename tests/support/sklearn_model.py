@@ -22,7 +22,7 @@ def save_model(
     import mlflow.sklearn
     import pandas as pd
     import sklearn
-    from ml_service.reference import REFERENCE_KEY, TRAINING_KEY, compute_reference
+    from ml_service.model_format import REFERENCE_KEY, TRAINING_KEY, compute_reference
     from mlflow.models import infer_signature
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.linear_model import LogisticRegression

@@ -7,9 +7,9 @@ import logging
 from pathlib import Path
 
 import pytest
-from ml_service.main import create_app
-from ml_service.metrics import new_registry
-from ml_service.settings import Settings
+from ml_service.serving.app import create_app
+from ml_service.serving.metrics import new_registry
+from ml_service.serving.settings import Settings
 
 
 @pytest.mark.parametrize("path", ["/predict", "/invocations"])

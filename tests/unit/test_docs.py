@@ -18,7 +18,7 @@ def test_generated_docs_are_current() -> None:
 
 
 def test_every_setting_is_described() -> None:
-    from ml_service.settings import Settings
+    from ml_service.serving.settings import Settings
 
     undocumented = [n for n, f in Settings.model_fields.items() if not f.description]
     assert not undocumented, undocumented

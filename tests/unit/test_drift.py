@@ -8,8 +8,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
-from ml_service.drift import DriftMonitor, psi
-from ml_service.reference import REFERENCE_KEY, bin_indices, compute_reference
+from ml_service.model_format import REFERENCE_KEY, bin_indices, compute_reference
+from ml_service.serving.drift import DriftMonitor, psi
 from prometheus_client import CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 

@@ -11,8 +11,9 @@ import logging
 
 import numpy as np
 import pytest
-from ml_service import flat_trees, train
-from ml_service.flat_trees import MAX_ROWS, FlatTrees, flatten
+from ml_service.serving import flat_trees
+from ml_service.serving.flat_trees import MAX_ROWS, FlatTrees, flatten
+from ml_service.training import train
 from sklearn.datasets import load_iris
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.pipeline import Pipeline
@@ -181,7 +182,7 @@ def test_a_scikit_learn_without_the_private_attributes_is_declined(served) -> No
 def test_the_load_time_smoke_test_switches_the_served_model_to_the_walk(
     served, monkeypatch
 ) -> None:
-    from ml_service.model import LoadedModel, smoke_test
+    from ml_service.serving.model import LoadedModel, smoke_test
 
     pipe, x = served
     model = LoadedModel(

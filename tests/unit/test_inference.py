@@ -10,7 +10,7 @@ import threading
 
 import numpy as np
 import pytest
-from ml_service.inference import DriftSink, InferenceEngine
+from ml_service.serving.inference import DriftSink, InferenceEngine
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import threadpool_info
 
@@ -153,7 +153,7 @@ def test_numeric_threads_are_capped_for_libraries_loaded_after_start() -> None:
     one has long loaded scikit-learn."""
     script = """
 import asyncio, json
-from ml_service.inference import InferenceEngine
+from ml_service.serving.inference import InferenceEngine
 
 async def main():
     engine = InferenceEngine(numeric_threads=1, microbatch_wait_ms=0, microbatch_max_rows=1,

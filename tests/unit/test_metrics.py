@@ -13,9 +13,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from ml_service.main import create_app
-from ml_service.metrics import ServiceMetrics, new_registry
-from ml_service.settings import Settings
+from ml_service.serving.app import create_app
+from ml_service.serving.metrics import ServiceMetrics, new_registry
+from ml_service.serving.settings import Settings
 from prometheus_client.parser import text_string_to_metric_families
 from support.sklearn_model import save_model
 
@@ -210,7 +210,7 @@ def test_service_metrics_are_per_registry() -> None:
 def test_multiprocess_mode_merges_worker_files(tmp_path: Path) -> None:
     """Under PROMETHEUS_MULTIPROC_DIR, /metrics reads every worker's files (two processes here)."""
     script = (
-        "from ml_service.metrics import ServiceMetrics, new_registry, render\n"
+        "from ml_service.serving.metrics import ServiceMetrics, new_registry, render\n"
         "import sys\n"
         "r = new_registry()\n"
         "n = int(sys.argv[1])\n"

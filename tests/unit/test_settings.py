@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from ml_service.settings import Settings
+from ml_service.serving.settings import Settings
 from pydantic import ValidationError
 
 ENV_NAMES = [

@@ -6,8 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from ml_service import train
-from ml_service.reference import bin_indices, compute_reference, quantile_edges, snake_case
+from ml_service.model_format import bin_indices, compute_reference, quantile_edges, snake_case
+from ml_service.training import train
 from threadpoolctl import threadpool_limits
 
 

@@ -10,12 +10,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
-from ml_service.errors import ApiError, InputError
-from ml_service.main import create_app
-from ml_service.metrics import new_registry
-from ml_service.model import check_versions
-from ml_service.schemas import ModelSchemas
-from ml_service.settings import Settings
+from ml_service.serving.app import create_app
+from ml_service.serving.errors import ApiError, InputError
+from ml_service.serving.metrics import new_registry
+from ml_service.serving.model import check_versions
+from ml_service.serving.schemas import ModelSchemas
+from ml_service.serving.settings import Settings
 from support.sklearn_model import save_model
 
 NAMES = ("feature_0", "feature_1", "feature_2", "feature_3")

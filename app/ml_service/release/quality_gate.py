@@ -313,7 +313,7 @@ def public_base_url() -> str:
 
 def held_out(config: GateConfig):
     """The fixed held-out split as a DataFrame with a `label` column, and its fingerprint."""
-    from ml_service.train import fingerprint, load_dataset, split
+    from ml_service.training.train import fingerprint, load_dataset, split
 
     x, y = load_dataset()
     data = split(x, y, config.evaluation.test_size, config.evaluation.seed)
@@ -325,13 +325,12 @@ def held_out(config: GateConfig):
 def _load(client, name: str, version: str, tmp: Path):
     """A registered version as a pyfunc model, its run id and its training metadata.
 
-    skops must not trust the type list a model file carries about itself: every type the file
-    needs beyond skops' defaults must be one training declares (ml_service.reference)."""
+    skops must not trust the type list a model file carries about itself: the file is checked
+    with the rule serving loads by (model_format.trusted_types) before MLflow loads it."""
     import mlflow
-    import skops.io
     from mlflow.exceptions import MlflowException
 
-    from ml_service.reference import SKOPS_TRUSTED_TYPES, TRAINING_KEY
+    from ml_service.model_format import TRAINING_KEY, ForeignTypesError, trusted_types
 
     try:
         mv = client.get_model_version(name, version)
@@ -345,9 +344,10 @@ def _load(client, name: str, version: str, tmp: Path):
         )
     )
     for skops_file in local.rglob("*.skops"):
-        foreign = set(skops.io.get_untrusted_types(file=str(skops_file))) - set(SKOPS_TRUSTED_TYPES)
-        if foreign:
-            raise GateError(f"{name} v{version} holds types training never uses: {sorted(foreign)}")
+        try:
+            trusted_types(skops_file)
+        except ForeignTypesError as exc:
+            raise GateError(f"{name} v{version}: {exc}") from None
     previous = os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION")
     os.environ["MLFLOW_ALLOW_PICKLE_DESERIALIZATION"] = "true"  # checked just above
     try:

@@ -31,7 +31,8 @@ def _report(line: str) -> None:
 
 
 def check(timeout: float) -> tuple[bool, str]:
-    from .__main__ import MLFLOW_CLIENT_DEFAULTS
+    from ml_service.__main__ import MLFLOW_CLIENT_DEFAULTS
+
     from .model import LoadError, Reason, describe, fetch_and_deserialize, smoke_test
     from .settings import Settings
 
@@ -73,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         help="seconds to keep retrying before giving up (default 60)",
     )
     args = parser.parse_args(argv)
-    from .redact import configure_logging
+    from ml_service.redact import configure_logging
 
     configure_logging("warning")
     ok, line = check(args.timeout)

@@ -1,4 +1,6 @@
-"""Reference statistics shared by training (writes them) and serving (reads them).
+"""What a trained ml-service model carries, shared by training (writes it), serving and the
+release gate (read it): the metadata keys, the reference statistics drift monitoring compares
+live traffic with, and the rule for which types a skops file may instantiate.
 
 numpy-only on purpose: the serving image imports this module without the training extras.
 
@@ -11,6 +13,7 @@ expected per-bin fractions are stored rather than assumed to be 1/n_bins.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -21,9 +24,28 @@ REFERENCE_KEY = "ml_service_reference"
 TRAINING_KEY = "ml_service_training"
 SCHEMA_VERSION = 1
 
-# The only non-default type skops must allow for the HistGradientBoosting pipeline. Serving can
-# load with this app-side list instead of trusting the list a model file carries about itself.
+# The only non-default type skops must allow for the HistGradientBoosting pipeline: what training
+# declares when it saves the model.
 SKOPS_TRUSTED_TYPES = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
+# What a loader trusts: types of these libraries, never the list a model file carries about itself.
+TRUSTED_TYPE_PREFIXES = ("sklearn.",)
+
+
+class ForeignTypesError(ValueError):
+    """A skops file needs types from no trusted library (the message lists them)."""
+
+
+def trusted_types(skops_file: str | os.PathLike) -> list[str]:
+    """The types beyond skops' defaults that loading `skops_file` needs (skops.io.load's
+    `trusted`), once each is checked against TRUSTED_TYPE_PREFIXES: serving at load time and
+    the release gate before scoring refuse a file holding any other."""
+    import skops.io
+
+    needed = skops.io.get_untrusted_types(file=str(skops_file))
+    foreign = [t for t in needed if not t.startswith(TRUSTED_TYPE_PREFIXES)]
+    if foreign:
+        raise ForeignTypesError(f"model contains types outside the trusted libraries: {foreign}")
+    return needed
 
 
 def snake_case(name: str) -> str:

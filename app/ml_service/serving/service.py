@@ -22,6 +22,8 @@ from typing import TypeVar
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from ml_service.model_format import REFERENCE_KEY
+
 from .drift import DriftMonitor
 from .errors import ApiError
 from .inference import DriftSink, InferenceEngine, settle
@@ -35,7 +37,6 @@ from .model import (
     smoke_test,
     stamp,
 )
-from .reference import REFERENCE_KEY
 from .schemas import ModelSchemas
 from .settings import Settings
 

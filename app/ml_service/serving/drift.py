@@ -24,7 +24,7 @@ from prometheus_client import REGISTRY, CollectorRegistry
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from ml_service.reference import reference_from_metadata
+from ml_service.model_format import reference_from_metadata
 
 # Empty bins would make PSI infinite; the usual floor keeps a bin never seen finite but large.
 PSI_EPSILON = 1e-4

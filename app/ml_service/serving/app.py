@@ -16,7 +16,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from prometheus_client import CollectorRegistry
 
-from . import __version__, api, errors, mlflow_api, openapi
+from ml_service import __version__
+
+from . import api, errors, mlflow_api, openapi
 from .guard import ConnectionGuard
 from .hot_routes import HotRoutes
 from .metrics import HttpMetrics, default_registry

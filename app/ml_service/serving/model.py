@@ -25,15 +25,19 @@ from typing import Any
 import numpy as np
 import yaml
 
+from ml_service.model_format import (
+    REFERENCE_KEY,
+    TRAINING_KEY,
+    ForeignTypesError,
+    trusted_types,
+)
+from ml_service.redact import redact
+
 from .flat_trees import FlatTrees, each_column_missing, flatten
-from .redact import redact
-from .reference import REFERENCE_KEY, TRAINING_KEY
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-# skops asks which types to trust; we trust library types, never what the model file lists itself.
-TRUSTED_TYPE_PREFIXES = ("sklearn.",)
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
 # `flavors.python_function.predict_fn` values /invocations can answer (MLflow's default: predict).
 PREDICT_FNS = ("predict", "predict_proba")
@@ -385,13 +389,11 @@ def _deserialize(model_dir: Path, flavor: dict[str, Any]) -> Any:
     if fmt == "skops":
         import skops.io
 
-        untrusted = skops.io.get_untrusted_types(file=str(model_file))
-        foreign = [t for t in untrusted if not t.startswith(TRUSTED_TYPE_PREFIXES)]
-        if foreign:
-            raise ModelRejectedError(
-                f"model contains types outside the trusted libraries: {foreign}"
-            )
-        return skops.io.load(str(model_file), trusted=untrusted)
+        try:
+            trusted = trusted_types(model_file)
+        except ForeignTypesError as exc:
+            raise ModelRejectedError(str(exc)) from None
+        return skops.io.load(str(model_file), trusted=trusted)
     # pickle executes arbitrary code; only with MLflow's own explicit opt-in.
     if os.environ.get("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "").lower() != "true":
         raise ModelRejectedError(

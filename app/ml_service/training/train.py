@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from ml_service.reference import (
+from ml_service.model_format import (
     REFERENCE_KEY,
     SKOPS_TRUSTED_TYPES,
     TRAINING_KEY,
@@ -40,7 +40,7 @@ log = logging.getLogger("ml_service.train")
 
 MODEL_NAME = "ml-service"
 EXPERIMENT = "ml-service"
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO_ROOT = Path(__file__).resolve().parents[3]
 RESULT_PREFIX = "ML_SERVICE_TRAIN_RESULT "
 VERSIONED_PACKAGES = ("scikit-learn", "numpy", "scipy", "pandas", "skops", "mlflow")
 
@@ -381,7 +381,3 @@ def main(argv: list[str] | None = None) -> int:
     print(RESULT_PREFIX + json.dumps(summary, sort_keys=True))
     print(result["version"])
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
