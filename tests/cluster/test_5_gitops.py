@@ -521,7 +521,7 @@ def test_ci_reaches_mlflow_by_its_public_name(story: Story) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     out = story.tmp / "train-ci.json"
     with measure("gitops: train + register through the public name (CI's user)"):
-        proc = story.run_public([sys.executable, "-m", "ml_service.train", "--output-json",
+        proc = story.run_public([sys.executable, "-m", "ml_service.training", "--output-json",
                                  str(out)], story.user_env("ci"))  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert json.loads(out.read_text())["version"] == str(int(registry.v2.version) + 1)
