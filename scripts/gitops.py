@@ -548,8 +548,8 @@ def parse_image(spec: str) -> tuple[str, str, str, str]:
 
 
 def pin_platform_text(text: str, images: list[tuple[str, str, str, str]]) -> str:
-    """The mlflow-platform Application with each image's tag and digest in its valuesObject; the
-    repository must be the chart's default (`make adopt` sets it), which the Application keeps."""
+    """The mlflow-platform Application with each image's tag and digest in its valuesObject (the
+    repository stays the chart's default: check_platform checks the pushed one is it)."""
     doc = _yaml().load(text)
     values = doc["spec"]["source"]["helm"].setdefault("valuesObject", {})
     for target, _repository, tag, digest in images:
@@ -590,6 +590,8 @@ def cmd_pin_platform(a: argparse.Namespace) -> str:
     images = [parse_image(spec) for spec in a.image]
     if len({i[0] for i in images}) != len(images):
         raise GitopsError("--image names each target once")
+    if a.revision and not REVISION_RE.match(a.revision):
+        raise GitopsError("--revision is a full commit sha")
     base = resolve_base(a.repo, a.base, a.remote)
     text = read_at(a.repo, base.ref, PLATFORM_APP)
 
