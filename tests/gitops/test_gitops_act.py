@@ -71,6 +71,9 @@ class ActRepo:
             "ubuntu-24.04=-self-hosted",
             "--no-cache-server",
             "--pull=false",
+            # The checkout copies .venv and .tools too: they are git-ignored links to the shared
+            # ones (copying only what git tracks would rebuild every tool inside each job).
+            "--use-gitignore=false",
             "--defaultbranch",
             "main",
             "-s",
