@@ -1,18 +1,24 @@
 #!/usr/bin/env python3
 """Point the Argo CD objects and the images at your repository: `make adopt REPO=<owner>/<name>`.
 
-Replaces the placeholder `OWNER/ml-service` in every file under argocd/ (the Applications'
-repoURL, the AppProject's sourceRepos, the ApplicationSet's git generator, the GitHub dispatch path
-of the notification), and the image placeholder `ghcr.io/owner/ml-service` under charts/ and argocd/
-by `ghcr.io/<owner>/<name>` in lower case: where the release and platform-images workflows push
-(`ghcr.io/${GITHUB_REPOSITORY,,}` and its `/mlflow-*` images). Nothing else changes; the tests
-read the URL from argocd/bootstrap.yaml, so they keep passing after it
-(tests/gitops/test_gitops_adoption.py). Run it once, commit, push.
+Argo CD reads the repository from the URL `argocd/bootstrap.yaml` names (the Applications'
+repoURL, the AppProjects' sourceRepos, the ApplicationSet's git generator) and Argo CD
+Notifications tells the GitHub repository named in the notification's dispatch path
+(`/repos/<owner>/<name>/dispatches`); the release approvers of .github/CODEOWNERS are a team of the
+repository's owner; every image under charts/ and argocd/ is `ghcr.io/<owner>/<name>` in lower case
+or below it: where the release and platform-images workflows push (`ghcr.io/${GITHUB_REPOSITORY,,}`
+and its `/mlflow-*` images). `adopt` replaces the URL, the repository, the owner and the image path
+it finds there, whatever they are (the template's `OWNER/ml-service` or an earlier adoption), and
+nothing else; the tests read them from the same files, so they keep passing after it
+(tests/gitops/test_gitops_adoption.py). Running it again with the same arguments changes nothing
+and succeeds; with other arguments it re-points the objects. Commit, push.
 
 `--repo-url URL` (`make adopt REPO=<owner>/<name> REPO_URL=...`): Argo CD reads the repository
 from another address than https://github.com/<owner>/<name>.git (a mirror, GitHub Enterprise, a
 git server inside the network); the GitHub repository still receives the notification. No
 credential in the URL: Argo CD takes them from a repository Secret (docs/gitops.md, step 4).
+
+Exit codes: 0 adopted (or already adopted so), 2 bad input or argocd/ not as expected.
 """
 
 from __future__ import annotations
@@ -24,13 +30,14 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
-PLACEHOLDER = "OWNER/ml-service"
-PLACEHOLDER_URL = f"https://github.com/{PLACEHOLDER}.git"
+BOOTSTRAP = Path("argocd/bootstrap.yaml")
+NOTIFICATIONS = Path("argocd/install/argocd-notifications-cm.patch.yaml")
+CODEOWNERS = Path(".github/CODEOWNERS")
 # GitHub: owner 1-39 of [A-Za-z0-9-], repository [A-Za-z0-9._-]
 REPO_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
+REPO_URL_LINE = re.compile(r"^\s*repoURL:\s*(\S+)\s*$", re.M)
+DISPATCH = re.compile(r"/repos/([A-Za-z0-9-]+/[A-Za-z0-9._-]+)/dispatches\b")
 URL_SCHEMES = ("https", "http", "ssh", "git")
-# The registry path of every image the repository deploys (charts' defaults, Applications' values).
-IMAGE_PLACEHOLDER = re.compile(r"ghcr\.io/owner/ml-service(?![\w.-])")
 
 
 def valid_url(url: str) -> bool:
@@ -52,23 +59,57 @@ def valid_url(url: str) -> bool:
     )
 
 
-def adopt_images(repo: str) -> list[str]:
-    """Point every image under charts/ and argocd/ at `ghcr.io/<repo>`; the files changed."""
-    registry = f"ghcr.io/{repo.lower()}"
+def github_url(repo: str) -> str:
+    return f"https://github.com/{repo}.git"
+
+
+def image_path(repo: str) -> str:
+    """Where the workflows push `repo`'s images (GHCR wants lower case)."""
+    return f"ghcr.io/{repo.lower()}"
+
+
+def current(root: Path) -> tuple[str, str]:
+    """(the URL Argo CD reads the repository from, the GitHub repository notified) as argocd/
+    says now."""
+    urls = REPO_URL_LINE.findall((root / BOOTSTRAP).read_text())
+    repos = set(DISPATCH.findall((root / NOTIFICATIONS).read_text()))
+    if len(urls) != 1 or len(repos) != 1:
+        raise ValueError(
+            f"expected one repoURL in {BOOTSTRAP} and one dispatch path in {NOTIFICATIONS}"
+        )
+    return urls[0], repos.pop()
+
+
+def adopt(root: Path, repo: str, url: str) -> list[str]:
+    """Rewrite argocd/, the images under charts/ and CODEOWNERS from the current URL and
+    repository to `url` and `repo`; the files changed (none when already adopted so)."""
+    old_url, old_repo = current(root)
+    old_owner, owner = old_repo.split("/")[0], repo.split("/")[0]
+    old_image = re.compile(rf"{re.escape(image_path(old_repo))}(?![\w.-])")
     changed = []
-    for top in ("charts", "argocd"):
-        for path in sorted((ROOT / top).rglob("*")):
-            if path.is_symlink() or not path.is_file() or path.suffix not in (".yaml", ".md"):
-                continue
-            text = path.read_text()
-            new = IMAGE_PLACEHOLDER.sub(registry, text)
-            if new != text:
-                path.write_text(new)
-                changed.append(str(path.relative_to(ROOT)))
+    paths = [p for top in ("argocd", "charts") for p in sorted((root / top).rglob("*"))
+             if p.suffix in (".yaml", ".md") and p.is_file() and not p.is_symlink()]  # fmt: skip
+    for path in [*paths, root / CODEOWNERS]:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        if path.name == CODEOWNERS.name:
+            new = re.sub(rf"@{re.escape(old_owner)}/", f"@{owner}/", text)
+        else:
+            new = old_image.sub(image_path(repo), text)
+            if path.relative_to(root).parts[0] == "argocd":
+                new = new.replace(old_url, url).replace(
+                    f"/repos/{old_repo}/dispatches", f"/repos/{repo}/dispatches"
+                )
+        if new != text:
+            path.write_text(new)
+            changed.append(str(path.relative_to(root)))
+    if current(root) != (url, repo):
+        raise ValueError(f"{BOOTSTRAP} does not read {url} after the rewrite")
     return changed
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], root: Path = ROOT) -> int:
     p = argparse.ArgumentParser(prog="adopt.py", add_help=True)
     p.add_argument("repo", nargs="?", default="")
     p.add_argument("--repo-url", default="")
@@ -81,20 +122,16 @@ def main(argv: list[str]) -> int:
         print("usage: --repo-url takes an https://, http://, ssh:// or git:// URL of the "
               "repository, without credentials", file=sys.stderr)  # fmt: skip
         return 2
-    changed = []
-    for path in sorted((ROOT / "argocd").rglob("*.yaml")):
-        text = path.read_text()
-        if PLACEHOLDER in text:
-            if args.repo_url:
-                text = text.replace(PLACEHOLDER_URL, args.repo_url)
-            path.write_text(text.replace(PLACEHOLDER, args.repo))
-            changed.append(str(path.relative_to(ROOT)))
-    changed += [c for c in adopt_images(args.repo) if c not in changed]
+    url = args.repo_url or github_url(args.repo)
+    try:
+        changed = adopt(root, args.repo, url)
+    except (OSError, ValueError) as exc:
+        print(f"adopt: {exc}", file=sys.stderr)
+        return 2
     if not changed:
-        print(f"adopt: no {PLACEHOLDER} left under argocd/ (already adopted?)", file=sys.stderr)
-        return 1
-    where = f" (Argo CD reads {args.repo_url})" if args.repo_url else ""
-    print(f"adopted {args.repo}{where}: " + ", ".join(changed))
+        print(f"adopt: already adopted: Argo CD reads {url}, notifies {args.repo}")
+    else:
+        print(f"adopted {args.repo} (Argo CD reads {url}): " + ", ".join(changed))
     return 0
 
 
