@@ -20,8 +20,9 @@ a clone of this repository from a git server on 127.0.0.1, exactly as docs/gitop
    user, moves `champion` to 1;
 6. a promotion end to end: `scripts/gitops.py release` as CI (quality gate through the public name,
    `gh` the FAKE tests/gitops/fake_gh.py), the PR merged → dev serves 2; `promote dev prod` refused;
-   staging, then prod (manual sync) serve 2 → `champion` 2; then prod rolled back (the promotion's
-   merge reverted, synced) → serves 1 → `champion` 1 again: one dispatch per deployment (1, 2, 1).
+   staging, then prod (manual sync) serve 2 → `champion` 2; then prod rolled back (`gitops.py
+   rollback prod`, merged, synced) → serves 1 → `champion` 1 again: one dispatch per deployment
+   (1, 2, 1).
 
 What the test changes in its clone, each in a commit of its own (visible in `story`):
 - SUBSTITUTE: kube-prometheus-stack cannot be rendered here (Helm repositories are unreachable).
@@ -630,10 +631,11 @@ def test_promotion_end_to_end(story: Story) -> None:
 
 
 def test_rollback_moves_champion_back(story: Story) -> None:
-    """prod back to the version it served before (the promotion's merge reverted, synced): a new
-    deployment, so a new dispatch, and `champion` follows (v1 -> v2 -> v1)."""
-    story.git("revert", "--no-edit", "-m", "1", story.merges["prod"])
-    story.git("push", "--quiet", "origin", "main")
+    """prod back to the version it served before (`gitops.py rollback prod`, its PR merged,
+    synced): a new deployment, so a new dispatch, and `champion` follows (v1 -> v2 -> v1)."""
+    proc = story.gitops("rollback", "prod")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    story.merge("prod")
 
     def prod_names_v1():
         annotations = story.argocd.app("ml-service-prod")["metadata"].get("annotations") or {}
