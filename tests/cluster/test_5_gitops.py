@@ -76,8 +76,6 @@ from support.procs import spawn, stop_group
 from .conftest import InClusterMlflow
 from .lib import ROOT, SUMMARY, deployment_pods, get_json, measure
 
-pytestmark = pytest.mark.cluster
-
 ENVS = ("dev", "staging", "prod")
 GITHUB_REPO = "acme/ml-service"
 STANDIN = "tests/cluster/argocd/kube-prometheus-stack"

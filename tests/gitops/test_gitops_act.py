@@ -35,7 +35,7 @@ from support.gitrepo import forget_releases
 
 from .conftest import ROOT, TOOLS_BIN, run_git, snapshot_repo, tool
 
-pytestmark = [pytest.mark.gitops, pytest.mark.integration]
+pytestmark = pytest.mark.server
 
 ACT_ACTIONS = Path(__file__).parent / "act" / "actions"
 FAKE_DIGEST = "sha256:" + "e" * 64

@@ -10,33 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.tools import hadolint_problems
 
 from .conftest import ROOT, SUMMARY, UID_GID, Docker
 
-pytestmark = pytest.mark.image
-
-HADOLINT = ROOT / ".tools" / "hadolint" / "bin" / "hadolint"
-
 
 def test_hadolint_passes_with_every_ignore_justified():
-    if not HADOLINT.exists():
-        pytest.fail(f"{HADOLINT} missing: run 'make setup'")
-    proc = subprocess.run(
-        [str(HADOLINT), "--no-color", "Dockerfile"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = (ROOT / "Dockerfile").read_text().splitlines()
-    for number, line in enumerate(lines):
-        if "hadolint ignore=" in line:
-            # the reason is a comment line right above the pragma
-            above = lines[number - 1].strip() if number else ""
-            assert above.startswith("#") and "hadolint" not in above and len(above) > 15, (
-                f"Dockerfile:{number + 1}: ignore without a justification comment above it"
-            )
+    assert not (problems := hadolint_problems(ROOT / "Dockerfile")), "\n".join(problems)
 
 
 def test_build_context_is_an_allow_list():
@@ -66,15 +46,16 @@ def test_image_configuration(docker: Docker, image: str):
     assert config["Entrypoint"] == ["python", "-m", "ml_service"], "exec form: python is PID 1"
     assert not config.get("Cmd")
     env = dict(item.split("=", 1) for item in config["Env"])
-    assert env["HOST"] == "0.0.0.0" and env["PORT"] == "8000"
+    assert env["HOST"] == "0.0.0.0" and env["PORT"] == "8000" and env["PROBE_PORT"] == "8081"
     assert env["PATH"].startswith("/opt/venv/bin:")
     # The default target serves the demo model trained at build time (MODEL_URI set at run time,
     # e.g. by the chart's registry mode, replaces it).
     assert env["MODEL_URI"] == "/opt/ml-service/model"
     assert (env["MODEL_NAME"], env["MODEL_VERSION"]) == ("ml-service", "demo")
-    assert "8000/tcp" in config["ExposedPorts"]
+    assert {"8000/tcp", "8081/tcp"} <= set(config["ExposedPorts"])
     health = config["Healthcheck"]["Test"]
     assert health[0] == "CMD" and health[1:3] == ["python", "-c"] and "/health" in health[3]
+    assert "PROBE_PORT" in health[3], "the HEALTHCHECK asks the probe listener"
     labels = config["Labels"]
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False
@@ -115,6 +96,24 @@ def _locked_pins() -> dict[str, str]:
 def _all_locked() -> list[str]:
     text = (ROOT / "requirements/runtime.txt").read_text()
     return re.findall(r"(?m)^([A-Za-z0-9_.\-]+)==", text)
+
+
+def test_image_ships_serving_code_only(docker: Docker, image: str):
+    """The package in the image is the serving app and the shared modules loading a model needs;
+    training and the release gate (their dependencies are not installed) are nowhere under /opt."""
+    out = _in_image(
+        docker,
+        image,
+        "import json, os, ml_service;"
+        "found = [top for top, dirs, files in os.walk('/opt')"
+        " if top.endswith(('ml_service/training', 'ml_service/release'))];"
+        "package = sorted(os.listdir(os.path.dirname(ml_service.__file__)));"
+        "print(json.dumps({'found': found, 'package': package}))",
+    )
+    shipped = json.loads(out)
+    assert shipped["found"] == [], shipped["found"]
+    assert {"serving", "model_format.py", "redact.py", "__main__.py"} <= set(shipped["package"])
+    assert not {"training", "release"} & set(shipped["package"]), shipped["package"]
 
 
 def test_virtualenv_holds_exactly_the_runtime_lock(docker: Docker, image: str):

@@ -12,8 +12,6 @@ import yaml
 
 from .lib import HERE, NAMESPACE, RELEASE, render_rule_groups, rules_of, tool, write_rules
 
-pytestmark = pytest.mark.monitoring
-
 UNIT_TESTS = HERE / "rules_test.yaml"
 
 # Values that move every window and threshold away from the defaults (rendering must follow).

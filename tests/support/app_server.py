@@ -5,7 +5,7 @@
         httpx.post(app.url("/predict"), json=...)
 
 Used by the serving, monitoring, image and benchmark tiers; `served_model` is a ready server
-for the session's registered model.
+for the session's registered model; `wait_client_ready` waits for an in-process app (TestClient).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 
 from .mlflow import QUIET_MLFLOW_ENV, RegisteredModel
 from .net import free_port, wait_http
+from .poll import wait_until
 from .procs import spawn, stop_group, tail
 
 
@@ -34,18 +35,24 @@ class AppServer:
     port: int
     log_path: Path
     process: subprocess.Popen = field(repr=False)
+    probe_port: int = 0
 
     def url(self, path: str) -> str:
         return self.base_url + path
+
+    @property
+    def probe_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.probe_port}"
+
+    def probe_url(self, path: str) -> str:
+        """`path` on the probe listener (PROBE_PORT): /health, /ready, /metrics."""
+        return self.probe_base_url + path
 
     def log_tail(self, chars: int = 4000) -> str:
         return tail(self.log_path, chars)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        try:
-            wait_http(self.url("/ready"), timeout=timeout, proc=self.process)
-        except (RuntimeError, TimeoutError) as exc:
-            raise AssertionError(f"app never became ready: {exc}\n{self.log_tail()}") from exc
+        wait_http(self.url("/ready"), timeout=timeout, proc=self.process, log=self.log_path)
 
     def terminate(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         """Send `sig` to the app only (not its group) and return its exit code."""
@@ -54,11 +61,18 @@ class AppServer:
         return self.process.wait(timeout=timeout)
 
 
+def wait_client_ready(client, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """The in-process app behind a TestClient has its model loaded: /ready answers 200."""
+    wait_until(lambda: client.get("/ready").status_code == 200, timeout, "/ready answering 200",
+               0.05, lambda: client.get("/ready").text)  # fmt: skip
+
+
 def app_env(
     *,
     model_uri: str,
     tracking_uri: str | None = None,
     port: int,
+    probe_port: int,
     **settings: str | int | float,
 ) -> dict[str, str]:
     env = {**os.environ, **QUIET_MLFLOW_ENV}
@@ -69,6 +83,7 @@ def app_env(
             "MODEL_URI": model_uri,
             "HOST": "127.0.0.1",
             "PORT": str(port),
+            "PROBE_PORT": str(probe_port),
             "LOG_LEVEL": "info",
             # quick test shutdowns; tests of the drain phase set their own
             "SHUTDOWN_DRAIN_SECONDS": "0",
@@ -98,10 +113,14 @@ def app_server(
 
     `max_open_files` caps the app's file descriptors (soft and hard), as a container runtime
     might; `env_extra` adds variables verbatim (e.g. credentials MLflow reads)."""
-    port = free_port()
+    port, probe_port = free_port(), free_port()
+    while probe_port == port:
+        probe_port = free_port()
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="ml-service-app-"))
     log_path = log_dir / f"app-{port}.log"
-    env = app_env(model_uri=model_uri, tracking_uri=tracking_uri, port=port, **settings)
+    env = app_env(
+        model_uri=model_uri, tracking_uri=tracking_uri, port=port, probe_port=probe_port, **settings
+    )
     env.update(env_extra or {})
 
     def limit_files() -> None:
@@ -111,12 +130,9 @@ def app_server(
     proc = spawn(
         [sys.executable, "-m", "ml_service"], log_path=log_path, env=env, preexec_fn=limit_files
     )
-    server = AppServer(f"http://127.0.0.1:{port}", port, log_path, proc)
+    server = AppServer(f"http://127.0.0.1:{port}", port, log_path, proc, probe_port)
     try:
-        try:
-            wait_http(server.url("/health"), timeout=timeout, proc=proc)
-        except (RuntimeError, TimeoutError) as exc:
-            raise AssertionError(f"app did not start: {exc}\n{server.log_tail()}") from exc
+        wait_http(server.url("/health"), timeout=timeout, proc=proc, log=log_path)
         if wait_ready:
             server.wait_ready(timeout=max(timeout, 120.0))
         yield server

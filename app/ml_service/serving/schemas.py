@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from typing_extensions import TypedDict
 
-from .errors import ApiError, InputError, error, safe_errors
+from .errors import InputError, error, safe_errors, too_many_rows
 
 # Above this, a rejected body gets msgspec's first error only: explaining more would cost
 # work that grows with what the caller sent.
@@ -29,6 +29,26 @@ _FLOAT_MAX = float(np.finfo(np.float64).max)
 # strict: "1.5" or true is not a number; allow_inf_nan=False: NaN/Infinity/1e999 are rejected.
 FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 FiniteFloatMsgspec = Annotated[float, msgspec.Meta(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
+
+
+def example_row(reference: dict[str, Any] | None, names: tuple[str, ...]) -> list[float] | None:
+    """A made-up row for the OpenAPI examples, never a row of the data: per feature, the middle
+    of its central training bin (the model's reference statistics), rounded to 3 significant
+    digits. None when the model carries no statistics for every feature."""
+    stats = (reference or {}).get("feature_stats") or {}
+    row = []
+    for name in names:
+        feature = stats.get(name)
+        if not isinstance(feature, dict):
+            return None
+        edges = feature.get("edges") or []
+        if len(edges) >= 2:
+            middle = len(edges) // 2
+            value = (edges[middle - 1] + edges[middle]) / 2
+        else:  # one edge is one observed value: the middle of the range instead
+            value = (feature["min"] + feature["max"]) / 2
+        row.append(float(f"{value:.3g}"))
+    return row
 
 
 class ModelRef(BaseModel):
@@ -149,7 +169,7 @@ class ModelSchemas:
     def rows_matrix(self, rows: list[msgspec.Struct], max_rows: int) -> np.ndarray:
         """Decoded rows → float64 matrix in signature order (413 over `max_rows`)."""
         if len(rows) > max_rows:
-            raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+            raise too_many_rows(max_rows)
         astuple = msgspec.structs.astuple
         return np.asarray([astuple(r) for r in rows], dtype=np.float64).reshape(
             len(rows), len(self.feature_names)
