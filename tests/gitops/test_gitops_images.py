@@ -29,7 +29,6 @@ from support import kube
 from .conftest import ROOT, generate, load_all, run_git, snapshot_repo, tool
 from .test_gitops_release import make_sandbox, ok
 
-
 WORKFLOWS = ROOT / ".github" / "workflows"
 FAKE_DIGEST = "sha256:" + "f" * 64
 EXPR = re.compile(r"\$\{\{\s*([\w.-]+)\s*\}\}")
