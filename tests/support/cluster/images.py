@@ -162,12 +162,12 @@ def build_addon_images(docker: Docker, bin_dir: Path = DEFAULT_BIN_DIR) -> dict[
 PLATFORM_CHART = ROOT / "charts" / "mlflow-platform"
 
 
-def platform_images() -> dict[str, str]:
-    """platform.Dockerfile target -> the image charts/mlflow-platform runs by default
-    (`<component>.image.repository:<tag or appVersion>`), so the chart and the Argo CD Application
-    that installs it need no image values."""
-    values = yaml.safe_load((PLATFORM_CHART / "values.yaml").read_text())
-    app_version = yaml.safe_load((PLATFORM_CHART / "Chart.yaml").read_text())["appVersion"]
+def platform_images(chart: Path = PLATFORM_CHART) -> dict[str, str]:
+    """platform.Dockerfile target -> the image charts/mlflow-platform (of this checkout, or the
+    chart directory `chart` of another) runs by default (`<component>.image.repository:<tag or
+    appVersion>`): the names the platform-images workflow pushes."""
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    app_version = yaml.safe_load((chart / "Chart.yaml").read_text())["appVersion"]
 
     def ref(image: dict, default: str) -> str:
         return f"{image['repository']}:{image['tag'] or default}"
