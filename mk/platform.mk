@@ -54,7 +54,9 @@ platform-image-refs: ## print TARGET=IMAGE:TAG for each platform image (PLATFORM
 
 # The MinIO binary the `minio` target copies in (platform.Dockerfile.dockerignore lets only it through).
 platform-minio: $(CHART_STAMP)/minio-$(MINIO_VERSION) ## the MinIO binary for the image, in build/platform/
-	mkdir -p build/platform && install -m 755 $(TOOLS)/bin/minio build/platform/minio
+	# copied then renamed: the cluster tier may build from this context at the same time
+	mkdir -p build/platform && install -m 755 $(TOOLS)/bin/minio build/platform/.minio.$$$$ && \
+	  mv -f build/platform/.minio.$$$$ build/platform/minio
 
 platform-images: setup-platform platform-minio ## build the mlflow-server, postgresql and minio images of charts/mlflow-platform
 	@$(DOCKER_SCRIPTS)/with-dockerd.sh $(DOCKER_SCRIPTS)/build-platform-images.sh $(PLATFORM_IMAGES)

@@ -189,8 +189,12 @@ def build_platform_images(docker: Docker) -> tuple[dict[str, str], str]:
     if not minio.exists():
         raise RuntimeError(f"{minio} missing: run `make setup-platform`")
     # The build context takes the binary from build/platform/ (platform.Dockerfile.dockerignore).
-    (ROOT / "build" / "platform").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(minio, ROOT / "build" / "platform" / "minio")
+    # Copied then renamed: the platform tier may build from the same context at the same time.
+    context = ROOT / "build" / "platform"
+    context.mkdir(parents=True, exist_ok=True)
+    partial = context / f".minio.{os.getpid()}"
+    shutil.copy2(minio, partial)
+    partial.replace(context / "minio")
     proc = subprocess.run(
         [str(SCRIPTS / "build-platform-images.sh"), *(f"{t}={r}" for t, r in refs.items())],
         env=docker.env, capture_output=True, text=True, timeout=2400, check=False, cwd=ROOT,
