@@ -101,31 +101,22 @@ def test_the_bucket_holds_exactly_the_rows_served_through_an_outage(
         PAYLOAD_LOG_QUEUE_ROWS=400,
         **direct_server.client_env,
     ) as app:
+
+        def rows_accounted(timeout: float, what: str) -> None:
+            """Every row served so far is written or counted as dropped."""
+            wait_until(lambda: accounted(app, http, "predictions") == len(served), timeout, what,
+                       interval=0.5)  # fmt: skip
+
         traffic(app, 60)
-        wait_until(
-            lambda: accounted(app, http, "predictions") == len(served),
-            60,
-            "the first rows written",
-            interval=0.5,
-        )
+        rows_accounted(60, "the first rows written")
         minio.stop()
         try:
             traffic(app, 150)  # the store is gone: requests go on, rows are dropped and counted
-            wait_until(
-                lambda: accounted(app, http, "predictions") == len(served),
-                120,
-                "every row written or dropped",
-                interval=0.5,
-            )
+            rows_accounted(120, "every row written or dropped")
         finally:
             minio.start()
         traffic(app, 60)
-        wait_until(
-            lambda: accounted(app, http, "predictions") == len(served),
-            60,
-            "the rest written",
-            interval=0.5,
-        )
+        rows_accounted(60, "the rest written")
         # labels for a third of the rows, the ones of the outage included, 50 at a time (the
         # small queue of this test holds 400 rows)
         for pid in list(served)[::3]:
