@@ -14,6 +14,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ml_service.serving.server import fd_budget
 from support.app_server import AppServer, app_server
 from support.attacks import closed_by_server, open_sockets
 
@@ -83,29 +84,41 @@ def test_slowloris_headers_are_cut_off(app: AppServer) -> None:
     assert closed == len(socks), f"{len(socks) - closed} slow connections still open"
 
 
-def test_a_probe_behind_a_slowloris_backlog_is_served(app: AppServer) -> None:
-    """The event loop is behind (here: the process is stopped) while 500 slow connections each
-    send the first bytes of a header and a probe sends a whole request. On resume every socket
-    holds unread bytes and none has been idle for long; only the probe's bytes are a complete
-    request, so it must be a slow connection that makes room. (CI failed this way: a probe
-    that came in the first second of a flood, on a loaded machine, got the 503 instead.)"""
+def test_a_probe_behind_a_slowloris_backlog_is_served(tiny_model: Path, tmp_path: Path) -> None:
+    """The event loop is behind (here: the process is stopped) while more slow connections than
+    the cap each send the first bytes of a header and a probe sends a whole request. On resume
+    every socket holds unread bytes and none has been idle for long; only the probe's bytes are a
+    complete request, so it must be a slow connection that makes room (a probe that came in the
+    first second of a flood, on a loaded machine, once got the 503 instead). The connections all
+    wait in the listen queue, whose length the open-file budget sets: more would never connect."""
+    cap, open_files = 100, 1024
+    slow_count = fd_budget(cap, open_files).backlog - 4
+    assert slow_count > cap, "the listen queue must hold more connections than the cap"
     slow = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: a"
     probe_request = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    app.process.send_signal(signal.SIGSTOP)
-    try:
-        with open_sockets(app.port, 500) as socks:
-            for s in socks:
-                with contextlib.suppress(OSError):
-                    s.sendall(slow)
-            probe = socket.create_connection(("127.0.0.1", app.port), timeout=10)
-            probe.sendall(probe_request)
+    with app_server(
+        model_uri=str(tiny_model),
+        wait_ready=True,
+        log_dir=tmp_path,
+        max_open_files=open_files,
+        REQUEST_HEADER_TIMEOUT_SECONDS=HEADER_TIMEOUT,
+        MAX_CONNECTIONS=cap,
+    ) as app:
+        app.process.send_signal(signal.SIGSTOP)
+        try:
+            with open_sockets(app.port, slow_count, timeout=2.0) as socks:
+                for s in socks:
+                    with contextlib.suppress(OSError):
+                        s.sendall(slow)
+                probe = socket.create_connection(("127.0.0.1", app.port), timeout=10)
+                probe.sendall(probe_request)
+                app.process.send_signal(signal.SIGCONT)
+                with probe:
+                    received, _ = read_until_close(probe, timeout=10)
+        finally:
             app.process.send_signal(signal.SIGCONT)
-            with probe:
-                received, _ = read_until_close(probe, timeout=10)
-    finally:
-        app.process.send_signal(signal.SIGCONT)
+        metrics = httpx.get(app.url("/metrics"), timeout=5).text
     assert received.startswith(b"HTTP/1.1 200"), received[:200]
-    metrics = httpx.get(app.url("/metrics"), timeout=5).text
     assert 'mlservice_connections_closed_total{reason="idle_evicted"}' in metrics
 
 
