@@ -22,6 +22,7 @@ import platform
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from . import HERE, ROOT, BenchError
 from .payloads import body, load_rows, predicted_rows
-from .servers import RUNNING, Server, proc_table, server_pids
+from .servers import CPUS, RUNNING, Server, cpu_time_s, proc_table, server_pids
 
 # An open-loop step is saturated (the server no longer keeps up) when fewer than this share of
 # its requests succeed or complete at the offered rate, or p99 passes SATURATED_P99_MS.
@@ -44,6 +45,8 @@ LAGGED_RATE = 0.9
 # Past its first saturated step, a server stays on the ladder up to this many times its
 # capacity in that ladder (the highest rate it kept up with): goodput under overload.
 OVERLOAD_FACTOR = 4.0
+# The mixed payload of the overload steps: 1-row and 100-row requests, alternating.
+MIX = "mix"
 
 
 # ---------------------------------------------------------------- machine load
@@ -182,7 +185,8 @@ def check_wrk() -> str:
 
 def wrk(url: str, body_file: Path, connections: int, seconds: float, what: str = "wrk") -> dict:
     """Closed loop: `connections` clients, each sending as soon as its previous answer arrived."""
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+    argv = [*client_pin(), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
+    argv += ["--timeout", "10s"]
     argv += ["-s", str(HERE / "wrk/post.lua"), url]
     env = {**os.environ, "WRK_BODY_FILE": str(body_file)}
     before = probe()
@@ -203,6 +207,11 @@ def wrk(url: str, body_file: Path, connections: int, seconds: float, what: str =
     }
 
 
+def client_pin() -> list[str]:
+    """The load generator runs on CPUS["client"], away from the servers' CPUS["server"]."""
+    return ["taskset", "-c", CPUS["client"]] if CPUS["client"] else []
+
+
 def find_vegeta() -> str:
     found = shutil.which("vegeta") or shutil.which("vegeta", path=str(ROOT / ".tools/bin"))
     if not found:
@@ -217,14 +226,31 @@ def vegeta_version(exe: str) -> str:
 
 
 def vegeta(
-    exe: str, url: str, body_file: Path, rate: int, seconds: float, work: Path, what: str = ""
+    exe: str,
+    url: str,
+    body_file: Path | list[Path],
+    rate: int,
+    seconds: float,
+    work: Path,
+    what: str = "",
 ) -> dict:
     """Open loop: `rate` requests per second for `seconds`, sent on schedule whatever the server
-    does (vegeta adds workers and connections as needed); latencies from vegeta's own report."""
+    does (vegeta adds workers and connections as needed); latencies from vegeta's own report.
+    Several body files: the requests take them in turn."""
     targets = work / "vegeta-targets.txt"
-    targets.write_text(f"POST {url}\nContent-Type: application/json\n@{body_file}\n")
+    files = body_file if isinstance(body_file, list) else [body_file]
+    targets.write_text(
+        "\n".join(f"POST {url}\nContent-Type: application/json\n@{f}\n" for f in files)
+    )
     results = work / "vegeta-results.bin"
-    argv = [exe, "attack", f"-rate={rate}/1s", f"-duration={seconds:g}s", "-timeout=10s"]
+    argv = [
+        *client_pin(),
+        exe,
+        "attack",
+        f"-rate={rate}/1s",
+        f"-duration={seconds:g}s",
+        "-timeout=10s",
+    ]
     argv += ["-max-body=0", f"-targets={targets}", f"-output={results}"]
     before = probe()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
@@ -415,6 +441,113 @@ def open_loop(
             if not active:
                 break
     return results
+
+
+def capacities(results: list[dict], server: str) -> dict[str, float]:
+    """A server's capacity per payload: its closed-loop throughput at the most connections
+    (median of the rounds); the mix's from the time per request of each half."""
+    mine = [r for r in results if r["server"] == server]
+    most = max(r["connections"] for r in mine)
+    cap = {
+        str(n): statistics.median(
+            r["rps"] for r in mine if r["rows"] == n and r["connections"] == most
+        )
+        for n in sorted({r["rows"] for r in mine})
+    }
+    if "1" in cap and "100" in cap:
+        cap[MIX] = 2 / (1 / cap["1"] + 1 / cap["100"])
+    return cap
+
+
+def payload_files(files: dict, kind: str, payload: str) -> list[Path]:
+    return [files[kind, 1], files[kind, 100]] if payload == MIX else [files[kind, int(payload)]]
+
+
+def overload(
+    servers: list[Server],
+    files: dict,
+    capacity: dict[str, float],
+    payloads: list[str],
+    factors: list[float],
+    seconds: float,
+    pause: float,
+    work: Path,
+) -> list[dict]:
+    """Open loop past capacity: for each payload, every server offered the same rates, the
+    given multiples of the primary's capacity for that payload (so the HTTP floor at the same
+    rate shows what the generator and the machine manage, and a variant what it changes).
+    Goodput, the share refused with 503, the p99 of the 200s and resets per step."""
+    exe = find_vegeta()
+    results = []
+    for i, (payload, factor) in enumerate((p, f) for p in payloads for f in factors):
+        cap = capacity[payload]
+        rate = max(1, round(factor * cap))
+        k = i % len(servers)
+        for s in servers[k:] + servers[:k]:
+            what = f"overload {s.spec.key} {payload} x{factor:g}"
+            body = payload_files(files, s.spec.kind, payload)
+            res = vegeta(exe, s.url(s.predict_path), body, rate, seconds, work, what)
+            s.requests_sent += res["requests"]
+            res |= {"server": s.spec.key, "payload": payload, "factor": factor, "capacity": cap}
+            res["goodput_vs_capacity"] = round(res["goodput"] / cap, 3)
+            results.append(res)
+            print(
+                f"  {s.spec.key:<22} {payload:>4} x{factor:<4g}{rate:>7}/s: "
+                f"{res['goodput']:8.1f} ok/s ({res['goodput_vs_capacity']:.0%} of "
+                f"{cap:,.0f}), shed {res['shed_share']:.0%}, 200s p99 "
+                f"{res['admitted_latency_ms']['p99']} ms, {res['resets']} resets"
+                f"{' (generator lagged)' * res['lagged']}{busy_note(res)}",
+                flush=True,
+            )
+            time.sleep(pause)  # let the server drain whatever is left
+    return results
+
+
+def cpu_per_answer(server: Server, body_file: Path, seconds: float, what: str) -> dict:
+    """Closed loop (wrk, 50 connections): the server's CPU seconds (every process) per answer,
+    split by status (2xx served, the rest refused)."""
+    url = server.url(server.predict_path)
+    wrk(url, body_file, 50, 1, "warm-up")
+    before = cpu_time_s(server)
+    res = wrk(url, body_file, 50, seconds, what)
+    cpu = cpu_time_s(server) - before
+    server.requests_sent += res["requests"]
+    refused = res["errors"]["status"]
+    return {
+        "server": server.spec.key,
+        "requests": res["requests"],
+        "refused": refused,
+        "served": res["requests"] - refused,
+        "cpu_s": round(cpu, 3),
+        "rps": res["rps"],
+        "loadavg_start": res["loadavg_start"],
+        "loadavg_end": res["loadavg_end"],
+    }
+
+
+def answer_costs(
+    primary: Server, refusing: Server, floor: Server | None, files: dict, seconds: float
+) -> dict:
+    """Server CPU time of one answer: a served 1-row and 100-row request (the primary), a
+    refusal (a variant whose limit is 1: nearly every request is refused; the served few are
+    subtracted at the 1-row cost) and, if present, the HTTP floor's hello-world answer."""
+    runs = {
+        "served_1": cpu_per_answer(primary, files[primary.spec.kind, 1], seconds, "cost: 1 row"),
+        "served_100": cpu_per_answer(
+            primary, files[primary.spec.kind, 100], seconds, "cost: 100 rows"
+        ),
+        "refused": cpu_per_answer(
+            refusing, files[refusing.spec.kind, 1], seconds, "cost: refusals"
+        ),
+    }
+    if floor is not None:
+        runs["floor"] = cpu_per_answer(floor, files[floor.spec.kind, 1], seconds, "cost: floor")
+    us = {k: 1e6 * r["cpu_s"] / max(r["requests"], 1) for k, r in runs.items() if k != "refused"}
+    ref = runs["refused"]
+    us["refused"] = (
+        1e6 * (ref["cpu_s"] - ref["served"] * us["served_1"] / 1e6) / max(ref["refused"], 1)
+    )
+    return {"runs": runs, "cpu_us": {k: round(v, 1) for k, v in us.items()}}
 
 
 def rss_growth(server: Server, body_file: Path, total: int, max_seconds: float) -> dict:

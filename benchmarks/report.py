@@ -766,6 +766,113 @@ def _overload_md(over: list[dict]) -> list[str]:
     ]
 
 
+def goodput_ceiling(cost_us: dict, payload: str, factor: float) -> float | None:
+    """The most goodput, as a share of capacity, one server CPU allows when offered `factor`
+    times its capacity C = 1/b: refusing the excess costs a each, serving costs b, so
+    a (f C - S) + b S <= 1 s per second gives S / C <= (1 - f r) / (1 - r), r = a / b."""
+    served = {"1": cost_us.get("served_1"), "100": cost_us.get("served_100")}
+    if served["1"] and served["100"]:
+        served["mix"] = (served["1"] + served["100"]) / 2
+    b, a = served.get(payload), cost_us.get("refused")
+    if not b or a is None or a >= b:
+        return None
+    r = max(a, 0.0) / b
+    return min(1.0, max(0.0, (1 - factor * r) / (1 - r)))
+
+
+def _answer_cost_md(cost: dict) -> list[str]:
+    us, runs = cost["cpu_us"], cost["runs"]
+    names = {
+        "served_1": "served, 1 row",
+        "served_100": "served, 100 rows",
+        "refused": "refused (503 + Retry-After, before the body)",
+        "floor": "HTTP floor, hello world",
+    }
+    rows = [
+        [
+            names[k],
+            f"{us[k]:,.1f}",
+            f"{runs[k]['served']:,} / {runs[k]['refused']:,}",
+            f"{runs[k]['cpu_s']:.2f}",
+            f"{runs[k]['loadavg_start']}-{runs[k]['loadavg_end']}",
+        ]
+        for k in names
+        if k in us
+    ]
+    return [
+        "### Server CPU per answer",
+        "",
+        "Every process of the server, CPU seconds over answers, wrk at 50 connections on the "
+        "client CPUs. Refusals: a variant whose limit is 1, so nearly every request is refused; "
+        "its few served requests are counted at the 1-row cost and subtracted.",
+        "",
+        table(["answer", "server CPU µs", "served / refused", "CPU s", "load average"], rows),
+        "",
+    ]
+
+
+def _overload_steps_md(report: dict) -> list[str]:
+    steps, cap = report.get("overload_results") or [], report.get("capacity") or {}
+    if not steps:
+        return []
+    cost = (report.get("answer_cost") or {}).get("cpu_us") or {}
+    p = report["params"]
+    pinned = (
+        f"Servers pinned to CPU {p['server_cpus']} and the load generator to CPU "
+        f"{p['client_cpus']}: a pod with a 1-CPU limit, its client on another node."
+        if p.get("server_cpus")
+        else "Servers and load generator unpinned (they share the CPUs)."
+    )
+    rows = []
+    for s in steps:
+        ceiling = goodput_ceiling(cost, s["payload"], s["factor"])
+        rows.append(
+            [
+                label(s["server"]),
+                s["payload"],
+                f"{s['rate']:,} ({s['factor']:g}x)",
+                f"{s['goodput']:,.0f}",
+                f"{s['goodput_vs_capacity']:.0%}",
+                "-" if ceiling is None else f"{ceiling:.0%}",
+                f"{s['shed_share']:.0%}",
+                _fmt_ms(s["admitted_latency_ms"]["p99"]),
+                f"{s['resets']:,}" + (" (generator lagged)" if s["lagged"] else ""),
+                f"{s['loadavg_start']}-{s['loadavg_end']}",
+            ]
+        )
+    caps = ", ".join(
+        f"{k} rows {v:,.0f}" if k != "mix" else f"mix {v:,.0f}" for k, v in cap.items()
+    )
+    return [
+        "### Overload: goodput at 1.5x, 2x and 4x capacity (open loop)",
+        "",
+        f"{pinned} Capacity is ml-service's closed-loop throughput at the most connections "
+        f"(req/s: {caps}; the mix, half 1-row and half 100-row requests, from the time per "
+        "request of each). Every server is offered the same rates, multiples of that capacity, "
+        "so the HTTP floor shows what the generator and the machine manage at that rate. "
+        "Goodput is 200 answers per second; the ceiling is what one CPU allows at the measured "
+        "costs of a refusal and a served request (below).",
+        "",
+        table(
+            [
+                "server",
+                "rows",
+                "offered req/s",
+                "goodput",
+                "/ capacity",
+                "one-CPU ceiling",
+                "refused (503)",
+                "200s p99 ms",
+                "connection resets",
+                "load average",
+            ],
+            rows,
+        ),
+        "",
+        *(_answer_cost_md(report["answer_cost"]) if report.get("answer_cost") else []),
+    ]
+
+
 def _floor_cell(timing: dict | None) -> str:
     if not timing:
         return "- (model not covered)"
@@ -804,6 +911,7 @@ def markdown(report: dict, png_name: str) -> str:
     ]
     if report.get("open_loop"):
         out += _open_loop_md(report)
+    out += _overload_steps_md(report)
     out += [
         "### Throughput and latency, closed loop (mean over rounds)",
         "",

@@ -44,6 +44,8 @@ def smoke(local_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         "--open-loop-rates", ",".join(map(str, RATES)),
         "--open-loop-step", "0.5", "--open-loop-repetitions", str(LADDERS),
         "--open-loop-pause", "0",
+        "--overload-payloads", "1,mix", "--overload-factors", "1.5", "--overload-step", "0.5",
+        "--cost-seconds", "1",
         "--rss-requests", "300", "--profile-seconds", "0", "--floor-seconds", "0.3",
         "--work-dir", str(out / "work"),
         "--out-json", str(out / "report.json"),
@@ -167,6 +169,46 @@ def test_open_loop_ladders_are_interleaved_and_summarised(smoke):
         every = x["max_rate_under_slo_every_ladder"]
         assert every is None or every <= x["max_rate_under_slo"]
     assert rep["versions"]["vegeta"] == "vegeta v12.13.0"
+
+
+def test_overload_steps_offer_every_server_the_same_multiple_of_capacity(smoke):
+    rep = smoke["report"]
+    cap = rep["capacity"]
+    assert set(cap) == {"1", "100", "mix"}
+    assert cap["1"] > cap["mix"] > cap["100"] > 0  # the mix from the time per request of each
+    steps = rep["overload_results"]
+    assert {(s["server"], s["payload"]) for s in steps} == {
+        (server, payload) for server in SERVERS for payload in ("1", "mix")
+    }
+    for s in steps:
+        assert s["factor"] == 1.5 and s["rate"] == max(1, round(1.5 * cap[s["payload"]])), s
+        assert s["goodput_vs_capacity"] == round(s["goodput"] / cap[s["payload"]], 3), s
+        assert 0 <= s["shed_share"] <= 1 and s["resets"] >= 0, s
+    # both servers pinned, to different CPUs (the machine has two or more)
+    assert rep["params"]["server_cpus"] and rep["params"]["client_cpus"]
+    assert rep["params"]["server_cpus"] not in rep["params"]["client_cpus"].split(",")
+    assert "### Overload: goodput at 1.5x, 2x and 4x capacity" in smoke["md"]
+
+
+def test_a_refusal_and_a_served_request_are_costed_in_server_cpu(smoke):
+    cost = smoke["report"]["answer_cost"]
+    runs = cost["runs"]
+    assert runs["refused"]["refused"] > runs["refused"]["served"]  # a limit of 1 at 50 connections
+    assert runs["served_1"]["refused"] == 0 and runs["served_100"]["refused"] == 0
+    assert runs["floor"]["served"] > 0
+    for key in ("served_1", "served_100", "floor"):
+        assert cost["cpu_us"][key] > 0, cost
+    assert "### Server CPU per answer" in smoke["md"]
+
+
+def test_goodput_ceiling_follows_from_the_costs():
+    cost = {"served_1": 300.0, "served_100": 1000.0, "refused": 30.0}
+    # r = 0.1: (1 - 4 x 0.1) / 0.9
+    assert report.goodput_ceiling(cost, "1", 4) == pytest.approx(0.6 / 0.9)
+    assert report.goodput_ceiling(cost, "100", 2) == pytest.approx(0.94 / 0.97)
+    assert report.goodput_ceiling(cost, "mix", 1) == 1.0
+    assert report.goodput_ceiling(cost | {"refused": 300.0}, "1", 2) is None
+    assert report.goodput_ceiling({"served_1": 300.0}, "1", 2) is None
 
 
 def test_ratios_are_paired_per_scenario(smoke):

@@ -85,6 +85,10 @@ FD_RESERVE = 64
 PROBE_CONNECTIONS = 16
 # Accept bursts that can be open at once beyond a listener's cap (fd_budget).
 ACCEPT_BURSTS = 4
+# Connections turned away at the cap that may linger at once (answer, FIN, up to
+# FRESH_CONNECTION_SECONDS to read what the client still sends, so it is not reset): their
+# descriptors are in fd_budget (at most an eighth of what is free); beyond, one closes at once.
+LINGERING_CONNECTIONS = 128
 # At most this many requests wait, fully read, behind the one being answered on a connection.
 PIPELINE_DEPTH = 8
 # Most header fields per request: each one is a parser callback and a list entry.
@@ -173,6 +177,8 @@ class ConnectionLimits:
     limiter: AdaptiveLimit | None = None
     on_shed: Callable[[str], None] = lambda reason: None
     connections: set = field(default_factory=set)
+    max_lingering: int = 0  # connections turned away at the cap that may linger (fd_budget)
+    lingering: int = 0
 
     def overload_response(self) -> bytes:
         retry = b"retry-after: %d\r\n" % self.retry_after
@@ -295,6 +301,7 @@ class LimitedConnection:
     # (None for one refused in order behind another); a refused request's body being skipped.
     admitted: collections.deque
     shedding: bool = False
+    lingers: bool = False  # turned away at the cap, lingering: counted in limits.lingering
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
         super().connection_made(_CountingTransport(transport))  # type: ignore[misc]
@@ -448,6 +455,8 @@ class LimitedConnection:
             started = self.admitted.popleft()
             if started is not None:
                 self.limits.release(started, now)
+        if self.lingers:
+            self.limits.lingering -= 1
         super().connection_lost(exc)  # type: ignore[misc]
 
     # ---------------------------------------------------------------- closing
@@ -509,13 +518,18 @@ class LimitedConnection:
         super().shutdown()  # type: ignore[misc]
 
     def _make_room(self) -> None:
-        limiter = self.limits.limiter
+        limits, limiter = self.limits, self.limits.limiter
         if limiter is not None and limiter.in_flight >= limiter.current:
             # Refusing work already: making room would only admit one more request to refuse,
             # at the price of a scan of every connection for each one that arrives. Its request
             # may already be in the socket: a lingering close, so the 503 is not reset away.
-            self.limits.on_closed("over_capacity")
-            self._linger(self.limits.overload_response())
+            if limits.lingering >= limits.max_lingering:
+                self._turn_away()
+                return
+            limits.lingering += 1
+            self.lingers = True
+            limits.on_closed("over_capacity")
+            self._linger(limits.overload_response())
             return
         others = [c for c in self.connections if c is not self]  # type: ignore[attr-defined]
         # A client that has not taken its answer for a while holds its slot for nothing.
@@ -600,6 +614,7 @@ def return_freed_memory() -> None:
 class FdBudget:
     max_connections: int
     backlog: int  # the listen queue, and the most connections asyncio accepts in one go
+    lingering: int = 0  # connections turned away at the cap that may linger at once
 
 
 def fd_budget(wanted: int, open_files: int) -> FdBudget:
@@ -608,12 +623,15 @@ def fd_budget(wanted: int, open_files: int) -> FdBudget:
     asyncio accepts up to `backlog` connections per turn of the loop; a connection only meets
     the cap two turns later, and the descriptor of one it turns away is released a turn after
     that: up to ACCEPT_BURSTS bursts are open beyond the cap. So cap + ACCEPT_BURSTS x backlog,
-    the same for the probe listener, and FD_RESERVE must fit."""
+    the same for the probe listener, the LINGERING_CONNECTIONS turned away at the cap and
+    FD_RESERVE must fit."""
     free = open_files - FD_RESERVE - PROBE_CONNECTIONS * (1 + ACCEPT_BURSTS)
+    lingering = max(0, min(LINGERING_CONNECTIONS, free // 8))
+    free -= lingering
     cap = min(wanted, max(8, free - ACCEPT_BURSTS * 16))
     if cap < wanted:
         log.warning("MAX_CONNECTIONS lowered to %d: the open-file limit is %d", cap, open_files)
-    return FdBudget(cap, max(8, min(2048, (free - cap) // ACCEPT_BURSTS)))
+    return FdBudget(cap, max(8, min(2048, (free - cap) // ACCEPT_BURSTS)), lingering)
 
 
 def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
@@ -744,6 +762,7 @@ def build(app, settings: Settings) -> GracefulServer:  # type: ignore[no-untyped
     main_limits = limits(
         budget.max_connections, on_sweep=service.heartbeat, limiter=service.admission
     )
+    main_limits.max_lingering = budget.lingering
     config = uvicorn.Config(
         app,
         host=settings.host,
