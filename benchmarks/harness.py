@@ -490,17 +490,38 @@ def overload(
             s.requests_sent += res["requests"]
             res |= {"server": s.spec.key, "payload": payload, "factor": factor, "capacity": cap}
             res["goodput_vs_capacity"] = round(res["goodput"] / cap, 3)
+            res["drain_s"] = wait_idle(s)
             results.append(res)
             print(
                 f"  {s.spec.key:<22} {payload:>4} x{factor:<4g}{rate:>7}/s: "
                 f"{res['goodput']:8.1f} ok/s ({res['goodput_vs_capacity']:.0%} of "
                 f"{cap:,.0f}), shed {res['shed_share']:.0%}, 200s p99 "
                 f"{res['admitted_latency_ms']['p99']} ms, {res['resets']} resets"
-                f"{' (generator lagged)' * res['lagged']}{busy_note(res)}",
+                f"{' (generator lagged)' * res['lagged']}, idle {res['drain_s']:.1f} s later"
+                f"{busy_note(res)}",
                 flush=True,
             )
-            time.sleep(pause)  # let the server drain whatever is left
+            time.sleep(pause)
     return results
+
+
+# A server is idle again below this share of a CPU (wait_idle).
+IDLE_CPU = 0.05
+
+
+def wait_idle(server: Server, max_s: float = 30.0, every: float = 0.25) -> float:
+    """Seconds until the server stops working on what an overload step left (a queue that
+    outlives its clients runs on): the servers share CPUs, so the next one measured must not
+    pay for it. Gives up after `max_s`."""
+    t0 = time.monotonic()
+    last = cpu_time_s(server)
+    while time.monotonic() - t0 < max_s:
+        time.sleep(every)
+        now = cpu_time_s(server)
+        if now - last < IDLE_CPU * every:
+            break
+        last = now
+    return round(time.monotonic() - t0, 2)
 
 
 def cpu_per_answer(server: Server, body_file: Path, seconds: float, what: str) -> dict:

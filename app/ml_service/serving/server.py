@@ -88,7 +88,7 @@ ACCEPT_BURSTS = 4
 # Connections turned away at the cap that may linger at once (answer, FIN, up to
 # FRESH_CONNECTION_SECONDS to read what the client still sends, so it is not reset): their
 # descriptors are in fd_budget (at most an eighth of what is free); beyond, one closes at once.
-LINGERING_CONNECTIONS = 128
+LINGERING_CONNECTIONS = 1024
 # At most this many requests wait, fully read, behind the one being answered on a connection.
 PIPELINE_DEPTH = 8
 # Most header fields per request: each one is a parser callback and a list entry.
@@ -742,8 +742,10 @@ def build(app, settings: Settings) -> GracefulServer:  # type: ignore[no-untyped
     def closed(reason: str) -> None:
         service.metrics.connections_closed.labels(reason).inc()
 
-    def shed(reason: str) -> None:
-        service.metrics.shed.labels(reason).inc()
+    shed_counts = {r: service.metrics.shed.labels(r) for r in service.metrics.SHED_REASONS}
+
+    def shed(reason: str) -> None:  # once per refusal: no label lookup
+        shed_counts[reason].inc()
 
     def limits(max_connections: int, on_sweep: Callable[[], None] = lambda: None, limiter=None):  # type: ignore[no-untyped-def]
         return ConnectionLimits(
