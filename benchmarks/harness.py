@@ -207,6 +207,11 @@ def wrk(url: str, body_file: Path, connections: int, seconds: float, what: str =
     }
 
 
+# At most this many connections per server from vegeta (0 = as many as it likes): a load
+# balancer's pool of connections to one pod, below the pod's MAX_CONNECTIONS.
+CLIENT = {"max_connections": 0}
+
+
 def client_pin() -> list[str]:
     """The load generator runs on CPUS["client"], away from the servers' CPUS["server"]."""
     return ["taskset", "-c", CPUS["client"]] if CPUS["client"] else []
@@ -252,6 +257,8 @@ def vegeta(
         "-timeout=10s",
     ]
     argv += ["-max-body=0", f"-targets={targets}", f"-output={results}"]
+    if CLIENT["max_connections"]:
+        argv.append(f"-max-connections={CLIENT['max_connections']}")
     before = probe()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     load = LOAD.measure(what or f"vegeta {rate}/s", before, probe())

@@ -822,6 +822,11 @@ def _overload_steps_md(report: dict) -> list[str]:
         f"{p['client_cpus']}: a pod with a 1-CPU limit, its client on another node."
         if p.get("server_cpus")
         else "Servers and load generator unpinned (they share the CPUs)."
+    ) + (
+        f" vegeta opens at most {p['client_connections']} connections to a server, as a load "
+        "balancer's pool to one pod."
+        if p.get("client_connections")
+        else " vegeta opens as many connections as it likes."
     )
     rows = []
     for s in steps:

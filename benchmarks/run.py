@@ -201,6 +201,14 @@ def parse(argv: list[str]) -> argparse.Namespace:
         help="seconds per run measuring server CPU per answer, served and refused "
         f"(0 = not measured) {preset('cost_seconds')}",
     )
+    g.add_argument(
+        "--client-connections",
+        type=int,
+        default=256,
+        help="at most this many connections from vegeta to a server, as a load balancer's pool "
+        "to one pod, below its MAX_CONNECTIONS (0 = unbounded: past capacity vegeta opens a "
+        "connection per waiting request; default 256)",
+    )
     server_cpus, client_cpus = default_cpus()
     g = p.add_argument_group("CPUs")
     g.add_argument(
@@ -334,6 +342,7 @@ def main(argv: list[str]) -> int:
     args = parse(argv)
     LOAD.threshold, LOAD.cpu_threshold = args.busy_loadavg, args.busy_cpu
     servers.CPUS.update(server=args.server_cpus, client=args.client_cpus)
+    harness.CLIENT["max_connections"] = args.client_connections
     generators = {"wrk": harness.check_wrk()}
     if args.open_loop_rates:
         generators["vegeta"] = harness.vegeta_version(harness.find_vegeta())
@@ -369,6 +378,7 @@ def main(argv: list[str]) -> int:
             "ml_service_default_microbatch_wait_ms": harness.default_microbatch(),
             "server_cpus": args.server_cpus,
             "client_cpus": args.client_cpus,
+            "client_connections": args.client_connections,
         },
     }
     if args.open_loop_rates:

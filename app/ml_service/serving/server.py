@@ -89,6 +89,8 @@ ACCEPT_BURSTS = 4
 # FRESH_CONNECTION_SECONDS to read what the client still sends, so it is not reset): their
 # descriptors are in fd_budget (at most an eighth of what is free); beyond, one closes at once.
 LINGERING_CONNECTIONS = 1024
+# A connection whose client has not taken its answer for this long may be evicted at the cap.
+STUCK_SECONDS = 1.0
 # At most this many requests wait, fully read, behind the one being answered on a connection.
 PIPELINE_DEPTH = 8
 # Most header fields per request: each one is a parser callback and a list entry.
@@ -177,6 +179,12 @@ class ConnectionLimits:
     limiter: AdaptiveLimit | None = None
     on_shed: Callable[[str], None] = lambda reason: None
     connections: set = field(default_factory=set)
+    # The idle connections, longest idle first, and those whose client has not taken an answer
+    # for STUCK_SECONDS (found by the sweep): making room at the cap takes the first of either
+    # instead of scanning every connection for each one that arrives.
+    idle: dict = field(default_factory=dict)
+    stuck: list = field(default_factory=list)
+    no_victim_until: float = 0.0  # (loop time) the last look at the cap found none to evict
     max_lingering: int = 0  # connections turned away at the cap that may linger (fd_budget)
     lingering: int = 0
 
@@ -211,6 +219,7 @@ class ConnectionLimits:
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         self.on_sweep()
+        stuck = []
         for conn in list(self.connections):
             if conn.transport.is_closing():  # only its unsent bytes keep it: the write deadline
                 pass
@@ -222,6 +231,9 @@ class ConnectionLimits:
             elif conn.body_since is not None and now - conn.body_since > self.body_timeout:
                 conn.cut_off("body_timeout", BODY_TIMEOUT)
             self._write_deadline(conn, now)
+            if conn.write_since is not None and now - conn.write_since >= STUCK_SECONDS:
+                stuck.append(conn)
+        self.stuck = stuck
         loop.call_later(SWEEP_SECONDS, self._sweep, loop)
 
     def _write_deadline(self, conn: LimitedConnection, now: float) -> None:
@@ -284,7 +296,7 @@ class LimitedConnection:
     """
 
     limits: ConnectionLimits
-    idle_since: float | None = None
+    _idle_since: float | None = None
     body_since: float | None = None
     write_since: float | None = None  # response bytes outstanding since (seen by the sweep)
     write_mark: int = 0  # bytes written when that clock started
@@ -302,6 +314,19 @@ class LimitedConnection:
     admitted: collections.deque
     shedding: bool = False
     lingers: bool = False  # turned away at the cap, lingering: counted in limits.lingering
+
+    @property
+    def idle_since(self) -> float | None:
+        return self._idle_since
+
+    @idle_since.setter
+    def idle_since(self, value: float | None) -> None:
+        # Kept in limits.idle too, in the order connections became idle (longest idle first).
+        self._idle_since = value
+        idle = self.limits.idle
+        idle.pop(self, None)
+        if value is not None:
+            idle[self] = None
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
         super().connection_made(_CountingTransport(transport))  # type: ignore[misc]
@@ -457,6 +482,7 @@ class LimitedConnection:
                 self.limits.release(started, now)
         if self.lingers:
             self.limits.lingering -= 1
+        self.idle_since = None
         super().connection_lost(exc)  # type: ignore[misc]
 
     # ---------------------------------------------------------------- closing
@@ -519,38 +545,42 @@ class LimitedConnection:
 
     def _make_room(self) -> None:
         limits, limiter = self.limits, self.limits.limiter
-        if limiter is not None and limiter.in_flight >= limiter.current:
-            # Refusing work already: making room would only admit one more request to refuse,
-            # at the price of a scan of every connection for each one that arrives. Its request
-            # may already be in the socket: a lingering close, so the 503 is not reset away.
-            if limits.lingering >= limits.max_lingering:
-                self._turn_away()
-                return
-            limits.lingering += 1
-            self.lingers = True
-            limits.on_closed("over_capacity")
-            self._linger(limits.overload_response())
-            return
-        others = [c for c in self.connections if c is not self]  # type: ignore[attr-defined]
-        # A client that has not taken its answer for a while holds its slot for nothing.
         now = self.loop.time()  # type: ignore[attr-defined]
-        stuck = [c for c in others if c.write_since is not None and now - c.write_since >= 1.0]
-        if stuck:
-            min(stuck, key=lambda c: c.write_since).cut_off("idle_evicted", abort=True)
-            return
-        idle = sorted((c for c in others if c.idle_since is not None), key=lambda c: c.idle_since)
-        # Not one whose socket already holds a whole request: that is a client the busy loop
-        # has not read yet, not an idle one. A trickle's partial header does not count.
-        victim = next((c for c in idle if not c.has_request_waiting()), None)
-        if victim is not None:
-            victim.cut_off("idle_evicted")
-            return
+        # Refusing work already: making room would only admit one more request to refuse. And
+        # after a look found no connection to evict, none is looked for until the next sweep:
+        # under overload every idle connection holds a request the loop has not read yet, and
+        # looking again for each connection that arrives would cost more than serving.
+        refusing = limiter is not None and limiter.in_flight >= limiter.current
+        if not refusing and now >= limits.no_victim_until:
+            # A client that has not taken its answer for a while holds its slot for nothing.
+            stuck = [c for c in limits.stuck if c.write_since is not None and c is not self]
+            stuck = [c for c in stuck if not c.transport.is_closing()]
+            if stuck:
+                min(stuck, key=lambda c: c.write_since).cut_off("idle_evicted", abort=True)
+                return
+            # The longest idle, but not one whose socket already holds a whole request: that
+            # is a client the busy loop has not read yet. A trickle's partial header does not
+            # count; one turned away and lingering is not idle.
+            idle = (c for c in limits.idle if c is not self and not c.flow.held)
+            victim = next((c for c in idle if not c.has_request_waiting()), None)
+            if victim is not None:
+                victim.cut_off("idle_evicted")
+                return
+            limits.no_victim_until = now + SWEEP_SECONDS
         self._turn_away()
 
     def _turn_away(self) -> None:
+        """503 and close. Its request may already be in the socket: a lingering close (within
+        the descriptor budget), so the 503 is not reset away."""
+        limits = self.limits
+        limits.on_closed("over_capacity")
+        if limits.lingering < limits.max_lingering:
+            limits.lingering += 1
+            self.lingers = True
+            self._linger(limits.overload_response())
+            return
         self.idle_since = None
-        self.limits.on_closed("over_capacity")
-        self.transport.write(self.limits.overload_response())  # type: ignore[attr-defined]
+        self.transport.write(limits.overload_response())  # type: ignore[attr-defined]
         self.transport.close()  # type: ignore[attr-defined]
 
 
