@@ -188,6 +188,11 @@ class ConnectionLimits:
     idle: dict = field(default_factory=dict)
     stuck: list = field(default_factory=list)
     no_victim_until: float = 0.0  # (loop time) the last look at the cap found none to evict
+    # Stops (True) and restarts (False) accepting on the listener: at the cap with nothing to
+    # evict, new connections wait in the kernel's listen queue instead of being accepted only
+    # to be turned away (a client that reconnects at once made that churn cost all the CPU).
+    pause_accepting: Callable[[bool], None] | None = None
+    accepting_paused: bool = False
     max_lingering: int = 0  # connections turned away at the cap that may linger (fd_budget)
     lingering: int = 0
 
@@ -214,6 +219,11 @@ class ConnectionLimits:
         assert self.limiter is not None
         self.limiter.release(now - started)
 
+    def resume_accepting(self) -> None:
+        if self.accepting_paused and len(self.connections) < self.max_connections:
+            self.accepting_paused = False
+            self.pause_accepting(False)  # type: ignore[misc]
+
     def watch(self, connections: set, loop: asyncio.AbstractEventLoop) -> None:
         """Start the deadline sweep over a server's connections."""
         self.connections = connections
@@ -222,6 +232,7 @@ class ConnectionLimits:
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         self.on_sweep()
+        self.resume_accepting()
         stuck = []
         for conn in list(self.connections):
             if conn.transport.is_closing():  # only its unsent bytes keep it: the write deadline
@@ -487,6 +498,7 @@ class LimitedConnection:
             self.limits.lingering -= 1
         self.idle_since = None
         super().connection_lost(exc)  # type: ignore[misc]
+        self.limits.resume_accepting()
 
     # ---------------------------------------------------------------- closing
 
@@ -577,6 +589,9 @@ class LimitedConnection:
         the descriptor budget), so the 503 is not reset away."""
         limits = self.limits
         limits.on_closed("over_capacity")
+        if limits.pause_accepting is not None and not limits.accepting_paused:
+            limits.accepting_paused = True
+            limits.pause_accepting(True)
         if limits.lingering < limits.max_lingering:
             limits.lingering += 1
             self.lingers = True
@@ -713,6 +728,30 @@ class GracefulServer(uvicorn.Server):
             sys.exit(STARTUP_FAILURE)
         await super().startup(sockets)
         self._limits.watch(self.server_state.connections, loop)
+        self._limits.pause_accepting = self._accepting_switch(loop)
+
+    def _accepting_switch(self, loop: asyncio.AbstractEventLoop) -> Callable[[bool], None] | None:
+        """pause(True) stops reading the listening sockets, pause(False) reads them again,
+        through the selector event loop's reader of each (asyncio has no public pause); None
+        if the loop is not one."""
+        readers = []
+        for server in getattr(self, "servers", []):
+            for tsock in server.sockets:
+                try:
+                    handle = loop._selector.get_key(tsock.fileno()).data[0]  # type: ignore[attr-defined]
+                except (AttributeError, KeyError, ValueError):
+                    return None
+                # (copied: removing a reader cancels its handle, which clears them)
+                readers.append((tsock.fileno(), handle._callback, handle._args))
+
+        def pause(paused: bool) -> None:
+            for fd, callback, args in readers:
+                if paused:
+                    loop.remove_reader(fd)
+                elif not self.should_exit:
+                    loop._add_reader(fd, callback, *args)  # type: ignore[attr-defined]
+
+        return pause if readers else None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         with self._lock:
