@@ -33,6 +33,19 @@ runbook_url: {{ printf "%s#%s" . (index $ 0) | quote }}
 {{- end }}
 {{- end }}
 
+{{- /* Requests refused by admission control (503 before the app saw them) in window [2] per
+       namespace and job, 0 where none are counted yet: (list selector handlers window). */ -}}
+{{- define "ml-service.rules.refused" -}}
+{{- $sel := index . 0 -}}
+{{- $handlers := index . 1 -}}
+{{- $w := index . 2 -}}
+(
+  sum by (namespace, job) (rate(mlservice_requests_shed_total{ {{- $sel }}, reason="concurrency_limit"}[{{ $w }}]))
+  or
+  0 * sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}}[{{ $w }}]))
+)
+{{- end -}}
+
 {{- define "ml-service.rules" -}}
 {{- $r := .Values.prometheusRule -}}
 {{- $job := include "ml-service.fullname" . -}}
@@ -60,16 +73,26 @@ runbook_url: {{ printf "%s#%s" . (index $ 0) | quote }}
   rules:
 {{- range ($windows | uniq) }}
     - record: namespace_job:mlservice_slo_errors_per_request:ratio_rate{{ . }}
+      # Errors are the 5xx answers plus the requests admission control refused with 503 before
+      # the app saw them (not in http_requests_total): a shedding pod fails its users too.
       # `or 0 * ...`: a 5xx series exists only after the first 5xx; without it the ratio would be
       # absent (not 0) while everything is fine.
       expr: |-
         (
-          sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}, status="5xx"}[{{ . }}]))
-          or
-          0 * sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}}[{{ . }}]))
+          (
+            sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}, status="5xx"}[{{ . }}]))
+            or
+            0 * sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}}[{{ . }}]))
+          )
+          +
+          {{ include "ml-service.rules.refused" (list $sel $handlers .) | nindent 10 | trim }}
         )
         /
-        sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}}[{{ . }}]))
+        (
+          sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}}[{{ . }}]))
+          +
+          {{ include "ml-service.rules.refused" (list $sel $handlers .) | nindent 10 | trim }}
+        )
 {{- end }}
     - record: namespace_job:mlservice_slo_error_budget:ratio
       expr: vector({{ $budget }})
