@@ -28,6 +28,7 @@ def adopt_module():
     return module
 
 
+@pytest.mark.argocd
 def test_adoption_keeps_the_argocd_tests_green(tmp_path: Path):
     """`make adopt` on a copy of this work tree, whatever it reads now (the template's
     placeholder or an earlier adoption), then the copy's own Argo CD tests."""
