@@ -66,8 +66,8 @@ test-gitops: setup-gitops ## run the gitops tier (actionlint, act, Argo CD's App
 release-dry-run: venv ## local end-to-end: train -> register (local MLflow) -> make image -> dev release branch -> render
 	$(BIN)/python scripts/release_dry_run.py
 
-adopt: ## point argocd/ at your repository: make adopt REPO=<owner>/<name> [REPO_URL=<URL Argo CD reads it from>]
-	$(PYTHON) scripts/adopt.py "$(REPO)" $(if $(REPO_URL),--repo-url "$(REPO_URL)")
+adopt: ## point argocd/ at your repository: make adopt REPO=<owner>/<name> [REPO_URL=<URL Argo CD reads it from>] [CODE_OWNERS="@you ..."]
+	$(PYTHON) scripts/adopt.py "$(REPO)" $(if $(REPO_URL),--repo-url "$(REPO_URL)") $(if $(CODE_OWNERS),--code-owners "$(CODE_OWNERS)")
 
 # The release/promote workflows only need helm for their render check: not the whole chart tier.
 # (HELM3_VERSION and CHART_STAMP come from mk/chart.mk, included before this file.)
