@@ -20,6 +20,9 @@ PROM_OPERATOR_VERSION := v0.85.0
 HELM3_KUBE_MINOR      := 37
 CHART_MODULE   := $(CHART_TOOLS)/go.mod $(CHART_TOOLS)/go.sum
 CHART_GO_BUILD := mkdir -p $(TOOLS)/bin && cd $(CHART_TOOLS) && go build -trimpath
+# The other Go tools build after helm 3 (order only), which compiles the libraries they share: under
+# `make -j` two builds would each compile them at once (Go's build cache does not share work in flight).
+HELM3_FIRST    := | $(CHART_STAMP)/helm3-$(HELM3_VERSION)
 
 # helm keeps plugins and state here, never in ~/.config or ~/.local (tests/support/kube.py agrees).
 export HELM_PLUGINS     := $(TOOLS)/helm/plugins
@@ -39,14 +42,14 @@ $(CHART_STAMP)/helm3-$(HELM3_VERSION): $(CHART_MODULE)
 	@mkdir -p $(@D) && touch $@
 
 # Helm 4 is only here to prove the chart works with it: installed as `helm4`.
-$(CHART_STAMP)/helm4-$(HELM4_VERSION): $(CHART_MODULE)
+$(CHART_STAMP)/helm4-$(HELM4_VERSION): $(CHART_MODULE) $(HELM3_FIRST)
 	$(CHART_GO_BUILD) -o $(TOOLS)/helm4/bin/helm \
 	  -ldflags '-s -w -X helm.sh/helm/v4/internal/version.version=$(HELM4_VERSION) -X helm.sh/helm/v4/internal/version.gitTreeState=clean' \
 	  helm.sh/helm/v4/cmd/helm
 	ln -sfn ../helm4/bin/helm $(TOOLS)/bin/helm4
 	@mkdir -p $(@D) && touch $@
 
-$(CHART_STAMP)/helm-docs-$(HELM_DOCS_VERSION): $(CHART_MODULE)
+$(CHART_STAMP)/helm-docs-$(HELM_DOCS_VERSION): $(CHART_MODULE) $(HELM3_FIRST)
 	$(CHART_GO_BUILD) -ldflags '-s -w' -o $(TOOLS)/bin/helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs
 	@mkdir -p $(@D) && touch $@
 
@@ -65,7 +68,7 @@ $(CHART_STAMP)/helm-unittest-$(HELM_UNITTEST_VERSION): $(CHART_STAMP)/helm3-$(HE
 	@mkdir -p $(@D) && touch $@
 
 # psacheck (upstream Pod Security Standards evaluator) and valuesschema (values.schema.json generator).
-$(CHART_STAMP)/charttools: $(CHART_MODULE) $(wildcard $(CHART_TOOLS)/*/main.go)
+$(CHART_STAMP)/charttools: $(CHART_MODULE) $(wildcard $(CHART_TOOLS)/*/main.go) $(HELM3_FIRST)
 	$(CHART_GO_BUILD) -o $(TOOLS)/bin/ ./psacheck ./valuesschema
 	@mkdir -p $(@D) && touch $@
 
