@@ -80,6 +80,11 @@ ALERT_ROWS = {
         "{memoryGrowth.for}",
         "warning",
     ),
+    "MLServiceShedding": (
+        "admission control refuses > {shedding.ratio:.0%} of inference requests over "
+        "{shedding.window}, for {shedding.for}",
+        "warning",
+    ),
     "MLServicePodRestarting": (
         "more than {restarts.max} restarts in {restarts.window}",
         "warning",

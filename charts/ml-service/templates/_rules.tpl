@@ -185,6 +185,25 @@ runbook_url: {{ printf "%s#%s" . (index $ 0) | quote }}
         description: >-
           {{`{{ $labels.namespace }}/{{ $labels.pod }} working set grows by {{ $value | humanize1024 }}B per hour`}} (threshold {{ int64 $r.memoryGrowth.bytesPerHour }} B/h over {{ $r.memoryGrowth.window }}).
         {{- include "ml-service.rules.runbook" (list "mlservicememorygrowing" $runbook) | nindent 8 }}
+    - alert: MLServiceShedding
+      expr: |-
+        sum by (namespace, job) (rate(mlservice_requests_shed_total{ {{- $sel }}, reason="concurrency_limit"}[{{ $r.shedding.window }}]))
+        /
+        (
+          sum by (namespace, job) (rate(mlservice_requests_shed_total{ {{- $sel }}, reason="concurrency_limit"}[{{ $r.shedding.window }}]))
+          +
+          sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}}[{{ $r.shedding.window }}]))
+        )
+        > {{ $r.shedding.ratio }}
+      for: {{ $r.shedding.for }}
+      labels:
+        {{- include "ml-service.rules.labels" (list "warning" $extra) | nindent 8 }}
+      annotations:
+        summary: >-
+          ml-service refuses inference requests under sustained overload
+        description: >-
+          {{`{{ $labels.namespace }}/{{ $labels.job }}: {{ $value | humanizePercentage }} of inference requests refused with 503 by admission control`}} over {{ $r.shedding.window }} (threshold {{ $r.shedding.ratio }}).
+        {{- include "ml-service.rules.runbook" (list "mlserviceshedding" $runbook) | nindent 8 }}
     - alert: MLServicePodRestarting
       expr: increase(kube_pod_container_status_restarts_total{ {{- $pods }}}[{{ $r.restarts.window }}]) > {{ $r.restarts.max }}
       labels:
