@@ -12,27 +12,23 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 from support.app_server import AppServer, app_server
 from support.attacks import connect, http_request
+from support.rows import from_model_dir
 from support.tools import tool
 
-from .conftest import closed_count, probes, read_until_close
+from .conftest import closed_count, probes, read_until_close, series_value
 
 JSON = {"Content-Type": "application/json"}
 
 
 def shed_count(app: AppServer) -> float:
-    prefix = 'mlservice_requests_shed_total{reason="concurrency_limit"} '
-    text = httpx.get(app.probe_url("/metrics"), timeout=5).text
-    return float(next(line for line in text.splitlines() if line.startswith(prefix)).split()[-1])
+    return series_value(app, 'mlservice_requests_shed_total{reason="concurrency_limit"}')
 
 
 def rows(model_dir: Path, n: int = 1) -> bytes:
-    example = json.loads((model_dir / "input_example.json").read_text())
-    row = dict(zip(example["columns"], example["data"][0], strict=True))
-    return json.dumps({"instances": [row] * n}).encode()
+    return json.dumps({"instances": from_model_dir(model_dir, 1) * n}).encode()
 
 
 def read_responses(sock: socket.socket, n: int = 1, timeout: float = 10.0) -> list[bytes]:
