@@ -171,7 +171,9 @@ def test_goodput_holds_at_twice_capacity_with_fast_refusals_and_no_resets(
         with probes(app).running() as watch:
             hits = vegeta(exe, url, body, tmp_path, f"-rate={rate}/1s", f"-duration={seconds:g}s")
         watch.check()
-        shed_metric = shed_count(app)
+        # every 503 is counted: a request refused by the limit, or a connection turned away at
+        # the connection cap (vegeta opens more as the load grows)
+        counted = shed_count(app) + closed_count(app, "over_capacity")
     served = [h for h in hits if h["code"] == 200]
     refused = [h for h in hits if h["code"] == 503]
     failed = [h for h in hits if h["code"] not in (200, 503)]
@@ -186,7 +188,7 @@ def test_goodput_holds_at_twice_capacity_with_fast_refusals_and_no_resets(
     # connection the server has closed, e.g. one turned away at the connection cap)
     assert len(failed) <= 0.01 * len(hits), summary
     assert refused, summary  # twice the capacity cannot all be served
-    assert shed_metric >= len(refused), summary
+    assert counted >= len(refused), (counted, summary)
     # A collapse leaves a few percent of the capacity (every request waits until its client
     # gives up); 40 % is a floor that a shared, busy machine still clears (100 % when quiet).
     assert goodput >= 0.4 * capacity, summary
