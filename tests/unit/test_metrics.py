@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from ml_service.serving.app import create_app
-from ml_service.serving.metrics import ServiceMetrics, new_registry
+from ml_service.serving.metrics import ServiceMetrics, new_registry, recorder
 from ml_service.serving.settings import Settings
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from support.app_server import wait_client_ready
 from support.poll import wait_until
@@ -227,3 +228,34 @@ def test_multiprocess_mode_merges_worker_files(tmp_path: Path) -> None:
     fams = families(out)
     total = value(fams, "mlservice_predictions", "mlservice_predictions_total", model_version="9")
     assert total == 7  # 3 from the first worker + 4 from the second
+
+
+# Bucket bounds themselves, between them, below the first and above the last (+Inf), zero.
+RECORDED = [0.0, 0.0005, 0.001, 0.0011, 0.25, 0.3, 7.0, 10.0, 1e9, -2.0]
+
+
+@pytest.mark.parametrize("kind", ["counter", "gauge_inc", "gauge_dec", "histogram", "summary"])
+def test_recorder_writes_what_the_public_methods_write(kind: str) -> None:
+    """`recorder` skips prometheus_client's per-call checks and writes its value objects: the
+    exposition must be the one its public `inc`/`dec`/`observe` give, value by value."""
+
+    def make(registry: CollectorRegistry):  # type: ignore[no-untyped-def]
+        args = ("m", "help", ["l"])
+        if kind == "histogram":
+            return Histogram(*args, buckets=(0.001, 0.25, 10.0), registry=registry).labels("x")
+        if kind == "summary":
+            return Summary(*args, registry=registry).labels("x")
+        return (Counter if kind == "counter" else Gauge)(*args, registry=registry).labels("x")
+
+    public_registry, fast_registry = CollectorRegistry(), CollectorRegistry()
+    public, fast = make(public_registry), make(fast_registry)
+    record = recorder(fast)
+    for value in RECORDED if kind != "counter" else [v for v in RECORDED if v >= 0]:
+        if kind in ("counter", "gauge_inc"):
+            public.inc(value)
+        elif kind == "gauge_dec":
+            public.dec(value)
+        else:
+            public.observe(value)
+        record(-value if kind == "gauge_dec" else value)
+        assert generate_latest(fast_registry) == generate_latest(public_registry), value

@@ -60,6 +60,7 @@ class DriftMonitor(Collector):
             raise ValueError("window_seconds must be > 0 and slots >= 1")
         self.feature_names: list[str] = list(reference["features"])
         self.class_labels: list[str] = [str(c) for c in reference["class_labels"]]
+        self._class_array = np.array(self.class_labels, dtype=object)
         stats = reference["feature_stats"]
         n_features = len(self.feature_names)
         edges = [np.asarray(stats[f]["edges"], dtype=float) for f in self.feature_names]
@@ -125,14 +126,16 @@ class DriftMonitor(Collector):
         if n == 0:
             return
         # bin = number of edges strictly below x, i.e. searchsorted(edges, x, side="left")
-        bins = (x[None, :, :] > self._edges_t[:, None, :]).sum(axis=0, dtype=np.uint8)
+        # np.add.reduce, not .sum()/count_nonzero: those are Python wrappers, and this runs on
+        # every request of one row as well.
+        bins = np.add.reduce(x[None, :, :] > self._edges_t[:, None, :], axis=0, dtype=np.uint8)
         counts = np.bincount(
             (bins + self._offsets).ravel(), minlength=self._bin_total.size
         ).reshape(self._bin_total.shape)
-        low = np.count_nonzero(x < self._min, axis=0)
-        high = np.count_nonzero(x > self._max, axis=0)
+        low = np.add.reduce(x < self._min, axis=0)
+        high = np.add.reduce(x > self._max, axis=0)
         pred = np.asarray(predicted)
-        classes = np.array([np.count_nonzero(pred == c) for c in self.class_labels])
+        classes = np.add.reduce(pred[:, None] == self._class_array[None, :], axis=0)
 
         with self._lock:
             i = self._current_slot()

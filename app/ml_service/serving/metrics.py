@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from bisect import bisect_left
+from collections.abc import Callable
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -116,6 +118,8 @@ class ServiceMetrics:
             buckets=ROW_BUCKETS,
             registry=registry,
         )
+        self._observe_rows = recorder(self.request_rows)
+        self._predicted: dict[tuple[str, str], Callable[[float], None]] = {}
         self.inference_duration = Histogram(
             "mlservice_inference_duration_seconds",
             "Duration of one predict_proba call on the inference thread (may cover a micro-batch)",
@@ -150,7 +154,9 @@ class ServiceMetrics:
         for name, doc, read in (
             ("mlservice_admission_limit", "Current adaptive concurrency limit of POST requests",
              lambda: limiter.current),
-            ("mlservice_admission_in_flight", "Cost of the POST requests admitted and not yet answered (1 per request plus 1 per 64 KiB of body)",
+            ("mlservice_admission_in_flight",
+             "Cost of the POST requests admitted and not yet answered (1 per request plus 1 "
+             "per 64 KiB of body)",
              lambda: limiter.in_flight),
             ("mlservice_admission_queue_delay_seconds",
              "The last window's mean latency minus the baseline (latency without queueing)",
@@ -171,12 +177,16 @@ class ServiceMetrics:
             self.dependency_mismatch.labels(**labels).set(1)
 
     def record_predictions(self, version: str, labels: list[str], rows: int) -> None:
-        self.request_rows.observe(rows)
+        self._observe_rows(rows)
         counts: dict[str, int] = {}
         for label in labels:
             counts[label] = counts.get(label, 0) + 1
         for label, n in counts.items():
-            self.predictions.labels(model_version=version, **{"class": label}).inc(n)
+            add = self._predicted.get((version, label))
+            if add is None:  # `labels()` validates and locks: once per (version, class)
+                child = self.predictions.labels(model_version=version, **{"class": label})
+                add = self._predicted[(version, label)] = recorder(child)
+            add(n)
 
 
 class FeedbackMetrics:
@@ -330,6 +340,7 @@ class HttpMetrics:
             ("method", "handler"), multiprocess_mode="livesum", registry=registry,
         )  # fmt: skip
         self._cache: dict[tuple[str, str], tuple] = {}
+        self._observe_highr = recorder(self.duration_highr)
 
     def _children(self, method: str, handler: str) -> tuple:
         """The labelled series of one (method, handler), created once: `labels()` validates and
@@ -338,11 +349,11 @@ class HttpMetrics:
         children = self._cache.get(key)
         if children is None:
             children = self._cache[key] = (
-                self.inprogress.labels(method, handler),
-                self.duration.labels(method, handler),
-                self.request_size.labels(handler),
-                self.response_size.labels(handler),
-                {c: self.requests.labels(method, f"{c}xx", handler) for c in "12345"},
+                recorder(self.inprogress.labels(method, handler)),
+                recorder(self.duration.labels(method, handler)),
+                recorder(self.request_size.labels(handler)),
+                recorder(self.response_size.labels(handler)),
+                {c: recorder(self.requests.labels(method, f"{c}xx", handler)) for c in "12345"},
             )
         return children
 
@@ -356,7 +367,7 @@ class HttpMetrics:
             method, handler
         )
         started = time.perf_counter()
-        inprogress.inc()
+        inprogress(1)
         status, size = 500, 0
 
         async def send_and_observe(message) -> None:
@@ -371,12 +382,39 @@ class HttpMetrics:
             await self.app(scope, receive, send_and_observe)
         finally:
             elapsed = time.perf_counter() - started
-            inprogress.dec()
-            requests[str(status)[0]].inc()
-            duration.observe(elapsed)
-            self.duration_highr.observe(elapsed)
-            request_size.observe(_content_length(scope))
-            response_size.observe(size)
+            inprogress(-1)
+            requests[str(status)[0]](1)
+            duration(elapsed)
+            self._observe_highr(elapsed)
+            request_size(_content_length(scope))
+            response_size(size)
+
+
+def recorder(metric: Counter | Gauge | Histogram | Summary) -> Callable[[float], None]:
+    """What records one value into a labelled child (or a label-free metric) at the least cost,
+    with the effect of its `inc` or `observe` (a gauge's `dec(n)` is `inc(-n)`): those re-check
+    on every call what holds from the child's creation on (it is observable, an amount's sign),
+    and a histogram looks for its bucket bound by bound in Python; on a one-row request that
+    cost more than the updates themselves. It writes prometheus_client's own value objects:
+    tests/unit/test_metrics.py checks the exposition against the public methods' side by side."""
+    if isinstance(metric, Histogram):
+        add_sum, bounds = metric._sum.inc, metric._upper_bounds
+        add_bucket = [bucket.inc for bucket in metric._buckets]
+
+        def observe_histogram(value: float) -> None:
+            add_sum(value)
+            add_bucket[bisect_left(bounds, value)](1)
+
+        return observe_histogram
+    if isinstance(metric, Summary):
+        add_count, add_summed = metric._count.inc, metric._sum.inc
+
+        def observe_summary(value: float) -> None:
+            add_count(1)
+            add_summed(value)
+
+        return observe_summary
+    return metric._value.inc
 
 
 def _content_length(scope) -> int:

@@ -283,6 +283,12 @@ class _CountingTransport:
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
         self.written = 0
+        # What uvicorn calls for every request, bound here: `__getattr__` is the slow path.
+        self.is_closing = transport.is_closing
+        self.get_extra_info = transport.get_extra_info
+        self.pause_reading = transport.pause_reading
+        self.resume_reading = transport.resume_reading
+        self.close = transport.close
 
     def write(self, data: bytes) -> None:
         self.written += len(data)
@@ -292,15 +298,21 @@ class _CountingTransport:
         return getattr(self._transport, name)
 
 
+def _stay_paused() -> None:
+    pass
+
+
 class _Flow(FlowControl):
     """uvicorn's flow control, except that a connection that stopped reading for good (a full
-    pipeline) stays stopped: uvicorn resumes reading whenever a request reads its body or ends."""
+    pipeline, a lingering close) stays stopped: uvicorn resumes reading whenever a request reads
+    its body or ends."""
 
     held = False
 
-    def resume_reading(self) -> None:
-        if not self.held:
-            super().resume_reading()
+    def hold(self) -> None:
+        self.held = True
+        # An instance attribute: until then uvicorn calls its own method, with no call between.
+        self.resume_reading = _stay_paused  # type: ignore[method-assign]
 
 
 class LimitedConnection:
@@ -399,7 +411,9 @@ class LimitedConnection:
         self.header_fields += 1
         if self.header_fields > MAX_HEADERS:
             raise Refused("header_too_large", TOO_MANY_HEADERS)
-        self._header_grew(len(name) + len(value) + 4)
+        self.header_bytes += len(name) + len(value) + 4  # (_header_grew, inline: per field)
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise Refused("header_too_large", HEADER_TOO_LARGE)
         super().on_header(name, value)  # type: ignore[misc]
 
     def on_headers_complete(self) -> None:
@@ -457,7 +471,7 @@ class LimitedConnection:
     def _linger(self, answer: bytes) -> None:
         self.transport.write(answer)  # type: ignore[attr-defined]
         self.transport.write_eof()  # type: ignore[attr-defined]
-        self.flow.held = True  # data_received drops everything from here on
+        self.flow.hold()  # data_received drops everything from here on
         now = self.loop.time()  # type: ignore[attr-defined]
         self.body_since, self.idle_since = None, now
         self.drain_deadline = now + FRESH_CONNECTION_SECONDS
@@ -515,7 +529,7 @@ class LimitedConnection:
             self.cut_off(refused.reason, refused.answer)
             return
         # Stop reading; the requests already read are answered, the last one closes.
-        self.flow.held = True
+        self.flow.hold()
         self.flow.pause_reading()
         self.limits.on_closed(refused.reason)
         self.cycle.keep_alive = False  # type: ignore[attr-defined]
