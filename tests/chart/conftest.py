@@ -43,6 +43,15 @@ RENDERINGS = [
 ]
 
 
+# templates/deployment.yaml renders one of them (delivery.strategy), with the same pod template.
+WORKLOADS = ("Deployment", "Rollout")
+
+
+def workload(docs: list[dict]) -> dict:
+    (found,) = [d for d in docs if d["kind"] in WORKLOADS]
+    return found
+
+
 def tool(path: Path) -> Path:
     """A pinned tool; missing means a failed test that says how to get it, never a skip."""
     try:

@@ -107,7 +107,7 @@ def test_environment_renders_and_validates_strictly(rendered, env: str):
     for version in kube_versions():
         docs = rendered(env, version)
         assert docs, f"{env}: nothing rendered"
-        findings = kube.validate(docs, [version], crd_files=kube.prometheus_operator_crds())
+        findings = kube.validate(docs, [version], crd_files=kube.crd_files())
         assert not findings, "\n".join(map(str, findings))
 
 
@@ -126,7 +126,8 @@ def test_rendered_kinds_are_allowed_by_the_project(rendered, env: str):
 def test_release_file_drives_image_and_model(rendered, released_repo: Path, env: str):
     release = yaml.safe_load((released_repo / "environments" / env / "release.yaml").read_text())
     docs = rendered(env, kube_versions()[-1])
-    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    # a Deployment, or a Rollout where the environment delivers by canary
+    (deploy,) = [d for d in docs if d["kind"] in ("Deployment", "Rollout")]
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     image = release["image"]

@@ -100,6 +100,7 @@ GRAFANA_VARS = {
     "__range": "1h",
     "namespace": NAMESPACE,
     "job": RELEASE,
+    "class": "malignant",
 }
 
 
