@@ -227,12 +227,28 @@ def lookup(tree, path):
     return tree
 
 
+# Said by every environment even where it is the chart's default: how releases reach its pods.
+STATED = {"delivery.strategy"}
+
+
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_values_hold_only_what_differs_from_the_chart(env: str):
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     values = yaml.safe_load((ROOT / "environments" / env / "values.yaml").read_text())
     copies = [".".join(map(str, p)) for p, v in leaves(values) if lookup(defaults, p) == v]
+    copies = [c for c in copies if c not in STATED]
     assert not copies, f"{env}/values.yaml repeats chart defaults: {copies}"
+
+
+def test_every_environment_says_how_it_delivers():
+    """dev takes a release at once; staging and prod by canary (Argo Rollouts)."""
+    strategies = {
+        env: yaml.safe_load((ROOT / "environments" / env / "values.yaml").read_text())["delivery"][
+            "strategy"
+        ]
+        for env in ENVIRONMENTS
+    }
+    assert strategies == {"dev": "rollingUpdate", "staging": "canary", "prod": "canary"}
 
 
 def test_a_single_environment_ships_the_dashboards():
