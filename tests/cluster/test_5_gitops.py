@@ -46,7 +46,7 @@ import yaml
 from support.argocd import NAMESPACE as ARGOCD_NS
 from support.argocd import ArgoCD, GitDaemon
 from support.cluster import Cluster, LocalCluster, wait_until
-from support.gitrepo import run_git, snapshot_repo
+from support.gitrepo import adopted_clone, run_git
 
 from .conftest import InClusterMlflow, chart_image
 from .lib import (
@@ -181,7 +181,6 @@ def story(cluster: Cluster, mlflow_registry: InClusterMlflow, app_image: str, tm
     served_dir, work = tmp / "served", tmp / "work"
     served_dir.mkdir()
     start = time.monotonic()
-    snapshot_repo(work)
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
     (bin_dir / "gh").write_text(f"#!{sys.executable}\n" + FAKE_GH.read_text())
@@ -197,14 +196,8 @@ def story(cluster: Cluster, mlflow_registry: InClusterMlflow, app_image: str, tm
     }  # fmt: skip
     with GitDaemon(served_dir, tmp) as git_server:
         url = git_server.url("ml-service.git")
-        run_git(tmp, "init", "--quiet", "--bare", "-b", "main", str(served_dir / "ml-service.git"))
-        run_git(work, "remote", "add", "origin", str(served_dir / "ml-service.git"))
         # 1. Adopt, the way a user does (docs/gitops.md, step 1).
-        proc = subprocess.run(["make", "--no-print-directory", "adopt", f"REPO={GITHUB_REPO}",
-                               f"REPO_URL={url}"], cwd=work, capture_output=True, text=True,
-                              check=False)  # fmt: skip
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        run_git(work, "commit", "--quiet", "-am", f"Adopt: Argo CD reads {url}")
+        adopted_clone(work, served_dir / "ml-service.git", url, GITHUB_REPO)
         # 2. The test's substitutions (module docstring), each a commit of its own.
         apps = work / "argocd" / "apps"
 

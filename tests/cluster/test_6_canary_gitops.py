@@ -44,7 +44,7 @@ import yaml
 from support.argocd import NAMESPACE as ARGOCD_NS
 from support.argocd import ArgoCD, GitDaemon
 from support.cluster import Cluster, LocalCluster, wait_until
-from support.gitrepo import run_git, snapshot_repo
+from support.gitrepo import adopted_clone, run_git
 
 from .conftest import CanaryModels, InClusterMlflow, chart_image
 from .lib import (
@@ -154,6 +154,28 @@ def commit_values(work: Path, env: str, values: dict, message: str) -> None:
     run_git(work, "commit", "--quiet", "-am", message)
 
 
+def reader_kubeconfig(cluster: LocalCluster, work: Path, tmp: Path) -> Path:
+    """A kubeconfig for the promotion reader ServiceAccount (docs/gitops.md, step 9)."""
+    cluster.apply(work / "argocd" / "install" / "promotion-reader.yaml")
+    token = cluster.kubectl("create", "token", "ml-service-promotion-reader", "-n", ARGOCD_NS,
+                            "--duration", "1h").stdout.strip()  # fmt: skip
+    path = tmp / "promotion-reader.kubeconfig"
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "v1", "kind": "Config", "current-context": "reader",
+        "clusters": [{"name": "c", "cluster": {
+            "server": cluster.config.api_server,
+            "certificate-authority": str(cluster.pki.crt("ca"))}}],
+        "users": [{"name": "reader", "user": {"token": token}}],
+        "contexts": [{"name": "reader", "context": {"cluster": "c", "user": "reader"}}],
+    }))  # fmt: skip
+    denied = subprocess.run(
+        [str(cluster.config.bin_dir / "kubectl"), "--kubeconfig", str(path), "get", "secrets",
+         "-n", ARGOCD_NS], capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert denied.returncode != 0 and "forbidden" in denied.stderr, "the reader reads only that"
+    return path
+
+
 @pytest.fixture(scope="module")
 def staging(
     cluster: Cluster, mlflow_registry: InClusterMlflow, app_image: str, prometheus: str,
@@ -169,29 +191,20 @@ def staging(
     served_dir.mkdir()
     bin_dir.mkdir()
     start = time.monotonic()
-    snapshot_repo(work)
     (bin_dir / "gh").write_text(f"#!{sys.executable}\n" + FAKE_GH.read_text())
     (bin_dir / "gh").chmod(0o755)
     env = {
         **os.environ,
-        # kubectl: `promote` reads the source environment's Application with the cluster's
-        # kubeconfig, as a promote job given a kubeconfig does
+        # kubectl: `promote` reads the source environment's Application
         "PATH": os.pathsep.join([str(bin_dir), str(ROOT / ".tools" / "bin"),
                                  str(cluster.config.bin_dir), os.environ["PATH"]]),
-        "KUBECONFIG": str(cluster.kubeconfig),
         "FAKE_GH_LOG": str(tmp / "gh.log"), "FAKE_GH_STATE": str(tmp / "gh.json"),
         "CI": "true", "GIT_TERMINAL_PROMPT": "0",
     }  # fmt: skip
     token = os.urandom(16).hex()
     with GitDaemon(served_dir, tmp) as git_server:
         url = git_server.url("ml-service.git")
-        run_git(tmp, "init", "--quiet", "--bare", "-b", "main", str(served_dir / "ml-service.git"))
-        run_git(work, "remote", "add", "origin", str(served_dir / "ml-service.git"))
-        proc = subprocess.run(["make", "--no-print-directory", "adopt", f"REPO={GITHUB_REPO}",
-                               f"REPO_URL={url}"], cwd=work, capture_output=True, text=True,
-                              check=False)  # fmt: skip
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        run_git(work, "commit", "--quiet", "-am", f"Adopt: Argo CD reads {url}")
+        adopted_clone(work, served_dir / "ml-service.git", url, GITHUB_REPO)
         commit_values(work, ENV, SMALL_NODE, "test: sized for one 2-CPU node, no ingress")
         commit_values(work, ENV, FAST_CANARY, "test: staging's canary analysis sized for a test")
         chart_commit = run_git(work, "rev-parse", "HEAD")
@@ -242,6 +255,9 @@ def staging(
                                                 "argocd-cm.patch.yaml"))  # fmt: skip
             for name in ("projects.yaml", "applicationset.yaml"):
                 cluster.apply(work / "argocd" / "apps" / name, namespace=ARGOCD_NS)
+            # `promote` reads Applications as the promote job does: with the promotion reader's
+            # token (argocd/install/promotion-reader.yaml), which may get them and nothing else
+            story.env["KUBECONFIG"] = str(reader_kubeconfig(cluster, work, tmp))
             argocd.wait_app(APP, "Synced", "Healthy", timeout=420)
             wait_rollout(cluster, NS, ("Healthy",), timeout=300)
             SUMMARY["canary gitops: clone, Argo CD up, staging Synced/Healthy"] = (

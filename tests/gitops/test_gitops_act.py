@@ -34,6 +34,9 @@ from .conftest import ROOT, TOOLS_BIN, run_git, snapshot_repo, tool
 
 pytestmark = [pytest.mark.gitops, pytest.mark.integration]
 
+# act runs the workflows without a cluster: the promotion's rollout check cannot look.
+NO_CLUSTER = "act: no Argo CD here"
+
 ACT_ACTIONS = Path(__file__).parent / "act" / "actions"
 FAKE_DIGEST = "sha256:" + "e" * 64
 
@@ -220,12 +223,22 @@ def test_promote_workflow_promotes_from_the_environment_before(story: ActRepo):
     code, out = story.act("workflow_dispatch", workflow, "--input", "to=prod",
                           payload={"inputs": {"to": "prod"}})  # fmt: skip
     assert code != 0 and "nothing is released to staging yet" in out, out[-6000:]
+    # No cluster to read dev's Application from (no ARGOCD_KUBECONFIG here): refused...
     code, out = story.act("workflow_dispatch", workflow, "--input", "to=staging",
                           payload={"inputs": {"to": "staging"}})  # fmt: skip
+    assert code != 0 and "cannot see whether dev runs its release fully" in out, out[-6000:]
+    # ...unless a person says why to promote anyway.
+    skip = {"to": "staging", "rollout-check-skip": NO_CLUSTER}
+    code, out = story.act("workflow_dispatch", workflow, "--input", "to=staging", "--input",
+                          f"rollout-check-skip={NO_CLUSTER}", payload={"inputs": skip})  # fmt: skip
     assert code == 0, out[-8000:]
     assert story.release_on("gitops/staging", "staging") == story.release_on("main", "dev")
     pr = story.prs()[-1]
     assert pr["head"] == "gitops/staging" and "### Quality gate: ✅ passed" in pr["body"]
+    assert (
+        f"**Not checked** that `dev` runs it fully promoted and healthy: {NO_CLUSTER}"
+        in (pr["body"])
+    )
     story.merge("gitops/staging")
 
 
@@ -233,8 +246,10 @@ def test_champion_alias_follows_the_dispatch_of_a_synced_prod(story: ActRepo):
     from mlflow import MlflowClient
 
     workflow = ROOT / ".github/workflows/champion-alias.yml"
+    skip = {"to": "prod", "rollout-check-skip": NO_CLUSTER}
     code, out = story.act("workflow_dispatch", ROOT / ".github/workflows/promote.yml",
-                          "--input", "to=prod", payload={"inputs": {"to": "prod"}})  # fmt: skip
+                          "--input", "to=prod", "--input", f"rollout-check-skip={NO_CLUSTER}",
+                          payload={"inputs": skip})  # fmt: skip
     assert code == 0, out[-8000:]
     story.merge("gitops/prod")
     client = MlflowClient(tracking_uri=story.tracking_uri)

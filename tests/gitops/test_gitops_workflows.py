@@ -88,12 +88,17 @@ def test_promote_goes_to_the_next_environment_only():
     it (gitops.py refuses a skip anyway)."""
     doc = workflow(ROOT / ".github/workflows/promote.yml")
     inputs = doc["on"]["workflow_dispatch"]["inputs"]
-    assert set(inputs) == {"to", "quality-gate-override"}
+    assert set(inputs) == {"to", "quality-gate-override", "rollout-check-skip"}
     assert inputs["to"]["type"] == "choice" and inputs["to"]["required"]
     assert inputs["to"]["options"] == ["staging", "prod"]
     assert inputs["quality-gate-override"]["required"] is False
-    script = doc["jobs"]["promote"]["steps"][-1]["run"]
+    step = doc["jobs"]["promote"]["steps"][-1]
+    script = step["run"]
     assert "staging) from=dev ;;" in script and "prod) from=staging ;;" in script
+    # the source's rollout is read with the reader's kubeconfig; skipping it takes a reason
+    assert step["env"]["ARGOCD_KUBECONFIG"] == "${{ secrets.ARGOCD_KUBECONFIG }}"
+    assert inputs["rollout-check-skip"]["required"] is False
+    assert '--skip-rollout-check "$ROLLOUT_CHECK_SKIP"' in script
 
 
 @pytest.mark.parametrize(("name", "job"), [("release", "bump-dev"), ("promote", "promote")])

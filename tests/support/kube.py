@@ -52,11 +52,16 @@ def prometheus_operator_crds() -> list[Path]:
     return files
 
 
-def rollouts_version() -> str:
-    for line in (ROOT / "mk" / "rollouts.mk").read_text().splitlines():
-        if line.startswith("ROLLOUTS_VERSION :="):
+def mk_value(name: str, mk: str) -> str:
+    """A `NAME := value` pin of mk/<mk>.mk (the one place tool versions are written)."""
+    for line in (ROOT / "mk" / f"{mk}.mk").read_text().splitlines():
+        if line.startswith(f"{name} :="):
             return line.split(":=", 1)[1].strip()
-    raise RuntimeError("ROLLOUTS_VERSION missing from mk/rollouts.mk")
+    raise RuntimeError(f"{name} missing from mk/{mk}.mk")
+
+
+def rollouts_version() -> str:
+    return mk_value("ROLLOUTS_VERSION", "rollouts")
 
 
 def rollouts_manifests() -> Path:
