@@ -50,7 +50,8 @@ RUN find /opt/venv -depth \( \( -type d \( -name tests -o -name test \) \) \
 # venv (mlflow-skinny can save a model; no run, no registry).
 FROM builder AS demo-model
 # Only what training imports: serving-code changes keep this layer cached.
-COPY app/ml_service/__init__.py app/ml_service/model_format.py /opt/ml-service/app/ml_service/
+COPY app/ml_service/__init__.py app/ml_service/model_format.py app/ml_service/payload_format.py \
+     /opt/ml-service/app/ml_service/
 COPY app/ml_service/training /opt/ml-service/app/ml_service/training
 RUN MLFLOW_DISABLE_TELEMETRY=true /opt/venv/bin/python -m ml_service.training \
         --output-dir /opt/ml-service/model --output-json /tmp/demo-model.json
@@ -59,7 +60,7 @@ RUN MLFLOW_DISABLE_TELEMETRY=true /opt/venv/bin/python -m ml_service.training \
 # gate (they need the training extras, which the runtime venv does not have).
 FROM scratch AS serving-code
 COPY app/ml_service/__init__.py app/ml_service/__main__.py app/ml_service/model_format.py \
-     app/ml_service/redact.py /ml_service/
+     app/ml_service/payload_format.py app/ml_service/redact.py /ml_service/
 COPY app/ml_service/serving /ml_service/serving
 
 # The root FS is read-only at run time, so Python cannot cache bytecode there and would compile

@@ -58,7 +58,7 @@ test-unit: venv ## the unit tier: seconds, needs only the virtualenv
 
 # `make test-<tier>`: the tier's own setup (each mk/<tier>.mk declares `test-<tier>: setup-<tier>`),
 # then its tests, by marker.
-test-integration: venv ## the app over HTTP against a real MLflow server (+ schemathesis)
+test-integration: venv setup-monitoring setup-chart ## the app over HTTP against a real MLflow server (+ schemathesis; Prometheus and helm for live quality)
 test-compat: venv ## /invocations side by side with `mlflow models serve` and MLflow's client
 test-adversarial: venv ## attacks on the running app: amplification, labels, secrets, floods, shutdown
 test-%: venv

@@ -325,6 +325,20 @@ def goals(report: dict) -> list[dict]:
     )
     a, b = agg.get((primary, 1, c_lo)), agg.get((off, 1, c_lo))
     lone = round(a["p50"] / max(b["p50"], 1e-3), 2) if a and b else None
+    pl = report.get("payload_log") or {}
+    logged = [
+        r for r in pl.get("rows", []) if "payload-log" in r["server"] and r["connections"] == c_hi
+    ]
+    if logged:
+        out.append(
+            _goal(
+                f"1 row, c={c_hi}: p99 with the payload log on ({logged[0]['server']}) / off",
+                logged[0]["p99_vs_off"],
+                1.10,
+                False,
+                "x",
+            )
+        )
     row = _goal(
         f"a lone request never pays for micro-batching: 1 row, c={c_lo}, p50 default / "
         "MICROBATCH_WAIT_MS=0",
@@ -390,6 +404,34 @@ def microbatch_summary(
             "keep the default."
         )
     return {"rows": rows, "recommendation": rec}
+
+
+# ---------------------------------------------------------------- prediction IDs, payload log
+
+
+def payload_log_summary(agg: list[dict], off: str, variants: list[str]) -> dict | None:
+    """Each variant's 1-row figures against the default in the same run (prediction IDs and
+    the payload log are off by default)."""
+    if not variants:
+        return None
+    by = {(a["server"], a["rows"], a["connections"]): a for a in agg}
+    rows = []
+    for key in variants:
+        for c in sorted({a["connections"] for a in agg}):
+            a, base = by.get((key, 1, c)), by.get((off, 1, c))
+            if a and base:
+                rows.append(
+                    {
+                        "server": key,
+                        "connections": c,
+                        "rps": a["rps"],
+                        "p50": a["p50"],
+                        "p99": a["p99"],
+                        "rps_vs_off": round(a["rps"] / base["rps"], 3),
+                        "p99_vs_off": round(a["p99"] / max(base["p99"], 1e-3), 3),
+                    }
+                )
+    return {"off": off, "rows": rows}
 
 
 # ---------------------------------------------------------------- plot
@@ -770,6 +812,29 @@ def markdown(report: dict, png_name: str) -> str:
             ),
             "",
             f"**{mb['recommendation']}**",
+            "",
+        ]
+    pl = report.get("payload_log")
+    if pl and pl["rows"]:
+        out += [
+            f"### Prediction IDs and the payload log (1-row requests, against `{pl['off']}`, "
+            "where both are off)",
+            "",
+            table(
+                ["variant", "conns", "req/s", "p50 ms", "p99 ms", "req/s vs off", "p99 vs off"],
+                [
+                    [
+                        v["server"],
+                        v["connections"],
+                        v["rps"],
+                        v["p50"],
+                        v["p99"],
+                        f"{v['rps_vs_off']:.2f}x",
+                        f"{v['p99_vs_off']:.2f}x",
+                    ]
+                    for v in pl["rows"]
+                ],
+            ),
             "",
         ]
     prof = report.get("profile")

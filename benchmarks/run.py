@@ -17,6 +17,8 @@ import argparse
 import datetime as dt
 import json
 import os
+import secrets
+import shutil
 import signal
 import sys
 from pathlib import Path
@@ -27,6 +29,8 @@ if __package__ in (None, ""):  # run as a script: `python benchmarks/run.py`
 from benchmarks import HERE, ROOT, BenchError, harness, report, servers
 from benchmarks.harness import LOAD
 from benchmarks.servers import KINDS, ServerSpec, parse_spec, split_specs
+
+IDS_VARIANT, LOG_VARIANT = "ml-service prediction-ids", "ml-service payload-log"
 
 # Two HTTP floors: h11 (uvicorn's default parser) and httptools, the parser ml-service runs.
 DEFAULT_SERVERS = (
@@ -111,6 +115,13 @@ def parse(argv: list[str]) -> argparse.Namespace:
         # the default is micro-batching on (2 ms): the extra variant measures it off
         default=[0.0],
         help="extra ml-service variants with MICROBATCH_WAIT_MS set ('' for none)",
+    )
+    p.add_argument(
+        "--payload-log-sample",
+        type=lambda v: float(v) if v.strip() else None,
+        default=1.0,
+        help="extra ml-service variants with prediction IDs on, and with them plus the payload "
+        "log at this PAYLOAD_LOG_SAMPLE, written to WORK_DIR/payload-log ('' for none; 1)",
     )
     p.add_argument(
         "--competitor-omp-threads",
@@ -201,6 +212,25 @@ def parse(argv: list[str]) -> argparse.Namespace:
     return args
 
 
+def payload_log_variants(args: argparse.Namespace) -> list[ServerSpec]:
+    """ml-service with prediction IDs on, and with them and the payload log on (the log needs
+    the IDs): the cost of each, beside the default in the same interleaved run. The log writes
+    to a local directory, so its whole cost in the app is measured (sampling, queue, JSON
+    Lines, gzip, the write) and no S3 server competes for the same cores."""
+    if args.payload_log_sample is None:
+        return []
+    ids = {"PREDICTION_SIGNING_SECRET": secrets.token_hex(24)}
+    log = {
+        **ids,
+        "PAYLOAD_LOG_URI": str((args.work_dir / "payload-log").resolve()),
+        "PAYLOAD_LOG_SAMPLE": f"{args.payload_log_sample:g}",
+    }
+    return [
+        ServerSpec(IDS_VARIANT, "ml-service", ids),
+        ServerSpec(f"{LOG_VARIANT}={args.payload_log_sample:g}", "ml-service", log),
+    ]
+
+
 def specs(args: argparse.Namespace) -> list[ServerSpec]:
     """The servers in start order: the first ml-service is the primary, then its variants,
     then the competitors (same numeric threads as ml-service) and the HTTP floor."""
@@ -211,7 +241,7 @@ def specs(args: argparse.Namespace) -> list[ServerSpec]:
     ml[1:1] = [
         ServerSpec(f"ml-service mb={ms:g}ms", "ml-service", {"MICROBATCH_WAIT_MS": f"{ms:g}"})
         for ms in args.microbatch_ms
-    ]
+    ] + payload_log_variants(args)
     # Same numeric threads for all: unset, HistGradientBoosting's OpenMP teams (one per tree) stall
     # the competitors on a busy 2-core machine and the comparison measures the machine's load.
     omp = {"OMP_NUM_THREADS": str(args.competitor_omp_threads)}
@@ -249,6 +279,8 @@ def main(argv: list[str]) -> int:
     model_dir, model_info = harness.prepare_model(args.model_dir, work)
     specs = args.specs
     primary, variants = specs[0].key, [s.key for s in specs if s.kind == "ml-service"][1:]
+    mb_variants = [s.key for s in specs[1:] if "MICROBATCH_WAIT_MS" in s.env]
+    shutil.rmtree(work / "payload-log", ignore_errors=True)
     rep: dict = {
         "date": started.strftime("%Y-%m-%d %H:%M UTC"),
         "argv": argv,
@@ -305,7 +337,7 @@ def main(argv: list[str]) -> int:
             {
                 "key": s.spec.key,
                 "kind": s.spec.kind,
-                "env": s.spec.env,
+                "env": {k: "***" if "SECRET" in k else v for k, v in s.spec.env.items()},
                 "argv": list(s.spec.argv),
                 "startup_s": round(s.startup_s, 2),
                 "rss_at_ready": s.rss_at_ready,
@@ -327,7 +359,14 @@ def main(argv: list[str]) -> int:
             rep["open_loop_results"], [s.key for s in specs], rep["params"]["open_loop"]
         )
     rep["microbatch"] = report.microbatch_summary(
-        rep["aggregate"], primary, variants, rep["params"]["ml_service_default_microbatch_wait_ms"]
+        rep["aggregate"],
+        primary,
+        mb_variants,
+        rep["params"]["ml_service_default_microbatch_wait_ms"],
+    )
+    logged = next((k for k in variants if k.startswith(LOG_VARIANT)), None)
+    rep["payload_log"] = report.payload_log_summary(
+        rep["aggregate"], primary, [k for k in (IDS_VARIANT, logged) if k in variants]
     )
     rep["goals"] = report.goals(rep)
     rep["versions"] = harness.versions(args.tools_dir, generators)

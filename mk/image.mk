@@ -15,12 +15,8 @@ DOCKER_SCRIPTS := $(ROOT)/scripts/docker
 .PHONY: setup-image image image-base image-lint docker-up docker-down
 SETUP_TARGETS += setup-image
 
-setup-image: $(HADOLINT) ## install docker.io + debootstrap (apt) and hadolint (pinned, own venv)
-	@if ! command -v dockerd >/dev/null || ! test -x /usr/bin/docker || ! command -v debootstrap >/dev/null; then \
-	  export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get -o DPkg::Lock::Timeout=600 update -qq; \
-	  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends docker.io debootstrap >/dev/null; \
-	fi
+setup-image: $(HADOLINT) ## install docker.io (unless an engine is there) + debootstrap (apt), hadolint (pinned, own venv)
+	@$(DOCKER_SCRIPTS)/install-engine.sh
 	@/usr/bin/docker --version
 	@$(HADOLINT) --version
 

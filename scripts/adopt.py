@@ -1,15 +1,22 @@
 #!/usr/bin/env python3
 """Point the Argo CD objects at your repository: `make adopt REPO=<owner>/<name>`.
 
-Replaces the placeholder `OWNER/ml-service` in every file under argocd/ (the Applications'
-repoURL, the AppProject's sourceRepos, the ApplicationSet's git generator, the GitHub dispatch path
-of the notification) and nothing else; the tests read the URL from argocd/bootstrap.yaml, so they
-keep passing after it (tests/gitops/test_gitops_adoption.py). Run it once, commit, push.
+Argo CD reads the repository from the URL `argocd/bootstrap.yaml` names (the Applications'
+repoURL, the AppProjects' sourceRepos, the ApplicationSet's git generator) and Argo CD
+Notifications tells the GitHub repository named in the notification's dispatch path
+(`/repos/<owner>/<name>/dispatches`); the release approvers of .github/CODEOWNERS are a team of the
+repository's owner. `adopt` replaces the URL, the repository and the owner it finds there, whatever
+they are (the template's `OWNER/ml-service` or an earlier adoption), and nothing else;
+the tests read both from the same files, so they keep passing after it
+(tests/gitops/test_gitops_adoption.py). Running it again with the same arguments changes nothing
+and succeeds; with other arguments it re-points the objects. Commit, push.
 
 `--repo-url URL` (`make adopt REPO=<owner>/<name> REPO_URL=...`): Argo CD reads the repository
 from another address than https://github.com/<owner>/<name>.git (a mirror, GitHub Enterprise, a
 git server inside the network); the GitHub repository still receives the notification. No
 credential in the URL: Argo CD takes them from a repository Secret (docs/gitops.md, step 4).
+
+Exit codes: 0 adopted (or already adopted so), 2 bad input or argocd/ not as expected.
 """
 
 from __future__ import annotations
@@ -21,10 +28,13 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 ROOT = Path(__file__).resolve().parents[1]
-PLACEHOLDER = "OWNER/ml-service"
-PLACEHOLDER_URL = f"https://github.com/{PLACEHOLDER}.git"
+BOOTSTRAP = Path("argocd/bootstrap.yaml")
+NOTIFICATIONS = Path("argocd/install/argocd-notifications-cm.patch.yaml")
+CODEOWNERS = Path(".github/CODEOWNERS")
 # GitHub: owner 1-39 of [A-Za-z0-9-], repository [A-Za-z0-9._-]
 REPO_RE = re.compile(r"^[A-Za-z0-9](?:[A-Za-z0-9-]{0,38})/[A-Za-z0-9._-]{1,100}$")
+REPO_URL_LINE = re.compile(r"^\s*repoURL:\s*(\S+)\s*$", re.M)
+DISPATCH = re.compile(r"/repos/([A-Za-z0-9-]+/[A-Za-z0-9._-]+)/dispatches\b")
 URL_SCHEMES = ("https", "http", "ssh", "git")
 
 
@@ -47,7 +57,48 @@ def valid_url(url: str) -> bool:
     )
 
 
-def main(argv: list[str]) -> int:
+def github_url(repo: str) -> str:
+    return f"https://github.com/{repo}.git"
+
+
+def current(root: Path) -> tuple[str, str]:
+    """(the URL Argo CD reads the repository from, the GitHub repository notified) as argocd/
+    says now."""
+    urls = REPO_URL_LINE.findall((root / BOOTSTRAP).read_text())
+    repos = set(DISPATCH.findall((root / NOTIFICATIONS).read_text()))
+    if len(urls) != 1 or len(repos) != 1:
+        raise ValueError(
+            f"expected one repoURL in {BOOTSTRAP} and one dispatch path in {NOTIFICATIONS}"
+        )
+    return urls[0], repos.pop()
+
+
+def adopt(root: Path, repo: str, url: str) -> list[str]:
+    """Rewrite argocd/ and CODEOWNERS from the current URL and repository to `url` and `repo`;
+    the files changed (none when it already reads `url` and notifies `repo`)."""
+    old_url, old_repo = current(root)
+    old_owner, owner = old_repo.split("/")[0], repo.split("/")[0]
+    changed = []
+    paths = sorted((root / "argocd").rglob("*.yaml"))
+    for path in [*paths, root / CODEOWNERS]:
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        if path.name == CODEOWNERS.name:
+            new = re.sub(rf"@{re.escape(old_owner)}/", f"@{owner}/", text)
+        else:
+            new = text.replace(old_url, url).replace(
+                f"/repos/{old_repo}/dispatches", f"/repos/{repo}/dispatches"
+            )
+        if new != text:
+            path.write_text(new)
+            changed.append(str(path.relative_to(root)))
+    if current(root) != (url, repo):
+        raise ValueError(f"{BOOTSTRAP} does not read {url} after the rewrite")
+    return changed
+
+
+def main(argv: list[str], root: Path = ROOT) -> int:
     p = argparse.ArgumentParser(prog="adopt.py", add_help=True)
     p.add_argument("repo", nargs="?", default="")
     p.add_argument("--repo-url", default="")
@@ -60,19 +111,16 @@ def main(argv: list[str]) -> int:
         print("usage: --repo-url takes an https://, http://, ssh:// or git:// URL of the "
               "repository, without credentials", file=sys.stderr)  # fmt: skip
         return 2
-    changed = []
-    for path in sorted((ROOT / "argocd").rglob("*.yaml")):
-        text = path.read_text()
-        if PLACEHOLDER in text:
-            if args.repo_url:
-                text = text.replace(PLACEHOLDER_URL, args.repo_url)
-            path.write_text(text.replace(PLACEHOLDER, args.repo))
-            changed.append(str(path.relative_to(ROOT)))
+    url = args.repo_url or github_url(args.repo)
+    try:
+        changed = adopt(root, args.repo, url)
+    except (OSError, ValueError) as exc:
+        print(f"adopt: {exc}", file=sys.stderr)
+        return 2
     if not changed:
-        print(f"adopt: no {PLACEHOLDER} left under argocd/ (already adopted?)", file=sys.stderr)
-        return 1
-    where = f" (Argo CD reads {args.repo_url})" if args.repo_url else ""
-    print(f"adopted {args.repo}{where}: " + ", ".join(changed))
+        print(f"adopt: already adopted: Argo CD reads {url}, notifies {args.repo}")
+    else:
+        print(f"adopted {args.repo} (Argo CD reads {url}): " + ", ".join(changed))
     return 0
 
 

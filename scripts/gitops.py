@@ -2,9 +2,11 @@
 """Release and promotion by pull request for ml-service (see docs/gitops.md).
 
     gitops.py release --image-repository R --tag T --digest D --model-version V   # -> dev
+    gitops.py release --values-only --revision C        # dev: C's chart+values, same image+model
     gitops.py promote dev staging                                               # copy release.yaml
     gitops.py rollback prod                             # back to the state prod ran before
     gitops.py rollback staging --aborted NOTIFICATION   # a canary the analysis aborted
+    gitops.py check --base origin/main --head HEAD      # a release PR's required check
     gitops.py set-alias prod [--version V]                                      # MLflow alias
     gitops.py render dev                                                        # helm template
 
@@ -14,8 +16,12 @@ formatting kept; created on the first release to an environment), run the qualit
 (ml_service.release.quality_gate: the new model against the one the environment runs), check
 that the environment still renders, commit on the deterministic branch `gitops/<env>`,
 force-push it and open or update the one pull request of that environment with `gh`.
+`check` is what a release or promotion pull request must pass (workflow release-check): it
+proves from git and the MLflow registry what the tool that wrote the PR promised, so a hand-edited
+bot branch or a hand-written PR fails it.
 Exit codes: 0 done (or already up to date), 2 bad input or failure, 3 refused (no-op, downgrade
-without --force, a skipped environment, a failed quality gate without --override-quality-gate).
+without --force, a skipped environment, a failed quality gate without --override-quality-gate, a
+pull request the check rejects).
 """
 
 from __future__ import annotations
@@ -149,6 +155,12 @@ class ReleaseState:
             f"chart at {self.revision[:12]}, image {self.image_repository}:{self.image_tag} "
             f"({digest}), model {self.model_name} v{self.model_version}"
         )
+
+    def record(self) -> str:
+        """The state as the registry records it next to the gate's verdict (one string)."""
+        image = f"{self.image_repository}:{self.image_tag}@{self.image_digest}"
+        model = f"{self.model_name}/{self.model_version}"
+        return json.dumps({"revision": self.revision, "image": image, "model": model})
 
     def values_object(self) -> dict:
         """The chart values the ApplicationSet template builds from these keys (valuesObject)."""
@@ -475,6 +487,7 @@ def bump(
     title: str,
     body: str,
     commit_body: str,
+    before_push=None,
 ) -> str:
     branch = f"{BRANCH_PREFIX}{t.env}"
     base = t.base
@@ -488,6 +501,8 @@ def bump(
             raise Refused(f"{t.path} unchanged after the edit: nothing to commit")
         git(wt, *identity_args(repo), "commit", "--quiet", "-m", title, "-m", commit_body)
         tree = git(wt, "rev-parse", "HEAD^{tree}")
+    if before_push is not None:
+        before_push()
     base_name = base.ref.removeprefix(f"{base.remote}/") if base.remote else base.ref
     if base.remote is None:
         return f"committed on local branch {branch} (no remote: not pushed)"
@@ -682,6 +697,27 @@ def quality_gate(a: argparse.Namespace, t: Target, new: ReleaseState):
     return result
 
 
+def gate_tag(env: str, key: str) -> str:
+    from ml_service.release import quality_gate as qg
+
+    return f"{qg.TAG_PREFIX}.{env}.{key}"
+
+
+def record_release(env: str, gate, state: ReleaseState) -> None:
+    """Record on the candidate's MLflow run, next to the gate's verdict for `env`, the exact state
+    the verdict admits (commit, image digest, model): `check` accepts a pull request only for a
+    state recorded so. Nothing to record when the gate never reached the registry."""
+    if not gate.candidate.run_id:
+        return
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    try:
+        MlflowClient().set_tag(gate.candidate.run_id, gate_tag(env, "release"), state.record())
+    except MlflowException as exc:
+        raise GitopsError(f"could not record the release in the registry: {exc.message}") from None
+
+
 # --------------------------------------------------------------------------- commands
 
 
@@ -743,20 +779,50 @@ def open_bump(
         title=title,
         body=pr_body(intro, t, new, gate, a.repo),
         commit_body=f"{intro}\nQuality gate: {gate.verdict}.",
+        before_push=lambda: record_release(t.env, gate, new),
     )
 
 
 def cmd_release(a: argparse.Namespace) -> str:
-    revision = a.revision or a.tag
-    new = ReleaseState(
-        revision, a.image_repository, a.tag, a.digest, a.model_name, str(a.model_version)
-    )
-    new.validate()
     t = target(a.repo, a.env, a.base, a.remote)
+    given = (a.image_repository, a.tag, a.digest, a.model_version)
+    if a.values_only:
+        # A change to environments/ alone (values): the chart and values of the new commit, the
+        # image and model the environment runs now. Nothing is rebuilt or retrained.
+        if any(given):
+            raise GitopsError("--values-only keeps the image and model: drop the image/model flags")
+        if t.state is None:
+            raise Refused(
+                f"nothing is released to {a.env} yet: its first release carries these values"
+            )
+        if not a.revision:
+            raise GitopsError("--values-only needs --revision (the commit whose values ship)")
+        new = ReleaseState(
+            a.revision, t.state.image_repository, t.state.image_tag, t.state.image_digest,
+            t.state.model_name, t.state.model_version,
+        )  # fmt: skip
+    else:
+        if not all(given):
+            raise GitopsError(
+                "release needs --image-repository, --tag, --digest and --model-version "
+                "(or --values-only)"
+            )
+        new = ReleaseState(
+            a.revision or a.tag, a.image_repository, a.tag, a.digest, a.model_name,
+            str(a.model_version),
+        )  # fmt: skip
+    new.validate()
     check_change(a.repo, t.state, new, a.env, a.force)
     gate = quality_gate(a, t, new)
-    title = f"release({a.env}): image {a.tag[:12]}, model {a.model_name} v{a.model_version}"
-    intro = f"Release of {new.describe()} to `{a.env}`."
+    if a.values_only:
+        title = f"release({a.env}): values of {new.revision[:12]}, same image and model"
+        intro = (
+            f"Release of the chart and values of {new.revision[:12]} to `{a.env}`, with the image "
+            f"and model it runs: {new.describe()}."
+        )
+    else:
+        title = f"release({a.env}): image {a.tag[:12]}, model {a.model_name} v{a.model_version}"
+        intro = f"Release of {new.describe()} to `{a.env}`."
     return open_bump(a, t, new, gate, title, intro)
 
 
@@ -892,6 +958,142 @@ def cmd_rollback(a: argparse.Namespace) -> str:
     )  # fmt: skip
 
 
+# --------------------------------------------------------------------------- check
+
+
+@dataclass
+class Finding:
+    ok: bool
+    what: str
+
+
+def changed_files(repo: Path, base: str, head: str) -> list[str]:
+    """What the pull request changes (GitHub's three-dot diff: from the merge base)."""
+    return git(repo, "diff", "--name-only", f"{base}...{head}").split()
+
+
+def gate_record(name: str, version: str) -> dict[str, str] | None:
+    """The tags of the model version's run (the gate's verdicts and release records), None when
+    the registry has no such version."""
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        raise GitopsError("MLFLOW_TRACKING_URI is not set: the check reads the gate's verdicts")
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    client = MlflowClient()
+    try:
+        run_id = client.get_model_version(name, version).run_id
+        return dict(client.get_run(run_id).data.tags) if run_id else {}
+    except MlflowException as exc:
+        if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise GitopsError(f"the registry did not answer: {exc.message}") from None
+
+
+def check_registry(env: str, old: ReleaseState | None, new: ReleaseState) -> list[Finding]:
+    """The gate's verdict for env on the arriving model, against what env runs, for this state."""
+    label = f"{new.model_name} v{new.model_version}"
+    tags = gate_record(new.model_name, new.model_version)
+    if tags is None:
+        return [Finding(False, f"{label} is not in the registry")]
+    verdict = tags.get(gate_tag(env, "verdict"))
+    reason = tags.get(gate_tag(env, "override_reason"))
+    admitted = verdict == "passed" or (verdict == "overridden" and bool(reason))
+    said = verdict or "never ran"
+    if verdict == "overridden":
+        said += f", override reason: {reason or 'none'}"
+    leaving = f"{old.model_name} v{old.model_version}" if old else "none"
+    baseline = tags.get(gate_tag(env, "baseline"), "nothing")
+    record = tags.get(gate_tag(env, "release"))
+    recorded = "" if record == new.record() else f" (it records {record or 'none'})"
+    return [
+        Finding(admitted, f"quality gate for {env} on {label}: {said}"),
+        Finding(baseline == leaving, f"the gate compared it with {baseline}; {env} runs {leaving}"),
+        Finding(
+            record == new.record(),
+            f"the registry records this state (commit, image digest, model) for {env}{recorded}",
+        ),
+    ]
+
+
+def check_pull_request(repo: Path, base: str, head: str, image_repository: str | None):
+    """(env or None, findings) for the pull request base...head."""
+    base_commit = git(repo, "rev-parse", f"{base}^{{commit}}")
+    head_commit = git(repo, "rev-parse", f"{head}^{{commit}}")
+    files = changed_files(repo, base_commit, head_commit)
+    releases = [f for f in files if re.fullmatch(r"environments/[^/]+/release\.yaml", f)]
+    if not releases:
+        return None, [Finding(True, "no release file changes: nothing for this check")]
+    if len(files) > 1:
+        return None, [
+            Finding(False, "a release pull request changes one environments/<env>/release.yaml "
+                    "and nothing else; this one changes: " + ", ".join(files))
+        ]  # fmt: skip
+    (path,) = releases
+    env = path.split("/")[1]
+    if env not in ENVIRONMENTS:
+        return env, [Finding(False, f"{env} is not an environment ({', '.join(ENVIRONMENTS)})")]
+    text = read_at(repo, head_commit, path, missing_ok=True)
+    if text is None:
+        return env, [Finding(False, f"{path} is deleted: only an admin removes an environment")]
+    try:
+        doc, new = load_release(text, path)
+        new.validate()
+        if set(doc) != {"revision", "image", "model"} or not new.image_digest:
+            raise GitopsError("only revision, image (repository, tag, digest) and model")
+    except GitopsError as exc:
+        return env, [Finding(False, f"{path}: {exc}")]
+    old_text = read_at(repo, base_commit, path, missing_ok=True)
+    old = load_release(old_text, f"{path} on {base}")[1] if old_text is not None else None
+    if old == new:
+        return env, [Finding(False, f"{path} pins what {env} runs already")]
+
+    findings: list[Finding] = []
+
+    def add(ok: bool, what: str) -> None:
+        findings.append(Finding(bool(ok), what))
+
+    def on_base(commit: str) -> bool:
+        return known_commit(repo, commit) and is_ancestor(repo, commit, base_commit)
+
+    earlier = {state: commit for commit, state in reversed(history(repo, env, base_commit))}
+    if new in earlier:
+        # A rollback: a state env ran before, merged then through this same check.
+        add(True, f"a rollback to the state {env} ran at {earlier[new][:12]}")
+        registered = gate_record(new.model_name, new.model_version) is not None
+        add(registered, f"{new.model_name} v{new.model_version} is in the registry")
+        return env, findings
+    add(on_base(new.revision), f"revision {new.revision[:12]} is a commit of {base}")
+    try:
+        check_change(repo, old, new, env, force=False)
+        add(True, "nothing is lowered (model version, commit)")
+    except Refused as exc:
+        add(False, str(exc).removesuffix(" (use --force)"))
+    position = ENVIRONMENTS.index(env)
+    if position == 0:
+        add(on_base(new.image_tag), f"image tag {new.image_tag[:12]} is a commit of {base}")
+        if image_repository:
+            add(new.image_repository == image_repository, f"image from {image_repository}")
+    else:
+        source = ENVIRONMENTS[position - 1]
+        src_path = f"environments/{source}/release.yaml"
+        src_text = read_at(repo, base_commit, src_path, missing_ok=True)
+        src = load_release(src_text, src_path)[1] if src_text is not None else None
+        runs = src.describe() if src else "nothing"
+        add(new == src, f"the promotion copies what {source} runs now ({runs})")
+    findings.extend(check_registry(env, old, new))
+    return env, findings
+
+
+def cmd_check(a: argparse.Namespace) -> str:
+    env, findings = check_pull_request(a.repo, a.base, a.head, a.image_repository)
+    lines = [f"{'ok  ' if f.ok else 'FAIL'} {f.what}" for f in findings]
+    report = f"release-check ({env or 'no release'}):\n" + "\n".join(lines)
+    if not all(f.ok for f in findings):
+        raise Refused(report)
+    return report
+
+
 def cmd_set_alias(a: argparse.Namespace) -> str:
     path = a.repo / "environments" / a.env / "release.yaml"
     if not path.is_file():
@@ -954,10 +1156,9 @@ def parser() -> argparse.ArgumentParser:
     )
     sub = p.add_subparsers(dest="command", required=True)
 
-    def bump_opts(sp: argparse.ArgumentParser) -> None:
+    def pr_opts(sp: argparse.ArgumentParser) -> None:
         sp.add_argument("--base", default="main", help="branch the PR targets (default main)")
         sp.add_argument("--remote", default="origin", help="remote to push to (default origin)")
-        sp.add_argument("--force", action="store_true", help="allow a no-op, downgrade, rollback")
         sp.add_argument("--no-pr", action="store_true", help="push the branch, open no PR")
         sp.add_argument(
             "--no-render-check",
@@ -965,6 +1166,10 @@ def parser() -> argparse.ArgumentParser:
             action="store_false",
             help="skip `helm template` of the changed environment",
         )
+
+    def bump_opts(sp: argparse.ArgumentParser) -> None:
+        pr_opts(sp)
+        sp.add_argument("--force", action="store_true", help="allow a no-op, downgrade, rollback")
         sp.add_argument(
             "--override-quality-gate",
             dest="override_gate",
@@ -974,14 +1179,19 @@ def parser() -> argparse.ArgumentParser:
 
     r = sub.add_parser("release", help="bump an environment (dev) to a new image and model version")
     r.add_argument("--env", default="dev", choices=ENVIRONMENTS)
-    r.add_argument("--image-repository", required=True)
-    r.add_argument("--tag", required=True, help="image tag (the commit it was built from)")
-    r.add_argument("--digest", required=True, help="image digest sha256:...")
+    r.add_argument("--image-repository")
+    r.add_argument("--tag", help="image tag (the commit it was built from)")
+    r.add_argument("--digest", help="image digest sha256:...")
     r.add_argument(
         "--revision", help="commit whose chart the environment runs (default: --tag, a full sha)"
     )
     r.add_argument("--model-name", default="ml-service")
-    r.add_argument("--model-version", required=True)
+    r.add_argument("--model-version")
+    r.add_argument(
+        "--values-only",
+        action="store_true",
+        help="ship --revision's chart and values with the image and model the env runs now",
+    )
     bump_opts(r)
     r.set_defaults(func=cmd_release)
 
@@ -1005,8 +1215,14 @@ def parser() -> argparse.ArgumentParser:
         metavar="NOTIFICATION",
         help="Argo Rollouts' abort notification (JSON): revert only the release it reports",
     )
-    bump_opts(rb)
+    pr_opts(rb)
     rb.set_defaults(func=cmd_rollback)
+
+    c = sub.add_parser("check", help="the required check of a release or promotion PR")
+    c.add_argument("--base", required=True, help="the branch the PR merges into (origin/main)")
+    c.add_argument("--head", default="HEAD", help="the PR's head commit (default HEAD)")
+    c.add_argument("--image-repository", help="the repository release.yml pushes images to")
+    c.set_defaults(func=cmd_check)
 
     s = sub.add_parser("set-alias", help="point an MLflow alias at the env's model version")
     s.add_argument("env", choices=ENVIRONMENTS)

@@ -4,7 +4,8 @@
 1. start a real MLflow server (sqlite + local artifacts, a free 127.0.0.1 port);
 2. train and register a new version of `ml-service` on it (`python -m ml_service.training`);
 3. build the serving image (`make image`, the image tier's build);
-4. snapshot the work tree into a scratch repository with a local bare remote, clone it, and run
+4. snapshot the work tree into a scratch repository with a local bare remote (its release files
+   dropped: they pin versions of the team's registry, not of this new one), clone it, and run
    `scripts/gitops.py release --no-pr` there (quality gate against the same MLflow server):
    branch `gitops/dev` with the new image and model version;
 5. "merge" it, let Argo CD's own ApplicationSet code (appset-render) generate the dev Application
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests"))
 
 from support import kube  # noqa: E402
-from support.gitrepo import snapshot_repo  # noqa: E402
+from support.gitrepo import forget_releases, snapshot_repo  # noqa: E402
 from support.mlflow import mlflow_env, mlflow_server  # noqa: E402
 
 IMAGE_REPOSITORY = "ghcr.io/owner/ml-service"
@@ -80,6 +81,9 @@ def snapshot_clone(scratch: Path) -> tuple[Path, str]:
     snapshot_repo(
         src, author=("release-dry-run", "dry-run@example.invalid"), message="work tree snapshot"
     )
+    # The dry run's MLflow server is new and empty: the pins of the work tree name versions of
+    # the team's registry, so the scratch repository starts with nothing released.
+    forget_releases(src)
     remote, clone = scratch / "remote.git", scratch / "clone"
     sh("git", "clone", "--quiet", "--bare", str(src), str(remote))
     sh("git", "clone", "--quiet", str(remote), str(clone))

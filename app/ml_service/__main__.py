@@ -34,9 +34,9 @@ def main() -> int:
     for key, value in MLFLOW_CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
     from .redact import configure_logging
-    from .serving.settings import Settings
+    from .serving.settings import load
 
-    settings = Settings()
+    settings = load()
     configure_logging(settings.log_level)
     from .serving.app import create_app
     from .serving.server import build

@@ -66,10 +66,19 @@ def smoke(local_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         "md": (out / "benchmarks.md").read_text(),
         "png": out / "benchmarks.png",
         "log": log,
+        "work": out / "work",
     }
 
 
-SERVERS = ["ml-service", "ml-service mb=0ms", "mlflow", "http-floor"]
+SERVERS = [
+    "ml-service",
+    "ml-service mb=0ms",
+    "ml-service prediction-ids",
+    "ml-service payload-log=1",
+    "mlflow",
+    "http-floor",
+]
+OURS = 4  # the ml-service variants come first
 
 
 def test_every_server_started_and_was_measured(smoke):
@@ -83,6 +92,20 @@ def test_every_server_started_and_was_measured(smoke):
     assert servers_["mlflow"]["rss_at_ready"]["processes"] >= 2
     assert servers_["ml-service mb=0ms"]["env"] == {"MICROBATCH_WAIT_MS": "0"}
     assert servers_["mlflow"]["env"] == {"OMP_NUM_THREADS": "1"}
+    logged = servers_["ml-service payload-log=1"]["env"]
+    assert logged["PREDICTION_SIGNING_SECRET"] == "***"  # never the key in the report
+    assert logged["PAYLOAD_LOG_SAMPLE"] == "1" and logged["PAYLOAD_LOG_URI"].endswith("payload-log")
+
+
+def test_the_payload_log_variant_wrote_what_it_served(smoke):
+    import gzip
+
+    objects = list(Path(smoke["work"], "payload-log").rglob("*.jsonl.gz"))
+    rows = sum(len(gzip.decompress(p.read_bytes()).splitlines()) for p in objects)
+    assert objects and rows > 0
+    pl = {(r["server"], r["connections"]): r for r in smoke["report"]["payload_log"]["rows"]}
+    assert set(pl) == {(s, c) for s in SERVERS[2:OURS] for c in CONNECTIONS}
+    assert all(r["rps_vs_off"] > 0 and r["p99_vs_off"] > 0 for r in pl.values())
 
 
 @pytest.mark.parametrize("rows", ROWS)
@@ -146,7 +169,11 @@ def test_ratios_are_paired_per_scenario(smoke):
     ratios = smoke["report"]["ratios"]
     got = {(r["ours"], r["theirs"], r["rows"], r["connections"]) for r in ratios}
     want = {
-        (o, t, n, c) for o in SERVERS[:2] for t in SERVERS[2:] for n in ROWS for c in CONNECTIONS
+        (o, t, n, c)
+        for o in SERVERS[:OURS]
+        for t in SERVERS[OURS:]
+        for n in ROWS
+        for c in CONNECTIONS
     }
     assert got == want
     assert all(r["throughput_ratio"] > 0 and r["rounds"] == 2 for r in ratios)
@@ -156,12 +183,13 @@ def test_goals_memory_floor_load_and_versions_are_reported(smoke):
     rep = smoke["report"]
     goals = {g["goal"]: g for g in rep["goals"]}
     c = max(CONNECTIONS)
-    assert len(goals) == 12, list(goals)
+    assert len(goals) == 13, list(goals)
     assert goals[f"1 row, c={c}: throughput vs MLServer"]["status"] == "not measured"
     for name in (
         f"1 row, c={c}: throughput vs mlflow models serve",
         f"1 row, c={c}: throughput vs HTTP floor (hello world, same uvicorn settings)",
         f"1 row, c={c}: ml-service p99",
+        f"1 row, c={c}: p99 with the payload log on (ml-service payload-log=1) / off",
         "RSS at ready (main process)",
     ):
         assert goals[name]["status"] == "met" or goals[name]["status"].startswith("MISSED: "), (
@@ -195,7 +223,7 @@ def test_markdown_and_plot_are_written(smoke):
     assert report.BEGIN in md and report.END in md
     for heading in ("### Goals", "### Latency against offered load", "### Throughput and latency",
                     "### Ratios", "### Start-up", "### In-process floor", "### Micro-batching",
-                    "### Versions"):  # fmt: skip
+                    "### Prediction IDs and the payload log", "### Versions"):  # fmt: skip
         assert heading in md
     assert "](benchmarks.png)" in md
     assert "HTTP floor (hello world, h11)" in md
@@ -390,8 +418,12 @@ def test_variant_command_gets_the_kind_env_and_placeholders(tmp_path):
 
 def test_run_orders_servers_and_applies_quick_presets():
     args = run.parse(["--quick", "--servers", "mlflow,ml-service,ml-service[A=1]", "--rounds", "3"])
-    assert [s.key for s in args.specs] == ["ml-service", "ml-service mb=0ms", "ml-service[A=1]",
-                                           "mlflow"]  # fmt: skip
+    assert [s.key for s in args.specs] == [
+        "ml-service", "ml-service mb=0ms", "ml-service prediction-ids",
+        "ml-service payload-log=1", "ml-service[A=1]", "mlflow",
+    ]  # fmt: skip
+    bare = run.parse(["--servers", "ml-service", "--microbatch-ms", "", "--payload-log-sample", ""])
+    assert [s.key for s in bare.specs] == ["ml-service"]
     assert args.specs[-1].env == {"OMP_NUM_THREADS": "1"}
     assert args.rounds == 3  # an explicit flag wins over the preset
     assert args.duration == run.PRESETS["quick"]["duration"]

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from support.gitrepo import forget_releases
 
 from .conftest import ROOT, TOOLS_BIN, run_git, snapshot_repo, tool
 
@@ -83,7 +84,7 @@ class ActRepo:
             "-s",
             "GITOPS_APP_PRIVATE_KEY=fake-private-key",
             "--var",
-            "GITOPS_APP_ID=12345",
+            "GITOPS_APP_CLIENT_ID=Iv23li0fake",
         ]
         for name in ("setup-python", "setup-go", "create-github-app-token"):
             cmd += ["--local-repository", f"{pinned('actions/' + name)}={ACT_ACTIONS / name}"]
@@ -149,6 +150,7 @@ def story(act_venv: Path, tmp_path_factory):
     remote, work = tmp / "remote.git", tmp / "work"
     run_git(tmp, "init", "--quiet", "--bare", "-b", "main", str(remote))
     snapshot_repo(work)
+    forget_releases(work)  # the jobs train against this test's own, empty MLflow server
     run_git(work, "remote", "add", "origin", str(remote))
     run_git(work, "push", "--quiet", "origin", "main")
     # Symlinks are copied as they are by act's checkout: the jobs' .venv is the private one.
@@ -271,3 +273,24 @@ def test_champion_alias_follows_the_dispatch_of_a_synced_prod(story: ActRepo):
     assert code == 0, out[-8000:]
     assert "alias champion: ml-service v- -> v1" in out
     assert client.get_model_version_by_alias("ml-service", "champion").version == "1"
+
+
+def test_release_workflow_ships_a_values_only_change(story: ActRepo):
+    """A push that changes environments/prod/values.yaml only: release.yml trains and builds
+    nothing and opens the dev PR pinning the new commit with the image and model dev runs."""
+    before = run_git(story.work, "rev-parse", "HEAD")
+    dev = story.release_on("main", "dev")
+    values = story.work / "environments/prod/values.yaml"
+    values.write_text(values.read_text().replace("  maxReplicas: 10\n", "  maxReplicas: 12\n"))
+    run_git(story.work, "commit", "--quiet", "-am", "prod: up to 12 replicas")
+    run_git(story.work, "push", "--quiet", "origin", "main")
+    head = run_git(story.work, "rev-parse", "HEAD")
+    workflow = release_workflow_without_image_push(story.tmp)
+    payload = {"ref": "refs/heads/main", "before": before, "after": head}
+    code, out = story.act("push", workflow, payload=payload)
+    assert code == 0, out[-8000:]
+    assert "Train and register" not in out, "nothing is trained"
+    release = story.release_on("gitops/dev", "dev")
+    assert release["revision"] == head
+    assert (release["image"], release["model"]) == (dev["image"], dev["model"])
+    assert story.prs()[-1]["title"].startswith("release(dev): values of ")

@@ -1,4 +1,4 @@
-"""#13.1: adopting the repository (docs/gitops.md, step 1: `make adopt REPO=<owner>/<name>`) keeps
+"""Adopting the repository (docs/gitops.md, step 1: `make adopt REPO=<owner>/<name>`) keeps
 the gitops tests green, and branch protection requires checks that really exist.
 
 The adoption runs on a copy of the work tree; the copy's own Argo CD tests then run against it,
@@ -6,8 +6,10 @@ exactly as they would in the adopting team's CI."""
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -21,11 +23,21 @@ from .conftest import ROOT, load_all, snapshot_repo
 pytestmark = pytest.mark.gitops
 
 
+def adopt_module():
+    spec = importlib.util.spec_from_file_location("adopt_cli", ROOT / "scripts" / "adopt.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_adoption_keeps_the_argocd_tests_green(tmp_path: Path):
+    """`make adopt` on a copy of this work tree, whatever it reads now (the template's
+    placeholder or an earlier adoption), then the copy's own Argo CD tests."""
     copy = tmp_path / "adopted"
     snapshot_repo(copy)
     for shared in (".venv", ".tools"):
         os.symlink(ROOT / shared, copy / shared)
+    before_url, before_repo = adopt_module().current(ROOT)
     proc = subprocess.run(
         ["make", "--no-print-directory", "adopt", "REPO=acme-corp/fraud-model"],
         cwd=copy,
@@ -34,18 +46,13 @@ def test_adoption_keeps_the_argocd_tests_green(tmp_path: Path):
         check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    changed = " ".join(p.read_text() for p in (copy / "argocd").rglob("*.yaml"))
-    assert "OWNER" not in changed
     (boot,) = load_all(copy / "argocd" / "bootstrap.yaml")
     assert boot["spec"]["source"]["repoURL"] == "https://github.com/acme-corp/fraud-model.git"
-    again = subprocess.run(
-        [sys.executable, "scripts/adopt.py", "acme-corp/fraud-model"],
-        cwd=copy,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert again.returncode == 1 and "already adopted" in again.stderr
+    text = " ".join(p.read_text() for p in (copy / "argocd").rglob("*.yaml"))
+    if before_url != boot["spec"]["source"]["repoURL"]:
+        assert before_url not in text, "the previous URL is gone everywhere"
+    if before_repo != "acme-corp/fraud-model":
+        assert f"/repos/{before_repo}/" not in text
     tests = subprocess.run(
         [
             sys.executable,
@@ -68,6 +75,36 @@ def test_adoption_keeps_the_argocd_tests_green(tmp_path: Path):
     assert tests.returncode == 0, tests.stdout[-4000:] + tests.stderr[-2000:]
 
 
+def test_adopt_is_idempotent_and_can_re_point(tmp_path: Path):
+    """The same adoption twice changes nothing the second time and succeeds (a script or a test
+    may run it on a tree that is already adopted); another one re-points every place."""
+    proc, copy = adopt_copy(tmp_path, "acme-corp/fraud-model")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    files = {p: p.read_bytes() for p in (copy / "argocd").rglob("*.yaml")}
+    files[copy / ".github" / "CODEOWNERS"] = (copy / ".github" / "CODEOWNERS").read_bytes()
+    assert b"@acme-corp/release-approvers" in files[copy / ".github" / "CODEOWNERS"]
+    places = b" ".join(files.values()).count(b"https://github.com/acme-corp/fraud-model.git")
+    assert places >= 5
+    again = run_adopt(copy, "acme-corp/fraud-model")
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "already adopted" in again.stdout
+    assert {p: p.read_bytes() for p in files} == files
+    previous = "https://github.com/acme-corp/fraud-model.git"
+    for repo, args, url in (
+        ("acme-corp/fraud-model", ("--repo-url", "ssh://git@git.example.internal/ml/fm.git"),
+         "ssh://git@git.example.internal/ml/fm.git"),
+        ("other-org/fraud", (), "https://github.com/other-org/fraud.git"),
+    ):  # fmt: skip
+        proc = run_adopt(copy, repo, *args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        assert adopt_module().current(copy) == (url, repo)
+        text = " ".join(p.read_text() for p in (copy / "argocd").rglob("*.yaml"))
+        assert text.count(url) == places and previous not in text
+        previous = url
+    codeowners = (copy / ".github" / "CODEOWNERS").read_text()
+    assert "@other-org/release-approvers" in codeowners and "@acme-corp/" not in codeowners
+
+
 @pytest.mark.parametrize("bad", ["acme", "acme/ml-service.git", "-x/y", "acme/ml service", "a/b/c"])
 def test_adopt_rejects_a_bad_repository_name(bad: str):
     proc = subprocess.run(
@@ -85,20 +122,68 @@ def job_check_names(workflow: Path) -> set[str]:
     return {job.get("name", job_id) for job_id, job in jobs.items()}
 
 
-def test_branch_protection_requires_the_ci_jobs_that_exist():
-    """The ruleset the docs apply names the ci.yml jobs (`test`, `image`), not a `ci` check that
-    no job reports (a required check nobody reports blocks every merge, the bot's PRs included)."""
-    ruleset = json.loads((ROOT / ".github" / "rulesets" / "main.json").read_text())
-    (rule,) = [r for r in ruleset["rules"] if r["type"] == "required_status_checks"]
-    required = {c["context"] for c in rule["parameters"]["required_status_checks"]}
-    ci = ROOT / ".github" / "workflows" / "ci.yml"
-    assert required == job_check_names(ci) == {"test", "image"}
-    # PR-only jobs may be required: every bump/promotion PR runs them.
+def ruleset() -> dict:
+    return json.loads((ROOT / ".github" / "rulesets" / "main.json").read_text())
+
+
+@pytest.mark.repo_state
+def test_branch_protection_requires_every_check_that_runs_on_a_pull_request():
+    """The ruleset names exactly the jobs of the workflows every pull request runs (ci.yml and
+    release-check.yml), reported by GitHub Actions: a required check nobody reports blocks every
+    merge; a job that runs but is not required guards nothing. A job skipped by its `if` (the
+    suite on a release PR, the checker on a code PR) reports success."""
+    (rule,) = [r for r in ruleset()["rules"] if r["type"] == "required_status_checks"]
+    checks = rule["parameters"]["required_status_checks"]
+    required = {c["context"] for c in checks}
+    on_pr = set()
+    for path in (ROOT / ".github" / "workflows").glob("*.yml"):
+        doc = yaml.safe_load(path.read_text())
+        if "pull_request" in doc[True]:
+            on_pr |= job_check_names(path)
+    assert required == on_pr
+    assert {"release-check", "lint-unit-chart-gitops", "cluster"} <= required
+    assert {c.get("integration_id") for c in checks} == {15368}, "only GitHub Actions reports them"
     docs = (ROOT / "docs" / "gitops.md").read_text()
     assert "gh api -X POST repos/{owner}/{repo}/rulesets --input .github/rulesets/main.json" in docs
     for check in sorted(required):
         assert f"`{check}`" in docs
-    assert "`ci` check" not in docs
+
+
+@pytest.mark.repo_state
+def test_reviews_guard_what_runs_and_admins_can_bypass():
+    """Nobody merges their own push to a release file: the last push needs someone else's
+    approval, and a release approver's (CODEOWNERS) for environments/ and the workflows. Admins
+    can bypass the ruleset (a repository that nobody can merge into is a dead end)."""
+    rs = ruleset()
+    (pr,) = [r["parameters"] for r in rs["rules"] if r["type"] == "pull_request"]
+    assert pr["required_approving_review_count"] >= 1
+    assert pr["require_last_push_approval"] is True
+    assert pr["require_code_owner_review"] is True
+    assert pr["dismiss_stale_reviews_on_push"] is True
+    # actor 5 of type RepositoryRole is the repository's admin role
+    assert rs["bypass_actors"] == [
+        {"actor_id": 5, "actor_type": "RepositoryRole", "bypass_mode": "always"}
+    ]
+    owners = {}
+    for line in (ROOT / ".github" / "CODEOWNERS").read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            pattern, *who = line.split()
+            owners[pattern] = who
+    assert {"/environments/", "/.github/"} <= set(owners)
+    _, repo = adopt_module().current(ROOT)
+    for who in owners.values():
+        assert who and all(re.fullmatch(r"@[\w-]+(/[\w.-]+)?", w) for w in who), who
+        assert all(w.startswith(f"@{repo.split('/')[0]}/") for w in who), "the repository's owner"
+
+
+def run_adopt(copy: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "scripts/adopt.py", *args],
+        cwd=copy,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
 
 
 def adopt_copy(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess, Path]:
@@ -107,14 +192,9 @@ def adopt_copy(tmp_path: Path, *args: str) -> tuple[subprocess.CompletedProcess,
     (copy / "scripts").mkdir(parents=True)
     (copy / "scripts" / "adopt.py").write_bytes((ROOT / "scripts" / "adopt.py").read_bytes())
     shutil.copytree(ROOT / "argocd", copy / "argocd")
-    proc = subprocess.run(
-        [sys.executable, "scripts/adopt.py", *args],
-        cwd=copy,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return proc, copy
+    (copy / ".github").mkdir()
+    shutil.copy2(ROOT / ".github" / "CODEOWNERS", copy / ".github" / "CODEOWNERS")
+    return run_adopt(copy, *args), copy
 
 
 def test_adopt_with_another_repo_url(tmp_path: Path):
@@ -131,7 +211,7 @@ def test_adopt_with_another_repo_url(tmp_path: Path):
     projects = {p["metadata"]["name"]: p for p in load_all(copy / "argocd/apps/projects.yaml")}
     assert projects["ml-service"]["spec"]["sourceRepos"] == [url]
     text = " ".join(p.read_text() for p in (copy / "argocd").rglob("*.yaml"))
-    assert "OWNER" not in text and "github.com/acme-corp" not in text
+    assert "github.com/acme-corp" not in text
     assert "repos/acme-corp/fraud-model/dispatches" in text
 
 
@@ -151,4 +231,6 @@ def test_adopt_refuses_a_bad_repo_url_without_echoing_it(tmp_path: Path, url: st
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert "without credentials" in proc.stderr
     assert "s3cr3t" not in proc.stdout + proc.stderr and url not in proc.stderr
-    assert "OWNER/ml-service" in (copy / "argocd" / "bootstrap.yaml").read_text(), "unchanged"
+    assert {p: p.read_bytes() for p in (copy / "argocd").rglob("*.yaml")} == {
+        p: (ROOT / p.relative_to(copy)).read_bytes() for p in (copy / "argocd").rglob("*.yaml")
+    }, "nothing changed"

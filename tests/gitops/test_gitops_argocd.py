@@ -50,10 +50,12 @@ def wave(obj: dict) -> int:
     return int((obj["metadata"].get("annotations") or {}).get("argocd.argoproj.io/sync-wave", 0))
 
 
-def test_repository_url_is_one_github_url_everywhere():
-    """After `make adopt REPO=acme/ml-service` as before it: one URL, in every place."""
-    m = re.fullmatch(r"https://github\.com/([\w.-]+)/([\w.-]+)\.git", REPO_URL)
-    assert m, REPO_URL
+@pytest.mark.repo_state
+def test_every_object_reads_the_repository_bootstrap_names():
+    """One URL in every place Argo CD reads this repository from: the template's, a GitHub URL
+    after `make adopt REPO=...`, any other after `make adopt ... REPO_URL=...`. GitHub is told
+    about prod's deployments through the dispatch path of one GitHub repository."""
+    assert re.fullmatch(r"(https|http|ssh|git)://\S+", REPO_URL), REPO_URL
     appset = load_all(APPSET)[0]
     urls = {
         o["spec"]["source"]["repoURL"]
@@ -68,7 +70,10 @@ def test_repository_url_is_one_github_url_everywhere():
     urls |= set(project("mlflow-platform")["spec"]["sourceRepos"])
     assert urls == {REPO_URL}
     notifications = (ARGOCD_DIR / "install" / "argocd-notifications-cm.patch.yaml").read_text()
-    assert f"path: /repos/{m[1]}/{m[2]}/dispatches" in notifications
+    (repo,) = set(re.findall(r"path: /repos/([\w-]+/[\w.-]+)/dispatches", notifications))
+    github = re.fullmatch(r"https://github\.com/([\w.-]+/[\w.-]+)\.git", REPO_URL)
+    if github:
+        assert repo == github[1], "a GitHub URL names the repository that is notified"
 
 
 def test_one_application_per_released_environment(generated_apps, released_repo: Path):
@@ -101,13 +106,21 @@ def test_one_application_per_released_environment(generated_apps, released_repo:
         assert app["metadata"]["annotations"]["ml-service.io/model-version"] == "3"
 
 
-def test_nothing_released_means_no_application(tmp_path: Path):
-    """#13.3: an environment without release.yaml gets no Application, so nothing pulls an image
-    that release.yml never pushed. This repository as committed releases nothing."""
-    assert generate(ROOT) == {}
-    assert not list((ROOT / "environments").glob("*/release.yaml"))
+@pytest.mark.repo_state
+def test_one_application_per_released_environment_only(tmp_path: Path):
+    """An environment without release.yaml gets no Application, so nothing pulls an image that
+    release.yml never pushed; each release file makes exactly one. Checked on this repository
+    as it is (released or not) and on copies with none and with dev's only."""
+    released = sorted(p.parent.name for p in (ROOT / "environments").glob("*/release.yaml"))
+    assert sorted(generate(ROOT)) == released
     repo = tmp_path / "repo"
-    commit = snapshot_repo(repo)
+    snapshot_repo(repo)
+    for path in (repo / "environments").glob("*/release.yaml"):
+        path.unlink()
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "--quiet", "--allow-empty", "-m", "nothing released")
+    assert generate(repo) == {}
+    commit = run_git(repo, "rev-parse", "HEAD")
     (repo / "environments/dev/release.yaml").write_text(release_text("dev", commit))
     run_git(repo, "add", "-A")
     run_git(repo, "commit", "--quiet", "-m", "first release")
@@ -126,7 +139,7 @@ def test_sync_policy(generated_apps: dict[str, dict], env: str, automated: bool)
 
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_first_sync_survives_missing_crds(generated_apps: dict[str, dict], env: str):
-    """#13.2: on a new cluster the monitoring CRDs arrive with the platform Application. The dry
+    """On a new cluster the monitoring CRDs arrive with the platform Application. The dry
     run of a kind without its CRD is skipped, and a failed sync is retried without a limit, on the
     newest commit (Argo CD never re-runs a failed automated sync of the same commit by itself)."""
     policy = generated_apps[env]["spec"]["syncPolicy"]
@@ -138,7 +151,7 @@ def test_first_sync_survives_missing_crds(generated_apps: dict[str, dict], env: 
 
 
 def test_sync_waves_put_projects_then_platform_then_environments():
-    """#13.2: the bootstrap syncs AppProjects, then the platform (monitoring with its CRDs, the
+    """The bootstrap syncs AppProjects, then the platform (monitoring with its CRDs, the
     MLflow server the environments load from), then the ApplicationSet;
     argocd/install/argocd-cm.patch.yaml restores the Application health check the waves need to
     wait on (Argo CD's docs/operator-manual/health.md)."""
@@ -270,7 +283,7 @@ def test_bootstrap_is_one_app_of_apps():
 
 
 def test_renderer_is_argo_cds_own_code():
-    """#13.7: appset-render imports the ApplicationSet controller's packages from the argo-cd
+    """Appset-render imports the ApplicationSet controller's packages from the argo-cd
     module at the version mk/gitops.mk pins; no imitation (sprig, hand-written merges) left."""
     src = ROOT / "tests" / "gitops" / "argocd"
     main = (src / "appset-render" / "main.go").read_text()

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from support import kube
 
-from .conftest import APPS_DIR, ARGOCD_DIR, ENVIRONMENTS, ROOT, load_all
+from .conftest import APPS_DIR, ARGOCD_DIR, ENVIRONMENTS, ROOT, generate, load_all
 
 pytestmark = pytest.mark.gitops
 
@@ -132,7 +132,7 @@ def test_release_file_drives_image_and_model(rendered, released_repo: Path, env:
     (container,) = pod["containers"]
     image = release["image"]
     assert container["image"] == f"{image['repository']}:{image['tag']}@{image['digest']}"
-    # #13.4: GHCR's first publish is private; the pull secret is set in every environment.
+    # GHCR's first publish is private; the pull secret is set in every environment.
     assert pod["imagePullSecrets"] == [{"name": "ghcr-pull"}]
     env_vars = {e["name"]: e.get("value") for e in container.get("env", [])}
     # The chart may pass settings as env or through a ConfigMap (envFrom); both reach the app.
@@ -170,6 +170,36 @@ def test_release_tool_renders_like_the_repo_server(
     assert (args, cwd) == (kept, chart)
 
 
+@pytest.mark.repo_state
+def test_every_released_environment_renders_as_pinned(tmp_path: Path):
+    """What this repository releases now (none, some or every environment; any commit, image and
+    model): the Application generated for each release file renders, at the commit it pins, valid
+    for the newest Kubernetes, with the image and model of the file."""
+    released = {p.parent.name: p for p in (ROOT / "environments").glob("*/release.yaml")}
+    apps = generate(ROOT)
+    assert sorted(apps) == sorted(released)
+    version = kube_versions()[-1]
+    for env, path in released.items():
+        release = yaml.safe_load(path.read_text())
+        revision = release["revision"]
+        known = subprocess.run(["git", "-C", str(ROOT), "cat-file", "-e", f"{revision}^{{commit}}"],
+                               capture_output=True, check=False)  # fmt: skip
+        assert known.returncode == 0, (
+            f"{env} pins {revision[:12]}: not in this clone (full history)"
+        )
+        args, cwd, _ = repo_server_args(apps[env], version, ROOT, tmp_path)
+        proc = kube.run_helm(args, cwd=cwd)
+        assert proc.returncode == 0, f"{env} does not render at {revision[:12]}:\n{proc.stderr}"
+        docs = kube.load_documents(proc.stdout)
+        findings = kube.validate(docs, [version], crd_files=kube.prometheus_operator_crds())
+        assert not findings, "\n".join(map(str, findings))
+        (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+        image = release["image"]
+        assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == (
+            f"{image['repository']}:{image['tag']}@{image['digest']}"
+        )
+
+
 def test_argocd_objects_match_the_crds(generated_apps, argocd_crd_files):
     files = [ARGOCD_DIR / "bootstrap.yaml", *sorted(APPS_DIR.glob("*.yaml"))]
     docs = [o for f in files for o in load_all(f)]
@@ -187,8 +217,9 @@ def test_crd_validation_catches_a_typo(argocd_crd_files):
     assert any("selfHeel" in f.message for f in findings), findings
 
 
+@pytest.mark.repo_state
 def test_release_files_pin_images_the_release_workflow_pushes():
-    """#13.3: release.yml pushes only `<repository>:<full commit sha>`; a release file pins such a
+    """release.yml pushes only `<repository>:<full commit sha>`; a release file pins such a
     tag and its digest (or does not exist: nothing released, no Application)."""
     workflow = (ROOT / ".github/workflows/release.yml").read_text()
     assert "tags: ${{ steps.name.outputs.repository }}:${{ github.sha }}" in workflow
@@ -231,6 +262,7 @@ def lookup(tree, path):
 STATED = {"delivery.strategy"}
 
 
+@pytest.mark.repo_state
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_values_hold_only_what_differs_from_the_chart(env: str):
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
@@ -251,6 +283,7 @@ def test_every_environment_says_how_it_delivers():
     assert strategies == {"dev": "rollingUpdate", "staging": "canary", "prod": "canary"}
 
 
+@pytest.mark.repo_state
 def test_a_single_environment_ships_the_dashboards():
     """One Grafana serves the cluster and a dashboard uid may exist once."""
     shipping = [

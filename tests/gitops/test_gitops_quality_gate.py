@@ -1,4 +1,4 @@
-"""The quality gate (#15) through the real `scripts/gitops.py release` / `promote` against the real
+"""The quality gate through the real `scripts/gitops.py release` / `promote` against the real
 MLflow server of the session: models trained by `python -m ml_service.training`, evaluated by
 `mlflow.models.evaluate`, rules checked by `mlflow.validate_evaluation_results`. Only `gh` is fake
 (tests/gitops/fake_gh.py: the GitHub API cannot be reached from here); the PR bodies it records
@@ -277,3 +277,59 @@ def test_public_links_never_carry_credentials(gate, monkeypatch):
     monkeypatch.setenv("MLFLOW_UI_URL", "https://mlflow.example.com")
     assert gate.public_base_url() == "https://mlflow.example.com"
     assert gate._no_secrets("GET https://u:p@h/x failed") == "GET https://***@h/x failed"
+
+
+def served_log(root: Path, n: int, *, flip: bool = False) -> str:
+    """A payload log (ml_service.payload_format, as serving writes it) of the data set's first
+    `n` rows with their labels (`flip`: every label the wrong class)."""
+    from ml_service.payload_format import DirStore, encode, object_key
+    from ml_service.training.train import load_dataset
+
+    x, y = load_dataset()
+    store = DirStore(root)
+    rows, labels = [], []
+    for i in range(n):
+        pid = f"pid-{i}"
+        label = str(y.iloc[i])
+        if flip:
+            label = "benign" if label == "malignant" else "malignant"
+        rows.append({"prediction_id": pid, "features": dict(x.iloc[i].items())})
+        labels.append({"prediction_id": pid, "label": label})
+    store.put(object_key("", "predictions", 1.7e9, "test", 1), encode(rows))
+    store.put(object_key("", "labels", 1.7e9, "test", 2), encode(labels))
+    return str(root)
+
+
+def test_the_gate_also_scores_recent_labelled_traffic(
+    gate, models, mlflow_server, monkeypatch, tmp_path
+):
+    """With --served-data the rules hold on served rows too: an equal model passes on traffic
+    that agrees with it, and is refused on traffic whose truth says it is wrong; too few
+    labelled rows skip the served checks, saying so."""
+    name, _ = models
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server.tracking_uri)
+    config = ROOT / "environments/quality-gate.yaml"
+
+    def run(log: str):
+        return gate.run_gate("dev", (name, "2"), (name, "1"), config_path=config, served_data=log)
+
+    good = run(served_log(tmp_path / "good", 200))
+    assert good.error is None and good.verdict == "passed", good.failure_text()
+    served = [c for c in good.checks if c.metric.startswith("served_")]
+    assert {c.metric for c in served} == {
+        "served_f1_score_macro",
+        "served_roc_auc",
+        "served_recall_score",
+    }
+    assert good.served == {"source": str(tmp_path / "good"), "rows": 200}
+    assert "| served_recall_score |" in good.markdown()
+
+    wrong = run(served_log(tmp_path / "wrong", 200, flip=True))
+    assert wrong.verdict == "failed"
+    assert [c.metric for c in wrong.failed_checks] == ["served_recall_score"]  # below the floor
+    assert "served_recall_score" in wrong.failure_text()
+
+    few = run(served_log(tmp_path / "few", 20))
+    assert few.verdict == "passed"
+    assert [c.rule for c in few.checks if c.rule == "served"] == ["served"]
+    assert "skipped: 20 labelled rows" in few.markdown()

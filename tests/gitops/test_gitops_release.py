@@ -361,7 +361,7 @@ def test_rollout_problems_read_the_application(gitops_cli):
 
 
 def test_promotion_never_skips_an_environment(sandbox: Sandbox):
-    """#13.5: dev -> prod is refused, --force or not; backwards needs --force (a rollback)."""
+    """Dev -> prod is refused, --force or not; backwards needs --force (a rollback)."""
     ok(sandbox.release("2"))
     sandbox.merge("gitops/dev")
     for extra in ((), ("--force",)):
@@ -389,7 +389,7 @@ def test_promotion_to_prod_and_backwards(sandbox: Sandbox):
 
 
 def test_chart_changes_are_promoted_not_tracked(sandbox: Sandbox):
-    """#13.5: a chart change reaches an environment with its release/promotion, never by merely
+    """A chart change reaches an environment with its release/promotion, never by merely
     landing on main: each environment renders the chart at the commit its release.yaml pins."""
     ok(sandbox.release("2"))
     sandbox.merge("gitops/dev")
@@ -488,6 +488,44 @@ def test_release_files_round_trip_byte_for_byte(sandbox: Sandbox, gitops_cli):
     doc, state = gitops_cli.load_release(text, "dev")
     assert gitops_cli.dump(doc) == text
     state.validate()
+
+
+def test_values_only_release_keeps_image_and_model(sandbox: Sandbox):
+    """A change to environments/ values alone ships as a release of that commit with the image
+    and model the environment runs: nothing is retrained or rebuilt."""
+    refused = sandbox.gitops("release", "--values-only", "--revision", sandbox.head("main"))
+    assert refused.returncode == 3 and "nothing is released to dev yet" in refused.stderr
+    ok(sandbox.release("2"))
+    sandbox.merge("gitops/dev")
+    before = release_doc(sandbox, "main", "dev")
+    values = (ROOT / "environments/prod/values.yaml").read_text()
+    change = sandbox.commit_on_main(
+        "prod values", **{"environments/prod/values.yaml": values + "# tuned\n"}
+    )
+    mixed = sandbox.gitops("release", "--values-only", "--revision", change, "--digest", DIGEST_B)
+    assert mixed.returncode == 2 and "keeps the image and model" in mixed.stderr
+    ok(sandbox.gitops("release", "--values-only", "--revision", change))
+    after = release_doc(sandbox, "gitops/dev", "dev")
+    assert after["revision"] == change
+    assert (after["image"], after["model"]) == (before["image"], before["model"])
+    assert "values of" in sandbox.prs()[-1]["title"]
+
+
+def test_rollback_returns_to_the_state_before(sandbox: Sandbox):
+    nothing = sandbox.gitops("rollback", "dev")
+    assert nothing.returncode == 3 and "nothing is released to dev" in nothing.stderr
+    ok(sandbox.release("2"))
+    sandbox.merge("gitops/dev")
+    first = release_doc(sandbox, "main", "dev")
+    only = sandbox.gitops("rollback", "dev")
+    assert only.returncode == 3 and "ran no other state" in only.stderr
+    ok(sandbox.release("3", digest=DIGEST_B))
+    sandbox.merge("gitops/dev")
+    ok(sandbox.gitops("rollback", "dev"))
+    assert release_doc(sandbox, "gitops/dev", "dev") == first
+    assert sandbox.prs()[-1]["title"].startswith("rollback(dev): ")
+    unknown = sandbox.gitops("rollback", "dev", "--to", "abcdef1")
+    assert unknown.returncode == 3
 
 
 def abort_notification(**changes) -> dict:

@@ -1,11 +1,15 @@
-""".github/: actionlint (with shellcheck) on every workflow, actions pinned by commit SHA, least
-privilege, a concurrency group per environment, App tokens for PRs that must trigger CI,
-Dependabot."""
+""".github/: actionlint (with shellcheck) and zizmor on every workflow, actions pinned by commit SHA
+to releases that run on Node 24, least privilege (App tokens narrowed, credentials never stored
+by checkout), a concurrency group per environment, App tokens for PRs that must trigger CI, the
+suite split into jobs that a release PR skips, Dependabot; and the setup a GitHub runner runs
+leaving the runner's own Docker alone."""
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +21,19 @@ pytestmark = pytest.mark.gitops
 
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
 USES_RE = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+)(.*)$")
+# The first release of each action whose action.yml says `runs: using: node24` (read in each
+# action's repository at its tags). GitHub runs node20 actions on Node 24 only by force, then
+# not at all: a pin below these is a workflow that stops one day.
+NODE24_SINCE = {
+    "actions/checkout": (5, 0, 0),
+    "actions/setup-python": (6, 0, 0),
+    "actions/setup-go": (6, 2, 0),
+    "actions/cache": (5, 0, 0),
+    "actions/create-github-app-token": (3, 0, 0),
+    "docker/setup-buildx-action": (4, 0, 0),
+    "docker/login-action": (4, 0, 0),
+    "docker/build-push-action": (7, 0, 0),
+}
 
 
 def workflow(path: Path) -> dict:
@@ -53,7 +70,52 @@ def test_actions_are_pinned_by_commit_sha(path: Path):
         if ref.startswith("./"):
             continue
         assert re.fullmatch(r"[\w.-]+/[\w./-]+@[0-9a-f]{40}", ref), f"not pinned by SHA: {ref}"
-        assert re.search(r"#\s*v\d+\.\d+\.\d+", comment), f"{ref}: say which version (# vX.Y.Z)"
+        version = re.search(r"#\s*v(\d+)\.(\d+)\.(\d+)", comment)
+        assert version, f"{ref}: say which version (# vX.Y.Z)"
+        action = ref.split("@")[0]
+        assert action in NODE24_SINCE, f"{action}: which release runs on Node 24? (NODE24_SINCE)"
+        assert tuple(map(int, version.groups())) >= NODE24_SINCE[action], f"{ref} runs on node20"
+
+
+def test_zizmor_finds_nothing():
+    """zizmor (offline, its default persona): no credential left in .git by checkout, App tokens
+    narrowed, no template injection, no excessive permissions..."""
+    zizmor = Path(sys.executable).parent / "zizmor"
+    proc = subprocess.run(
+        [str(zizmor), "--offline", "--no-progress", str(ROOT / ".github" / "workflows")],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-2000:]
+    assert "No findings to report" in proc.stdout + proc.stderr
+
+
+def steps_using(action: str):
+    for path in WORKFLOWS:
+        for job_id, job in workflow(path)["jobs"].items():
+            for step in job.get("steps", []):
+                if step.get("uses", "").startswith(f"{action}@"):
+                    yield path.name, job_id, step
+
+
+def test_app_tokens_are_narrowed_and_checkout_stores_no_credential():
+    """The App token can push a branch and open a pull request, nothing else (it would inherit
+    every permission of the App's installation); no checkout writes a token into .git, where any
+    later step could read it: the one step that pushes gets the token in its environment."""
+    apps = list(steps_using("actions/create-github-app-token"))
+    assert apps
+    for where, job, step in apps:
+        narrowed = {k: v for k, v in step["with"].items() if k.startswith("permission-")}
+        assert narrowed == {"permission-contents": "write", "permission-pull-requests": "write"}, (
+            where,
+            job,
+        )
+        assert "client-id" in step["with"] and "app-id" not in step["with"], "app-id is deprecated"
+    for where, job, step in steps_using("actions/checkout"):
+        assert step.get("with", {}).get("persist-credentials") is False, (where, job)
+        assert "token" not in step.get("with", {}), (where, job)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
@@ -84,7 +146,7 @@ def test_writers_use_an_app_token_and_a_per_environment_concurrency_group():
 
 
 def test_promote_goes_to_the_next_environment_only():
-    """#13.5: the workflow asks only where to promote to; it promotes from the environment before
+    """The workflow asks only where to promote to; it promotes from the environment before
     it (gitops.py refuses a skip anyway)."""
     doc = workflow(ROOT / ".github/workflows/promote.yml")
     inputs = doc["on"]["workflow_dispatch"]["inputs"]
@@ -103,7 +165,7 @@ def test_promote_goes_to_the_next_environment_only():
 
 @pytest.mark.parametrize(("name", "job"), [("release", "bump-dev"), ("promote", "promote")])
 def test_the_quality_gate_gets_mlflow_and_an_override_input(name: str, job: str):
-    """#15: the step that opens the PR runs the gate: it needs the registry, and a person can
+    """The step that opens the PR runs the gate: it needs the registry, and a person can
     override it with a reason from the Actions UI (workflow_dispatch input)."""
     doc = workflow(ROOT / f".github/workflows/{name}.yml")
     assert "quality-gate-override" in doc["on"]["workflow_dispatch"]["inputs"]
@@ -115,7 +177,7 @@ def test_the_quality_gate_gets_mlflow_and_an_override_input(name: str, job: str)
 
 
 def test_champion_moves_when_prod_serves_not_when_it_merges():
-    """#13.5: the alias follows Argo CD's report that prod is synced and healthy (a
+    """The alias follows Argo CD's report that prod is synced and healthy (a
     repository_dispatch from Argo CD Notifications), or a person; never a push to main."""
     doc = workflow(ROOT / ".github/workflows/champion-alias.yml")
     assert set(doc["on"]) == {"repository_dispatch", "workflow_dispatch"}
@@ -131,7 +193,7 @@ def test_champion_moves_when_prod_serves_not_when_it_merges():
 
 def test_pull_requests_build_the_image_without_pushing():
     ci = workflow(ROOT / ".github/workflows/ci.yml")
-    assert set(ci["on"]) == {"pull_request", "push"}
+    assert {"pull_request", "push", "schedule"} <= set(ci["on"])
     steps = ci["jobs"]["image"]["steps"]
     builds = [s for s in steps if "docker/build-push-action@" in s.get("uses", "")]
     assert builds and all(s["with"]["push"] is False for s in builds)
@@ -151,3 +213,129 @@ def test_dependabot_covers_actions_pip_and_docker():
     assert cfg["version"] == 2
     ecosystems = {u["package-ecosystem"] for u in cfg["updates"]}
     assert {"github-actions", "pip", "docker"} <= ecosystems
+
+
+def test_ci_splits_the_suite_and_a_release_pr_skips_it():
+    """Every tier of .ci/run runs in some job of ci.yml (the first signal: lint, unit, chart and
+    the gitops tests that need no server; integration; cluster), each job only when the pull
+    request changes more than release files, and nightly; the Go and uv caches are keyed by the
+    files that pin what they hold."""
+    ci = workflow(ROOT / ".github/workflows/ci.yml")
+    jobs = ci["jobs"]
+    assert "schedule" in ci["on"], "nightly, on main as it is"
+    script = jobs["changes"]["steps"][-1]["run"]
+    assert "environments/[^/]+/release\\.yaml" in script
+    for name, job in jobs.items():
+        if name != "changes":
+            assert job["needs"] == "changes" and "needs.changes.outputs.code == 'true'" in job["if"]
+    runs = {name: " ".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}
+    assert "make lint" in runs["lint-unit-chart-gitops"]
+    assert (
+        'tests/unit tests/chart tests/gitops -m "not integration"' in runs["lint-unit-chart-gitops"]
+    )
+    assert '-m "not cluster and not chart and (integration or not gitops)"' in runs["integration"]
+    assert "--ignore=tests/unit" in runs["integration"]
+    assert "pytest -m cluster" in runs["cluster"]
+    for name in ("lint-unit-chart-gitops", "integration", "cluster"):
+        (cache,) = [
+            s for s in jobs[name]["steps"] if s.get("uses", "").startswith("actions/cache@")
+        ]
+        paths = set(cache["with"]["path"].split())
+        assert {ci["env"]["GOCACHE"], ci["env"]["GOMODCACHE"], ci["env"]["UV_CACHE_DIR"]} <= paths
+        assert "hashFiles(" in cache["with"]["key"]
+
+
+def test_release_check_runs_on_every_pull_request():
+    doc = workflow(ROOT / ".github/workflows/release-check.yml")
+    assert set(doc["on"]) == {"pull_request"} and not doc["on"]["pull_request"]
+    (job,) = doc["jobs"].values()
+    assert job["timeout-minutes"] <= 10
+    (step,) = [s for s in job["steps"] if "scripts/gitops.py check" in s.get("run", "")]
+    assert '--base "origin/$BASE_REF"' in step["run"] and '--head "$HEAD"' in step["run"]
+    assert step["env"]["MLFLOW_TRACKING_URI"] == "${{ secrets.MLFLOW_TRACKING_URI }}"
+
+
+def test_release_workflow_ships_values_only_changes():
+    """A push that changes environments/<env>/values.yaml only releases them (no training, no
+    image); a merged release file or the gate's thresholds release nothing."""
+    doc = workflow(ROOT / ".github/workflows/release.yml")
+    ignored = doc["on"]["push"]["paths-ignore"]
+    assert "environments/*/release.yaml" in ignored and "environments/**" not in ignored
+    jobs = doc["jobs"]
+    assert jobs["train"]["if"] == jobs["image"]["if"] == "needs.plan.outputs.mode == 'full'"
+    bump = jobs["bump-dev"]
+    assert "needs.plan.outputs.mode == 'values'" in bump["if"]
+    run = bump["steps"][-1]["run"]
+    assert '--values-only --revision "$GITHUB_SHA"' in run
+
+
+# --------------------------------------------------------------------------- a GitHub runner
+
+
+def fake_runner(tmp_path: Path, *present: str) -> tuple[Path, dict]:
+    """A PATH holding only fake commands (`present`, and an apt-get that records its calls): the
+    layout of a runner image without touching the machine's own packages."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    log = tmp_path / "apt.log"
+    for name in present:
+        (bin_dir / name).write_text("#!/bin/sh\nexit 0\n")
+        (bin_dir / name).chmod(0o755)
+    (bin_dir / "apt-get").write_text(f'#!/bin/sh\necho "$*" >> {log}\n')
+    (bin_dir / "apt-get").chmod(0o755)
+    env = {"PATH": str(bin_dir), "DOCKER": str(bin_dir / "docker"), "HOME": str(tmp_path)}
+    return log, env
+
+
+@pytest.mark.parametrize(
+    ("present", "installed"),
+    [
+        # ubuntu-24.04 runner: Docker CE (dockerd, docker), no debootstrap
+        (("dockerd", "docker"), ["debootstrap"]),
+        ((), ["docker.io", "debootstrap"]),  # a fresh Debian machine
+        (("dockerd", "docker", "debootstrap"), []),  # everything there: apt is not even called
+    ],
+    ids=["runner-docker-ce", "fresh-debian", "complete"],
+)
+def test_setup_leaves_an_installed_docker_alone(tmp_path: Path, present, installed):
+    """`make setup-image` on a GitHub runner: docker.io is never installed over the runner's
+    Docker CE (apt would remove docker-ce and containerd.io for it), debootstrap still is."""
+    log, env = fake_runner(tmp_path, *present)
+    bash = "/bin/bash"
+    proc = subprocess.run(
+        [bash, str(ROOT / "scripts" / "docker" / "install-engine.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    calls = log.read_text().splitlines() if log.exists() else []
+    if not installed:
+        assert calls == []
+        return
+    install = [c for c in calls if " install " in f" {c} "]
+    assert len(install) == 1, calls
+    assert install[0].split()[-len(installed) :] == installed
+    assert "docker.io" not in install[0] or "dockerd" not in present
+
+
+def test_setup_names_a_missing_client_instead_of_replacing_the_engine(tmp_path: Path):
+    log, env = fake_runner(tmp_path, "dockerd", "debootstrap")
+    proc = subprocess.run(
+        ["/bin/bash", str(ROOT / "scripts" / "docker" / "install-engine.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 1 and "its client" in proc.stderr
+    assert not log.exists()
+
+
+def test_the_image_tier_installs_through_that_script():
+    mk = (ROOT / "mk" / "image.mk").read_text()
+    assert "$(DOCKER_SCRIPTS)/install-engine.sh" in mk
+    recipe = mk.split("\nsetup-image:")[1].split("\n\n")[0].splitlines()[1:]
+    assert not [line for line in recipe if "apt-get" in line], "apt only through the script"
+    assert os.access(ROOT / "scripts" / "docker" / "install-engine.sh", os.X_OK)

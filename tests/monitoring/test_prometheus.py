@@ -63,18 +63,20 @@ class Run:
     rule_groups: list = field(default_factory=list)
 
 
-def dataset() -> tuple[list[str], np.ndarray]:
+def dataset() -> tuple[list[str], np.ndarray, np.ndarray]:
     from sklearn.datasets import load_breast_cancer
 
     data = load_breast_cancer()
     names = [n.replace(" ", "_") for n in data.feature_names]
-    return names, data.data
+    return names, data.data, data.target_names[data.target]
 
 
-def send(client: httpx.Client, url: str, names: list[str], rows: np.ndarray) -> None:
+def send(client: httpx.Client, url: str, names: list[str], rows: np.ndarray) -> list[str]:
+    """Predict `rows`; their prediction IDs."""
     payload = {"instances": [dict(zip(names, map(float, r), strict=True)) for r in rows]}
     resp = client.post(url, json=payload)
     assert resp.status_code == 200, resp.text[:500]
+    return [p["prediction_id"] for p in resp.json()["predictions"]]
 
 
 def firing(prom: Prometheus) -> dict[str, list[dict]]:
@@ -90,7 +92,7 @@ def run(registered_model, tmp_path_factory) -> Run:
     work = tmp_path_factory.mktemp("prometheus")
     groups = render_rule_groups(FAST_RULES)
     rules_file = write_rules(groups, work / "rules.yaml")
-    names, x = dataset()
+    names, x, y = dataset()
     rng = np.random.default_rng(7)
     labels = {"job": RELEASE, "namespace": NAMESPACE, "pod": f"{RELEASE}-test-pod"}
     with (
@@ -99,21 +101,33 @@ def run(registered_model, tmp_path_factory) -> Run:
             tracking_uri=registered_model.tracking_uri,
             wait_ready=True,
             log_dir=work,
+            # the ground-truth features on too: their panels and rules need data
+            PREDICTION_SIGNING_SECRET="monitoring-test-signing-secret-0123456789",
+            PAYLOAD_LOG_URI=str(work / "payload-log"),
+            PAYLOAD_LOG_FLUSH_SECONDS=1,
         ) as app,
         prometheus(work, [f"127.0.0.1:{app.port}"], [rules_file], labels) as prom,
         httpx.Client(timeout=10) as client,
     ):
         prom.wait_for("the app target to be up", lambda: prom.query(f'up{{job="{RELEASE}"}} == 1'))
-        predict = app.url("/predict")
+        predict, feedback = app.url("/predict"), app.url("/feedback")
         # 1) a stream drawn from the training distribution, long enough in time (rates need
         # several scrapes) and in rows (PSI of an unchanged population is about bins / rows)
         start, sent = time.monotonic(), 0
         while time.monotonic() - start < NORMAL_SECONDS or sent < NORMAL_MIN_ROWS:
             assert time.monotonic() - start < 120, f"only {sent} rows sent in 120 s"
-            batch = x[rng.integers(0, len(x), size=rng.integers(1, 21))]
-            send(client, predict, names, batch)
-            sent += len(batch)
+            pick = rng.integers(0, len(x), size=rng.integers(1, 21))
+            ids = send(client, predict, names, x[pick])
+            sent += len(pick)
             client.post(predict, json={"instances": [{"mean_radius": "not a number"}]})  # a 4xx
+            # the truth of every other row comes back, the first twice; a forged ID is refused
+            items = [
+                {"prediction_id": i, "label": str(c)} for i, c in zip(ids, y[pick], strict=True)
+            ]
+            client.post(feedback, json={"feedback": items[::2] + items[:1]})
+            client.post(
+                feedback, json={"feedback": [{"prediction_id": "forged", "label": "benign"}]}
+            )
         time.sleep(3)  # a few scrapes and rule evaluations after the last request
         result = Run(prom=prom, exposition=client.get(app.url("/metrics")).text, rule_groups=groups)
         result.after_normal = {
@@ -162,10 +176,11 @@ def test_every_metric_named_is_exported_or_listed(run):
     exported = exported_sample_names(run.exposition)
     recorded = {r["record"] for r in rules_of(run.rule_groups) if "record" in r}
     known = exported | recorded | kps_metrics() | {"ALERTS", "ALERTS_FOR_STATE"}
-    exprs = [e for p in DASHBOARDS for _, e in dashboard_queries(load_dashboard(p))]
+    # Grafana variables in the dashboards; rules are plain PromQL (`$1` is label_replace's)
+    exprs = [substitute(e) for p in DASHBOARDS for _, e in dashboard_queries(load_dashboard(p))]
     exprs += [r["expr"] for r in rules_of(run.rule_groups)]
     unknown = {}
-    for parsed in parse_promql([substitute(e) for e in exprs]):
+    for parsed in parse_promql(exprs):
         for metric in parsed.metrics:
             if metric not in known:
                 unknown.setdefault(metric, parsed.expr)

@@ -90,6 +90,10 @@ def test_promtool_unit_tests_of_canary_delivery(tmp_path):
         {"prometheusRule.drift.featurePsi": 0.9},
         {"prometheusRule.drift.minRows": 0},
         {"prometheusRule.drift.outOfRangeRatio": 0.5},
+        {"prometheusRule.liveQuality.recallMin": 0.5},
+        {"prometheusRule.liveQuality.minLabels": 10},
+        {"prometheusRule.liveQuality.window": "1m"},
+        {"prometheusRule.liveQuality.positiveClass": "benign"},
     ],
     ids=lambda v: next(iter(v)).rsplit(".", 1)[-1],
 )
@@ -181,3 +185,19 @@ def test_rules_are_scoped_to_their_release(values):
         )
         assert any(s in expr for s in scoped), rule
     assert NAMESPACE != "team-a" and RELEASE != "fraud-ml-service"
+
+
+def test_the_live_recall_alert_holds_the_quality_gates_own_floor():
+    """MLServiceLiveRecallLow watches the class and the recall floor the release gate enforces:
+    a model the gate would refuse today alerts when it serves that badly."""
+    gate = yaml.safe_load((HERE.parents[1] / "environments" / "quality-gate.yaml").read_text())
+    (alert,) = [
+        r for r in rules_of(render_rule_groups()) if r.get("alert") == "MLServiceLiveRecallLow"
+    ]
+    positive = gate["evaluation"]["positive_class"]
+    floor = gate["thresholds"]["recall_score"]["min"]
+    assert f'class="{positive}"}} < {floor}' in alert["expr"], (
+        "prometheusRule.liveQuality.positiveClass / recallMin in charts/ml-service/values.yaml "
+        f"must be the gate's evaluation.positive_class ({positive}) and "
+        f"thresholds.recall_score.min ({floor})"
+    )

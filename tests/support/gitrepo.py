@@ -55,3 +55,19 @@ def adopted_clone(work: Path, served: Path, url: str, repo: str) -> None:
     if proc.returncode != 0:
         raise AssertionError(proc.stdout + proc.stderr)
     run_git(work, "commit", "--quiet", "-am", f"Adopt: Argo CD reads {url}")
+
+
+def forget_releases(repo: Path) -> None:
+    """Remove every environments/<env>/release.yaml from the copy `repo` (one commit, if any).
+
+    A copy that trains against a new, empty MLflow server cannot keep the pins it was made with:
+    they name model versions of the team's registry (the gate would look them up, and a fresh
+    registry's version 1 would be a downgrade). The copy then starts where a new team starts:
+    nothing released to any environment yet."""
+    pins = sorted((repo / "environments").glob("*/release.yaml"))
+    if not pins:
+        return
+    for path in pins:
+        path.unlink()
+    run_git(repo, "add", "-A")
+    run_git(repo, "commit", "--quiet", "-m", "scratch registry: no release pinned yet")

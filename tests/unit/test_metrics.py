@@ -74,8 +74,15 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def client(model_dir: Path) -> Iterator[TestClient]:
-    settings = Settings(model_uri=str(model_dir), model_name="tiny", model_version="4")
+def client(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    # every optional family on: prediction IDs and feedback, the payload log (to a directory)
+    settings = Settings(
+        model_uri=str(model_dir),
+        model_name="tiny",
+        model_version="4",
+        prediction_signing_secret="unit-test-signing-secret-0123456789",
+        payload_log_uri=str(tmp_path_factory.mktemp("payload-log")),
+    )
     with TestClient(create_app(settings, registry=new_registry())) as c:
         wait_ready(c)
         yield c

@@ -1,6 +1,6 @@
 """The three products keep to their rooms: serving never imports training or release code (the
 image ships without them), training never imports serving or release, release never imports
-serving. Shared: the package root's `model_format` and `redact`."""
+serving. Shared: the package root's `model_format`, `payload_format` and `redact`."""
 
 from __future__ import annotations
 
@@ -52,7 +52,7 @@ def test_no_file_imports_across_the_boundary(product: str) -> None:
 
 
 def test_the_shared_modules_import_no_product() -> None:
-    for name in ("__init__.py", "model_format.py", "redact.py"):
+    for name in ("__init__.py", "model_format.py", "payload_format.py", "redact.py"):
         crossing = {
             n
             for n in imported_modules(PACKAGE / name)
@@ -85,3 +85,28 @@ def test_the_checker_resolves_relative_and_late_imports(tmp_path: Path) -> None:
     names = imported_modules(path, root=tmp_path)
     assert {"ml_service.release.quality_gate", "ml_service.serving.model"} <= names
     assert "ml_service.training.train" in names
+
+
+@pytest.mark.parametrize(
+    ("product", "stage"), [("serving", "serving-code"), ("training", "demo-model")]
+)
+def test_the_image_copies_every_shared_module_a_product_imports(product: str, stage: str) -> None:
+    """The Dockerfile copies the package root's modules file by file: a shared module serving
+    (or the demo model's training) imports but the stage leaves out fails only in the image."""
+    dockerfile = (PACKAGE.parents[1] / "Dockerfile").read_text()
+    block = dockerfile.split(f" AS {stage}\n", 1)[1].split("\nFROM ", 1)[0].replace("\\\n", " ")
+    copied = {
+        word.removeprefix("app/ml_service/").removesuffix(".py")
+        for line in block.splitlines()
+        if line.startswith("COPY ")
+        for word in line.split()
+        if word.startswith("app/ml_service/") and word.endswith(".py")
+    }
+    shared = {
+        name.split(".")[1]
+        for path in (PACKAGE / product).rglob("*.py")
+        for name in imported_modules(path)
+        if name.count(".") >= 1 and (PACKAGE / f"{name.split('.')[1]}.py").is_file()
+    }
+    assert shared, f"{product} imports no shared module: the check would prove nothing"
+    assert shared <= copied, f"Dockerfile stage {stage} lacks {sorted(shared - copied)}"

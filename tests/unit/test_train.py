@@ -75,7 +75,14 @@ def test_hyper_parameter_flags_reach_the_estimator() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv", [["--test-size", "0.9"], ["--drift-bins", "1"], ["--class-weight", "heavy"]]
+    "argv",
+    [
+        ["--test-size", "0.9"],
+        ["--drift-bins", "1"],
+        ["--class-weight", "heavy"],
+        ["--served-use", "evaluate"],  # without --served-data
+        ["--served-data", "/x", "--served-since", "yesterday"],
+    ],
 )
 def test_bad_flags_are_rejected(argv, capsys) -> None:
     with pytest.raises(SystemExit) as exc:
@@ -158,3 +165,81 @@ def test_main_needs_a_tracking_uri(monkeypatch, caplog) -> None:
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert train.main([]) == 2
     assert "MLFLOW_TRACKING_URI is not set" in caplog.text
+
+
+def write_payload_log(root, x, y, *, unlabelled: int = 0) -> list[str]:
+    """A payload log as serving writes it: rows (with probabilities) and, apart from the last
+    `unlabelled` rows, their labels, in two objects each."""
+    from ml_service.payload_format import DirStore, encode, object_key
+
+    store = DirStore(root)
+    ids = [f"pid-{i}" for i in range(len(x))]
+    rows = [
+        {"time": "2026-12-01T00:00:00.000Z", "endpoint": "/predict", "request_id": f"r{i}",
+         "prediction_id": pid, "model": {"name": "ml-service", "version": "1"},
+         "features": dict(zip(x.columns, map(float, x.iloc[i]), strict=True)),
+         "prediction": "benign", "probabilities": {"benign": 0.5, "malignant": 0.5}}
+        for i, pid in enumerate(ids)
+    ]  # fmt: skip
+    labels = [
+        {"time": "2026-12-02T00:00:00.000Z", "prediction_id": pid, "label": str(y.iloc[i])}
+        for i, pid in enumerate(ids[: len(ids) - unlabelled])
+    ]
+    half = len(rows) // 2
+    at = 1764547200.0  # 2025-12-01
+    for seq, (kind, part) in enumerate(
+        [("predictions", rows[:half]), ("predictions", rows[half:]), ("labels", labels[::-1])]
+    ):
+        store.put(object_key("", kind, at, "test", seq), encode(part))
+    # the same label twice (two replicas took it): counts once
+    store.put(object_key("", "labels", at, "test", 9), encode(labels[:3]))
+    return ids
+
+
+def test_training_takes_the_served_rows_joined_with_their_labels(dataset, tmp_path) -> None:
+    x, y = dataset
+    served = x.iloc[:60] * 1.01
+    write_payload_log(tmp_path / "log", served, y.iloc[:60], unlabelled=10)
+    out = tmp_path / "result.json"
+    argv = ["--output-dir", str(tmp_path / "m"), "--served-data", str(tmp_path / "log"),
+            "--output-json", str(out), "--max-iter", "20"]  # fmt: skip
+    assert train.main(argv) == 0
+    result = json.loads(out.read_text())
+    assert result["served"]["rows"] == 50  # 10 rows never got a label
+    assert result["served"]["logged_predictions"] == 60
+    assert result["metrics"]["served_rows"] == 50
+    # the rows were trained on: the training fingerprint covers them
+    data = train.split(x, y, 0.25, 42)
+    loaded = train.load_served(str(tmp_path / "log"), list(x.columns), set(y))
+    trained = train.with_served(data, loaded)
+    assert trained.x_train.shape[0] == data.x_train.shape[0] + 50
+    assert trained.x_test is data.x_test  # the held-out split stays the fixed one
+    mlmodel = (tmp_path / "m" / "MLmodel").read_text()
+    assert train.fingerprint(trained.x_train, trained.y_train) in mlmodel
+    assert train.fingerprint(data.x_train, data.y_train) not in mlmodel
+    assert loaded.x.to_numpy().tolist() == served.iloc[:50].to_numpy().tolist()  # bit for bit
+    assert loaded.y.tolist() == y.iloc[:50].tolist()
+
+
+def test_served_rows_can_be_evaluation_data_only(dataset, tmp_path) -> None:
+    x, y = dataset
+    write_payload_log(tmp_path / "log", x.iloc[:40], y.iloc[:40])
+    out = tmp_path / "result.json"
+    argv = ["--output-dir", str(tmp_path / "m"), "--served-data", str(tmp_path / "log"),
+            "--served-use", "evaluate", "--output-json", str(out), "--max-iter", "20"]  # fmt: skip
+    assert train.main(argv) == 0
+    metrics = json.loads(out.read_text())["metrics"]
+    assert metrics["served_rows"] == 40
+    assert 0.5 < metrics["served_accuracy"] <= 1.0 and "served_recall_malignant" in metrics
+
+
+def test_an_empty_or_foreign_payload_log_is_a_clear_error(dataset, tmp_path, caplog) -> None:
+    x, y = dataset
+    argv = ["--output-dir", str(tmp_path / "m"), "--served-data", str(tmp_path / "none")]
+    assert train.main(argv) == 2
+    assert "no labelled rows" in caplog.text
+    animals = y.iloc[:5].map({"benign": "cat", "malignant": "dog"})
+    write_payload_log(tmp_path / "log", x.iloc[:5], animals)
+    argv = ["--output-dir", str(tmp_path / "m2"), "--served-data", str(tmp_path / "log")]
+    assert train.main(argv) == 2
+    assert "labels outside the data set's classes" in caplog.text

@@ -88,9 +88,16 @@ class Rule(_Strict):
         return v
 
 
+class Served(_Strict):
+    # Recent labelled traffic (--served-data): the rules hold there too once this many rows
+    # carry a label; fewer, and the served checks are skipped (the table says so).
+    min_rows: int = Field(default=100, ge=1)
+
+
 class GateConfig(_Strict):
     evaluation: Evaluation
     thresholds: dict[str, Rule] = Field(min_length=1)
+    served: Served = Served()
 
     @model_validator(mode="after")
     def _rules_fit_metrics(self) -> GateConfig:
@@ -158,7 +165,7 @@ class ModelInfo:
 @dataclass
 class Check:
     metric: str
-    rule: str  # min / max / max_drop / max_rise / split
+    rule: str  # min / max / max_drop / max_rise / split / served
     limit: float | None  # the MetricThreshold value the candidate was held to
     setting: float | None  # the number in the configuration
     passed: bool
@@ -167,6 +174,8 @@ class Check:
     def describe(self) -> str:
         if self.rule == "split":
             return "neither model trained on the held-out rows"
+        if self.rule == "served":
+            return self.message
         words = {
             "min": f"≥ {self.setting:g}",
             "max": f"≤ {self.setting:g}",
@@ -186,6 +195,7 @@ class GateResult:
     checks: list[Check] = field(default_factory=list)
     override_reason: str | None = None
     error: str | None = None  # the gate could not run
+    served: dict[str, Any] | None = None  # {"source", "rows"} of --served-data
 
     @property
     def failed_checks(self) -> list[Check]:
@@ -237,6 +247,9 @@ class GateResult:
         for c in self.checks:
             cand = self.candidate.metrics.get(c.metric)
             base = self.baseline.metrics.get(c.metric) if self.baseline else None
+            if c.rule == "served":
+                out.append(f"| served traffic | | | | {c.describe()} | skipped |")
+                continue
             if c.rule == "split":
                 base_ok = self.baseline.split_ok if self.baseline else None
                 out.append(
@@ -268,6 +281,11 @@ class GateResult:
             "Thresholds: `environments/quality-gate.yaml`; evaluation: `mlflow.models.evaluate` on "
             "the fixed held-out split, rules checked by `mlflow.validate_evaluation_results`.",
         ]
+        if self.served:
+            out[-1] += (
+                f" `served_*`: the same rules on {self.served['rows']} labelled rows of served "
+                f"traffic ({self.served['source']})."
+            )
         return "\n".join(out)
 
     def to_json(self) -> dict[str, Any]:
@@ -401,12 +419,13 @@ def _evaluate(model, frame, config: GateConfig, prefix: str) -> dict[str, float]
     }
 
 
-def _thresholds(config: GateConfig, baseline: Mapping[str, float] | None):
-    """(metric, rule, setting, MetricThreshold or None when it needs a missing baseline)."""
+def _thresholds(config: GateConfig, baseline: Mapping[str, float] | None, prefix: str = ""):
+    """(metric, rule, setting, MetricThreshold or None when it needs a missing baseline); with a
+    prefix, for the metrics of that name (`served_`)."""
     from mlflow.models import MetricThreshold
 
-    for metric, rule in config.thresholds.items():
-        greater = METRICS[metric][0]
+    for name, rule in config.thresholds.items():
+        greater, metric = METRICS[name][0], prefix + name
         for key, setting in rule.model_dump().items():
             if setting is None:
                 continue
@@ -433,7 +452,9 @@ def _thresholds(config: GateConfig, baseline: Mapping[str, float] | None):
             )
 
 
-def _validate(config: GateConfig, candidate: ModelInfo, baseline: ModelInfo | None) -> list[Check]:
+def _validate(
+    config: GateConfig, candidate: ModelInfo, baseline: ModelInfo | None, prefix: str = ""
+) -> list[Check]:
     import mlflow
     from mlflow.models.evaluation import EvaluationResult
     from mlflow.models.evaluation.validation import ModelValidationFailedException
@@ -442,7 +463,7 @@ def _validate(config: GateConfig, candidate: ModelInfo, baseline: ModelInfo | No
     cand_result = EvaluationResult(metrics=candidate.metrics, artifacts={})
     base_result = EvaluationResult(metrics=baseline.metrics, artifacts={}) if baseline else None
     for metric, key, setting, threshold in _thresholds(
-        config, baseline.metrics if baseline else None
+        config, baseline.metrics if baseline else None, prefix
     ):
         if threshold is None:
             # Nothing released to the environment yet: only absolute bounds can apply.
@@ -454,6 +475,8 @@ def _validate(config: GateConfig, candidate: ModelInfo, baseline: ModelInfo | No
             checks.append(Check(metric, key, threshold.threshold, setting, False, exc.message))
         else:
             checks.append(Check(metric, key, threshold.threshold, setting, True))
+    if prefix:
+        return checks
     split_ok = candidate.split_ok and (baseline is None or baseline.split_ok)
     why = []
     for m in (candidate, baseline):
@@ -499,9 +522,12 @@ def run_gate(
     config_path: Path,
     config_name: str | None = None,
     override_reason: str | None = None,
+    served_data: str | None = None,
+    served_since: str | None = None,
 ) -> GateResult:
     """Evaluate `candidate` (name, version) against `baseline` (what env runs, None if nothing)
-    on the held-out split, log everything to the candidate's run, and return the verdict.
+    on the held-out split (and on the labelled served rows of the payload log at `served_data`,
+    from `served_since` on), log everything to the candidate's run, and return the verdict.
 
     Raises GateError only for a broken configuration; a gate that cannot reach the registry
     returns a result with `error` set (failed unless overridden)."""
@@ -515,7 +541,8 @@ def run_gate(
     try:
         # MLflow prints run links (with the tracking URI as given) on stdout: not into logs.
         with contextlib.redirect_stdout(io.StringIO()):
-            _run(result, config, baseline, config_name)
+            served = (served_data, served_since) if served_data else None
+            _run(result, config, baseline, config_name, served)
     except GateError as exc:
         result.error = str(exc)
     except Exception as exc:  # the registry or an artifact store said no: report, never trace
@@ -523,7 +550,19 @@ def run_gate(
     return result
 
 
-def _run(result: GateResult, config: GateConfig, baseline, config_path: str) -> None:
+def _served_frame(uri: str, since: str | None, columns: list[str]):
+    """The labelled served rows as a frame like the held-out one (features + `label`)."""
+    import pandas as pd
+
+    from ml_service.payload_format import labelled_rows
+
+    rows, labels, _ids, _counts = labelled_rows(uri, columns, since)
+    frame = pd.DataFrame(rows, columns=columns, dtype="float64")
+    frame["label"] = labels
+    return frame
+
+
+def _run(result: GateResult, config: GateConfig, baseline, config_path: str, served=None) -> None:
     import logging
 
     import mlflow
@@ -569,7 +608,28 @@ def _run(result: GateResult, config: GateConfig, baseline, config_path: str) -> 
                 )
             if result.error is None:
                 result.checks = _validate(config, result.candidate, result.baseline)
+            if served is not None and result.error is None:
+                result.checks += _served_checks(
+                    result, config, served, list(frame.columns[:-1]), cand_model, base_model
+                )
             _log(result, config_path)
+
+
+def _served_checks(result, config, served, columns, cand_model, base_model) -> list[Check]:  # type: ignore[no-untyped-def]
+    """Both models on the labelled served rows (metrics `served_*`), the same rules on them."""
+    uri, since = served
+    frame = _served_frame(uri, since, columns)
+    result.served = {"source": uri, "rows": len(frame)}
+    if len(frame) < config.served.min_rows:
+        why = f"skipped: {len(frame)} labelled rows, fewer than served.min_rows"
+        return [Check("served traffic", "served", None, config.served.min_rows, True, why)]
+    env = result.env
+    for model, info, who in ((cand_model, result.candidate, "candidate"),
+                             (base_model, result.baseline, "baseline")):  # fmt: skip
+        if model is not None and info is not None:
+            metrics = _evaluate(model, frame, config, f"gate_{env}_served_{who}_")
+            info.metrics.update({f"served_{k}": v for k, v in metrics.items()})
+    return _validate(config, result.candidate, result.baseline, prefix="served_")
 
 
 def _pair(m: ModelInfo) -> tuple[str, str]:
@@ -616,6 +676,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, help=f"threshold file (default: <repo>/{DEFAULT_CONFIG})")
     p.add_argument("--override-quality-gate", dest="override", metavar="REASON")
     p.add_argument("--markdown", type=Path, help="also write the PR table here")
+    p.add_argument(
+        "--served-data",
+        metavar="URI",
+        help="also score both models on the labelled rows of this payload log (PAYLOAD_LOG_URI)",
+    )
+    p.add_argument("--served-since", metavar="YYYY-MM-DD", help="payload-log objects from then on")
     a = p.parse_args(argv)
     try:
         result = run_gate(
@@ -625,6 +691,8 @@ def main(argv: list[str] | None = None) -> int:
             config_path=a.config or a.repo / DEFAULT_CONFIG,
             config_name=str(a.config) if a.config else DEFAULT_CONFIG,
             override_reason=a.override,
+            served_data=a.served_data,
+            served_since=a.served_since,
         )
     except GateError as exc:
         print(f"quality-gate: {exc}", file=sys.stderr)

@@ -58,6 +58,8 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         service.engine.start()
+        if service.payload_log is not None:
+            service.payload_log.start()
         loader = asyncio.create_task(service.load_forever(), name="model-loader")
         try:
             yield
@@ -82,9 +84,13 @@ def create_app(settings: Settings | None = None, registry: CollectorRegistry | N
     app.state.service = service
     app.include_router(api.router)
     app.include_router(mlflow_api.router)
+    if service.feedback is not None:  # without a signing key, no route: nothing changes
+        app.include_router(api.feedback_router)
     errors.install(app)
     openapi.install(app, service)
     hot = {("POST", "/predict"): api.predict, ("POST", "/invocations"): mlflow_api.invocations}
+    if service.feedback is not None:
+        hot[("POST", "/feedback")] = api.feedback
     # Outermost first: metrics see every answer, including the guard's own refusals.
     app.edge = HttpMetrics(
         ConnectionGuard(HotRoutes(app.framework, routes=hot), service=service),

@@ -27,6 +27,8 @@ from prometheus_client.gc_collector import GCCollector
 from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 
+from ml_service.payload_format import KINDS
+
 # `*_created` timestamps double the series of every counter and histogram and nothing here reads
 # them (Prometheus stores them as separate gauges from the text format).
 disable_created_metrics()
@@ -50,6 +52,13 @@ SCORE_BINS = 10
 # Up to this many rows a plain loop bins the probabilities faster than numpy's per-call overhead
 # (measured: ~6 us against ~20 us for one row, even at about 8-16 rows).
 LOOP_ROWS = 8
+# Probability of the predicted class as a prediction ID carries it (1/1000 steps, rounded up).
+SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+# Ground truth arrives minutes (a chargeback) to months (a biopsy) after the prediction.
+LABEL_DELAY_BUCKETS = (
+    60, 300, 900, 3600, 6 * 3600, 86400, 3 * 86400, 7 * 86400, 14 * 86400, 30 * 86400,
+    90 * 86400,
+)  # fmt: skip
 
 
 def new_registry() -> CollectorRegistry:
@@ -178,6 +187,112 @@ class ServiceMetrics:
             for b, n in enumerate(np.bincount(column, minlength=SCORE_BINS).tolist()):
                 if n:
                     children[b].inc(n)
+
+
+class FeedbackMetrics:
+    """Live model quality from `/feedback`: registered only when prediction IDs are on.
+
+    Label values are bounded: `model_version` and `predicted` come from validly signed
+    prediction IDs (what this deployment served), `actual` from the model's classes, `reason`
+    from `prediction_ids.Refusal`."""
+
+    def __init__(self, registry: CollectorRegistry, refusals: list[str]) -> None:
+        self.confusion = Counter(
+            "mlservice_feedback",
+            "Labels received, by model version, predicted class and actual class (the live "
+            "confusion matrix); each prediction ID counts once per replica and dedupe window",
+            ["model_version", "predicted", "actual"],
+            registry=registry,
+        )
+        self.score = Histogram(
+            "mlservice_feedback_score",
+            "Probability the model gave its predicted class, for labelled predictions, by "
+            "model version, predicted and actual class (calibration, ROC)",
+            ["model_version", "predicted", "actual"],
+            buckets=SCORE_BUCKETS,
+            registry=registry,
+        )
+        self.delay = Histogram(
+            "mlservice_feedback_label_delay_seconds",
+            "Time from a prediction to its label arriving",
+            ["model_version"],
+            buckets=LABEL_DELAY_BUCKETS,
+            registry=registry,
+        )
+        self.refused = Counter(
+            "mlservice_feedback_refused",
+            "Labels refused with their request (422): malformed, invalid_signature (forged, or "
+            "another deployment's or model's), expired, not_yet_valid, unknown_label",
+            ["reason"],
+            registry=registry,
+        )
+        self.duplicates = Counter(
+            "mlservice_feedback_duplicates",
+            "Labels for a prediction ID this replica already counted within the dedupe window",
+            registry=registry,
+        )
+        for reason in refusals:
+            self.refused.labels(reason)
+        self._children: dict[tuple[str, str, str], tuple] = {}
+
+    def prepare(self, version: str, classes: tuple[str, ...]) -> None:
+        """Every cell of a model's confusion matrix, at 0 before its first label."""
+        for predicted in classes:
+            for actual in classes:
+                self._cell(version, predicted, actual)
+
+    def _cell(self, version: str, predicted: str, actual: str) -> tuple:
+        key = (version, predicted, actual)
+        cell = self._children.get(key)
+        if cell is None:
+            cell = self._children[key] = (
+                self.confusion.labels(*key),
+                self.score.labels(*key),
+                self.delay.labels(version),
+            )
+        return cell
+
+    def record(self, version: str, predicted: str, actual: str, score: float, delay: float):
+        confusion, score_hist, delay_hist = self._cell(version, predicted, actual)
+        confusion.inc()
+        score_hist.observe(score)
+        delay_hist.observe(delay)
+
+
+class PayloadLogMetrics:
+    """The payload log's accounting: registered only when it is on."""
+
+    DROP_REASONS = ("queue_full", "write_failed")
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.written = Counter(
+            "mlservice_payload_log_rows",
+            "Rows written to the payload log store, by kind (predictions, labels)",
+            ["kind"],
+            registry=registry,
+        )
+        self.dropped = Counter(
+            "mlservice_payload_log_dropped_rows",
+            "Rows the payload log gave up, by kind and reason: queue_full (the writer is behind; "
+            "the request was answered as usual), write_failed (the store refused or was down)",
+            ["kind", "reason"],
+            registry=registry,
+        )
+        self.objects = Counter(
+            "mlservice_payload_log_objects",
+            "Objects (compressed JSON Lines files) written to the payload log store",
+            registry=registry,
+        )
+        self.queued = Gauge(
+            "mlservice_payload_log_queue_rows",
+            "Rows waiting for the payload log writer",
+            registry=registry,
+            multiprocess_mode="livesum",
+        )
+        for kind in KINDS:
+            self.written.labels(kind)
+            for reason in self.DROP_REASONS:
+                self.dropped.labels(kind, reason)
 
 
 # Standard methods keep their name; anything else a client invents counts as one value.

@@ -30,6 +30,7 @@ from fastapi.responses import Response
 from .body import read_body
 from .deps import service_of
 from .errors import ApiError, MlflowError, MlflowErrorBody, json_response
+from .feedback import invocation_headers
 from .model import LoadedModel
 from .schemas import FiniteFloatMsgspec, ModelSchemas
 from .service import Service
@@ -314,7 +315,9 @@ async def _features(svc: Service, model: LoadedModel, media: str, body: bytes) -
     return _frame_matrix(model, frame)
 
 
-async def _answer(svc: Service, model: LoadedModel, features: np.ndarray) -> Response:
+async def _answer(
+    svc: Service, model: LoadedModel, features: np.ndarray, request: Request
+) -> Response:
     try:
         proba = await svc.predict_proba(model, features)
     except ApiError:
@@ -324,10 +327,12 @@ async def _answer(svc: Service, model: LoadedModel, features: np.ndarray) -> Res
         # input that reaches here passed the schema, so the log keeps only the type of error.
         log.info("model failed on /invocations input", exc_info=False)
         raise _bad_request(MODEL_FAILED) from None
-    labels = svc.labels(model, proba)
-    if model.predict_fn == "predict_proba":
-        return json_response({"predictions": proba.tolist()})
-    return json_response({"predictions": labels})
+    labels, rows = svc.labels(model, proba), proba.tolist()
+    answer = {"predictions": rows if model.predict_fn == "predict_proba" else labels}
+    # Prediction IDs (when on) travel in headers: the body stays exactly MLflow's.
+    identified = svc.identify(request.headers, "/invocations", model, features, labels, rows)
+    headers = None if identified is None else invocation_headers(*identified)
+    return json_response(answer, headers=headers)
 
 
 @router.post(
@@ -350,7 +355,7 @@ async def invocations(request: Request) -> Response:
         media = _content_type(request)
         body = await read_body(request, svc.settings)
         model = svc.require_model()
-        return await _answer(svc, model, await _features(svc, model, media, body))
+        return await _answer(svc, model, await _features(svc, model, media, body), request)
     except ApiError as exc:
         raise MlflowError.of(exc) from None
 

@@ -12,7 +12,7 @@ from typing import Any
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
 
-from .schemas import GenericPredictRequest, ModelSchemas
+from .schemas import FeedbackRequest, GenericPredictRequest, ModelSchemas
 from .service import Service
 
 REF = "#/components/schemas/{model}"
@@ -49,6 +49,23 @@ def invocations_schema(row: dict[str, Any], n: int) -> dict[str, Any]:
     }
 
 
+def _describe_prediction_ids(components: dict[str, Any]) -> None:
+    """What prediction IDs add to `/predict` answers, and the `/feedback` body."""
+    components["FeedbackRequest"] = FeedbackRequest.model_json_schema(ref_template=REF)
+    components.update(components["FeedbackRequest"].pop("$defs", {}))
+    components["PredictResponse"]["properties"]["request_id"] = {
+        "type": "string",
+        "title": "Request Id",
+        "description": "the client's X-Request-ID when well formed, else a random one",
+    }
+    components["PredictResponse"]["required"].append("request_id")
+    components["Prediction"]["properties"]["prediction_id"] = {
+        "type": "string",
+        "title": "Prediction Id",
+        "description": "signed reference to this row, for POST /feedback",
+    }
+
+
 def install(app: FastAPI, service: Service) -> None:
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -67,6 +84,8 @@ def install(app: FastAPI, service: Service) -> None:
         else:
             row, n = {"type": "object", "additionalProperties": {"type": "number"}}, 1
         components["InvocationsRequest"] = invocations_schema(row, n)
+        if service.feedback is not None:
+            _describe_prediction_ids(components)
         app.openapi_schema = schema
         return schema
 

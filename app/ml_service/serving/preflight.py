@@ -34,11 +34,11 @@ def check(timeout: float) -> tuple[bool, str]:
     from ml_service.__main__ import MLFLOW_CLIENT_DEFAULTS
 
     from .model import LoadError, Reason, describe, fetch_and_deserialize, smoke_test
-    from .settings import Settings
+    from .settings import load
 
     for key, value in MLFLOW_CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
-    settings = Settings()
+    settings = load()
     scratch = Path(tempfile.mkdtemp(prefix="ml-service-preflight-"))
     deadline = time.monotonic() + timeout
     delay = settings.model_load_backoff_initial_seconds

@@ -171,3 +171,21 @@ class ModelSchemas:
             except ValidationError as detailed:
                 return safe_errors(detailed)
         return [msgspec_error(exc)]
+
+
+class FeedbackItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    prediction_id: str = Field(description="as `/predict` returned it for the row")
+    label: str = Field(description="the true class: one of the model's classes (`GET /model`)")
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    feedback: list[FeedbackItem] = Field(min_length=1, description="up to FEEDBACK_MAX_ITEMS")
+
+
+class FeedbackResponse(BaseModel):
+    accepted: int = Field(description="labels counted in the live quality metrics")
+    duplicates: int = Field(
+        description="labels for prediction IDs this replica already counted (not counted again)"
+    )

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 from prometheus_client import CollectorRegistry
@@ -26,6 +26,7 @@ from ml_service.model_format import REFERENCE_KEY
 
 from .drift import DriftMonitor
 from .errors import ApiError
+from .feedback import Feedback
 from .inference import DriftSink, InferenceEngine, settle
 from .metrics import ServiceMetrics
 from .model import (
@@ -37,6 +38,8 @@ from .model import (
     smoke_test,
     stamp,
 )
+from .payload_log import PayloadLog
+from .prediction_ids import request_id
 from .schemas import ModelSchemas
 from .settings import Settings
 
@@ -73,6 +76,14 @@ class Service:
         self.shutting_down = False
         self.scratch = Path(tempfile.mkdtemp(prefix="ml-service-"))
         self.on_model_loaded: list[Callable[[LoadedModel], None]] = []
+        # Ground truth (feedback.py, payload_log.py): None unless PREDICTION_SIGNING_SECRET
+        # (and PAYLOAD_LOG_URI) are set, and then nothing of it is registered or answered.
+        self.feedback: Feedback | None = None
+        self.payload_log: PayloadLog | None = None
+        if settings.prediction_signing_secret is not None:
+            self.feedback = Feedback(settings, registry)
+        if settings.payload_log_uri:
+            self.payload_log = PayloadLog(settings, registry)
 
     # ---------------------------------------------------------------- state
 
@@ -130,6 +141,8 @@ class Service:
         self.schemas = ModelSchemas.build(model.feature_names, example)
         self.classes = np.asarray(model.classes, dtype=object)
         self.drift = _drift_sink(model, self.registry)
+        if self.feedback is not None:
+            self.feedback.on_model_loaded(model)
         self.model = model
         self.metrics.record_mismatches(model.mismatches)
         self.metrics.mark_loaded(
@@ -172,6 +185,29 @@ class Service:
         self.metrics.record_predictions(label_list, proba)
         return label_list
 
+    def identify(
+        self,
+        headers: Any,
+        endpoint: str,
+        model: LoadedModel,
+        features: np.ndarray,
+        labels: list[str],
+        proba: list[list[float]],
+    ) -> tuple[str, list[str] | None] | None:
+        """With prediction IDs on: the request ID and one prediction ID per row (the rows go to
+        the payload log when it is on); None when off, and the answer stays as it was."""
+        if self.feedback is None:
+            return None
+        rid = request_id(headers.get("x-request-id"))
+        ids = self.feedback.issue(labels, proba)
+        if self.payload_log is not None and ids is not None:
+            assert self.schemas is not None
+            row_type = self.schemas.row_struct
+            self.payload_log.offer_predictions(
+                endpoint, rid, model, ids, features, labels, proba, row_type
+            )
+        return rid, ids
+
     def _observe_drift(self, features: np.ndarray, proba: np.ndarray) -> None:
         # On the inference thread, once per predict call (a whole micro-batch at a time).
         drift, classes = self.drift, self.classes
@@ -180,6 +216,8 @@ class Service:
 
     async def close(self) -> None:
         await self.engine.close()
+        if self.payload_log is not None:
+            await asyncio.to_thread(self.payload_log.close)
         if self.drift is not None:
             self.drift.close()
         shutil.rmtree(self.scratch, ignore_errors=True)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from ml_service.payload_format import parse_uri
 
 
 class Settings(BaseSettings):
@@ -108,11 +110,77 @@ class Settings(BaseSettings):
         "requests are queued (a lone request never waits); `0` turns it off",
     )
     microbatch_max_rows: int = Field(256, ge=1, description="most rows in one micro-batch")
+    prediction_signing_secret: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="key (at least 32 characters, from a Secret) that signs prediction IDs; "
+        "turns on `request_id` and `prediction_id` in answers, `POST /feedback` and the live "
+        "quality metrics. Unset: none of them, and every answer is as without this feature",
+    )
+    prediction_signing_secret_previous: SecretStr | None = Field(
+        None,
+        min_length=32,
+        description="the key before a rotation: prediction IDs it signed are still accepted by "
+        "`/feedback` (new ones are signed with `PREDICTION_SIGNING_SECRET`)",
+    )
+    prediction_id_ttl_seconds: int = Field(
+        30 * 86400,
+        ge=60,
+        description="how long `/feedback` accepts a prediction ID after it was issued",
+    )
+    feedback_max_items: int = Field(
+        1000, ge=1, description="most labels per `/feedback` request (413 above)"
+    )
+    feedback_dedupe_seconds: float = Field(
+        86400.0,
+        gt=0,
+        description="a label for a prediction ID this replica already counted within this time "
+        "is answered as a duplicate and not counted again",
+    )
+    feedback_dedupe_max_ids: int = Field(
+        200_000,
+        ge=2,
+        description="most prediction IDs remembered for duplicate detection (about 80 bytes "
+        "each); past it, the oldest half is forgotten sooner than `FEEDBACK_DEDUPE_SECONDS`",
+    )
+    payload_log_uri: str | None = Field(
+        None,
+        description="where the payload log writes: `s3://<bucket>/<prefix>` (credentials and "
+        "endpoint as for model loading: boto's chain, `MLFLOW_S3_ENDPOINT_URL`) or a local "
+        "directory. Unset: no payload log. Needs `PREDICTION_SIGNING_SECRET`",
+    )
+    payload_log_sample: float = Field(
+        1.0,
+        ge=0,
+        le=1,
+        description="share of prediction requests whose rows the payload log keeps",
+    )
+    payload_log_batch_rows: int = Field(
+        10_000, ge=1, description="rows per payload-log object at most"
+    )
+    payload_log_flush_seconds: float = Field(
+        60.0,
+        gt=0,
+        description="a payload-log object is written at the latest this long after its first row",
+    )
+    payload_log_queue_rows: int = Field(
+        50_000,
+        ge=1,
+        description="rows waiting to be written at most; beyond it rows are dropped and counted "
+        "(`mlservice_payload_log_dropped_rows_total`), the request is never slowed",
+    )
 
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower_level(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value
+
+    @field_validator("payload_log_uri")
+    @classmethod
+    def _payload_log_uri(cls, value: str | None) -> str | None:
+        if value:
+            parse_uri(value)  # ValueError: "must be s3://<bucket>/<prefix> or a local directory"
+        return value or None
 
     @model_validator(mode="after")
     def _backoff_order(self) -> Settings:
@@ -121,3 +189,26 @@ class Settings(BaseSettings):
                 "MODEL_LOAD_BACKOFF_INITIAL_SECONDS must not exceed MODEL_LOAD_BACKOFF_MAX_SECONDS"
             )
         return self
+
+    @model_validator(mode="after")
+    def _payload_log_needs_ids(self) -> Settings:
+        if self.payload_log_uri and self.prediction_signing_secret is None:
+            raise ValueError(
+                "PAYLOAD_LOG_URI needs PREDICTION_SIGNING_SECRET: the log is joined with labels "
+                "by prediction ID"
+            )
+        return self
+
+
+def load() -> Settings:
+    """The settings of this process's environment. An invalid one stops the process with a
+    message naming the variable and the rule, never the value (some are secrets)."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(p) for p in e['loc']).upper() or 'settings'}: "
+            f"{e['msg'].removeprefix('Value error, ')}"
+            for e in exc.errors(include_url=False, include_context=False, include_input=False)
+        ]
+        raise SystemExit("invalid settings:\n  " + "\n  ".join(problems)) from None

@@ -7,6 +7,9 @@ The tracking server comes from MLFLOW_TRACKING_URI. The alias moves only when --
 deployed environments pin an exact version in git, so training never silently changes what
 production serves. --output-dir saves the same model (signature, input example, drift reference
 in its metadata) to a local directory instead, with no run and no registry: the image's demo model.
+--served-data adds the rows the service answered and got labels for (its payload log joined with
+the `/feedback` labels by prediction ID) to the training rows, or (--served-use evaluate) scores
+the new model on them too; the held-out split stays the fixed one either way.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import json
 import logging
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -35,6 +39,7 @@ from ml_service.model_format import (
     compute_reference,
     snake_case,
 )
+from ml_service.payload_format import labelled_rows
 
 log = logging.getLogger("ml_service.train")
 
@@ -83,6 +88,45 @@ def split(x: pd.DataFrame, y: pd.Series, test_size: float, seed: int) -> Dataset
     return Dataset(x_tr, x_te, y_tr, y_te, fingerprint(x, y))
 
 
+@dataclass(frozen=True)
+class Served:
+    """Labelled rows of the payload log: what the service answered and the truth came back for."""
+
+    x: pd.DataFrame
+    y: pd.Series
+    counts: dict[str, int]
+    fingerprint: str
+
+
+class ServedDataError(ValueError):
+    """--served-data holds nothing usable (the message says why)."""
+
+
+def load_served(
+    uri: str, columns: list[str], classes: set[str], since: str | None = None
+) -> Served:
+    """The payload log at `uri` joined with its labels (ml_service.payload_format)."""
+    rows, labels, _ids, counts = labelled_rows(uri, columns, since)
+    if not rows:
+        raise ServedDataError(
+            f"--served-data: no labelled rows ({counts['predictions']} logged rows, "
+            f"{counts['labels']} labels, none joined)"
+        )
+    unknown = sorted(set(labels) - classes)
+    if unknown:
+        raise ServedDataError(f"--served-data: labels outside the data set's classes: {unknown}")
+    x = pd.DataFrame(rows, columns=columns, dtype="float64")
+    y = pd.Series(labels, name="label", dtype=object)
+    return Served(x, y, counts, fingerprint(x, y))
+
+
+def with_served(data: Dataset, served: Served) -> Dataset:
+    """The split with the served rows added to its training part (the test part is untouched)."""
+    x_train = pd.concat([data.x_train, served.x], ignore_index=True)
+    y_train = pd.concat([data.y_train, served.y], ignore_index=True)
+    return Dataset(x_train, data.x_test, y_train, data.y_test, data.fingerprint)
+
+
 def build_pipeline(args: argparse.Namespace):
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import Pipeline
@@ -103,6 +147,10 @@ def build_pipeline(args: argparse.Namespace):
 
 
 def evaluate(pipe, data: Dataset) -> tuple[dict[str, float], np.ndarray, np.ndarray]:
+    return score(pipe, data.x_test, data.y_test)
+
+
+def score(pipe, x: pd.DataFrame, y_true: pd.Series) -> tuple[dict, np.ndarray, np.ndarray]:
     from sklearn.metrics import (
         accuracy_score,
         f1_score,
@@ -111,9 +159,9 @@ def evaluate(pipe, data: Dataset) -> tuple[dict[str, float], np.ndarray, np.ndar
     )
 
     classes = list(pipe.classes_)
-    pred = pipe.predict(data.x_test)
-    proba = pipe.predict_proba(data.x_test)
-    y = data.y_test.to_numpy()
+    pred = pipe.predict(x)
+    proba = pipe.predict_proba(x)
+    y = y_true.to_numpy()
     metrics = {
         "accuracy": float(accuracy_score(y, pred)),
         "f1_macro": float(f1_score(y, pred, average="macro")),
@@ -196,6 +244,18 @@ def training_metadata(data: Dataset, args: argparse.Namespace) -> dict[str, Any]
     }
 
 
+def served_summary(args: argparse.Namespace, served: Served) -> dict[str, Any]:
+    """What --served-data contributed, as the model's metadata and the result document say."""
+    return {
+        "uri": args.served_data,
+        "since": args.served_since,
+        "use": args.served_use,
+        "rows": len(served.y),
+        "fingerprint": served.fingerprint,
+        **{f"logged_{k}": v for k, v in served.counts.items()},
+    }
+
+
 def serving_requirements(versions: dict[str, str]) -> list[str]:
     """What loading the model needs (mlflow-skinny is enough beside these)."""
     return [
@@ -229,6 +289,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--l2-regularization", type=float, default=0.0)
     p.add_argument("--class-weight", choices=["none", "balanced"], default="none")
     p.add_argument("--drift-bins", type=int, default=10, help="quantile bins per feature")
+    p.add_argument(
+        "--served-data",
+        metavar="URI",
+        help="a payload log (PAYLOAD_LOG_URI: s3://bucket/prefix or a directory): its rows that "
+        "got a label through /feedback, joined by prediction ID",
+    )
+    p.add_argument(
+        "--served-use",
+        choices=["train", "evaluate"],
+        default="train",
+        help="add the served rows to the training rows, or only score the model on them "
+        "(%(default)s); the held-out split is the fixed one either way",
+    )
+    p.add_argument(
+        "--served-since", metavar="YYYY-MM-DD", help="only payload-log objects of this UTC date on"
+    )
     p.add_argument("--output-json", type=Path, help="also write the result document here")
     p.add_argument(
         "--output-dir",
@@ -244,6 +320,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         p.error("--alias needs the registry; it cannot be used with --output-dir")
     if args.output_dir and args.output_dir.exists():
         p.error(f"--output-dir {args.output_dir} exists; remove it first")
+    if args.served_since and not re.fullmatch(r"\d{4}-\d{2}-\d{2}", args.served_since):
+        p.error("--served-since must be a date, YYYY-MM-DD")
+    if (args.served_since or args.served_use != "train") and not args.served_data:
+        p.error("--served-since and --served-use need --served-data")
     return args
 
 
@@ -270,11 +350,21 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
 
     x, y = load_dataset()
     data = split(x, y, args.test_size, args.seed)
+    served = None
+    if args.served_data:
+        served = load_served(args.served_data, list(x.columns), set(y), args.served_since)
+        if args.served_use == "train":
+            data = with_served(data, served)
     # One OpenMP thread: on small, shared machines more threads only contend (fit took 35 s
     # instead of ~2 s here), and the result must not depend on the core count.
     with threadpool_limits(limits=1):
         pipe = build_pipeline(args).fit(data.x_train, data.y_train)
         metrics, pred, proba = evaluate(pipe, data)
+        if served is not None:
+            metrics["served_rows"] = float(len(served.y))
+            if args.served_use == "evaluate":
+                served_metrics = score(pipe, served.x, served.y)[0]
+                metrics.update({f"served_{k}": v for k, v in served_metrics.items()})
     classes = [str(c) for c in pipe.classes_]
 
     reference = compute_reference(
@@ -285,6 +375,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         n_bins=args.drift_bins,
     )
     training = training_metadata(data, args)
+    if served is not None:
+        training["served_data"] = served_summary(args, served)
     signature = infer_signature(data.x_train, pipe.predict(data.x_train.head(5)))
     # one real row per class: the server's smoke prediction and the README's curl use it
     example = pd.concat([data.x_test[data.y_test == c].head(1) for c in classes]).reset_index(
@@ -310,6 +402,8 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
         "data_fingerprint": training["data_fingerprint"],
         "example": example.iloc[0].to_dict(),
     }
+    if served is not None:
+        result["served"] = training["served_data"]
     if args.output_dir:
         import mlflow.sklearn
 
@@ -319,6 +413,10 @@ def train(args: argparse.Namespace) -> dict[str, Any]:
     mlflow.set_experiment(args.experiment)
     with mlflow.start_run() as run:
         mlflow.log_params({"model": "HistGradientBoostingClassifier", **hyper_params(args)})
+        if served is not None:
+            summary = training["served_data"]
+            mlflow.log_params({f"served_{k}": summary[k] for k in ("uri", "since", "use")})
+            mlflow.set_tag("served_data_fingerprint", summary["fingerprint"])
         mlflow.log_metrics(metrics)
         mlflow.set_tags(
             {
@@ -363,7 +461,11 @@ def main(argv: list[str] | None = None) -> int:
             "MLFLOW_TRACKING_URI is not set (e.g. http://127.0.0.1:5000; `make train` sets it)"
         )
         return 2
-    result = train(args)
+    try:
+        result = train(args)
+    except ServedDataError as exc:
+        log.error("%s", exc)
+        return 2
     if args.output_json:
         args.output_json.write_text(json.dumps(result, indent=2))  # example keeps column order
     m = result["metrics"]

@@ -123,6 +123,42 @@ MAX_HEADER_BYTES: {{ .Values.limits.maxHeaderBytes | int64 | quote }}
 REQUEST_BODY_TIMEOUT_SECONDS: {{ .Values.limits.requestBodyTimeoutSeconds | quote }}
 KEEPALIVE_TIMEOUT_SECONDS: {{ .Values.limits.keepaliveTimeoutSeconds | quote }}
 MAX_CONNECTIONS: {{ .Values.limits.maxConnections | int64 | quote }}
+{{- with .Values.feedback }}
+{{- if .existingSecret }}
+PREDICTION_ID_TTL_SECONDS: {{ .tokenTtlSeconds | int64 | quote }}
+FEEDBACK_MAX_ITEMS: {{ .maxItems | int64 | quote }}
+FEEDBACK_DEDUPE_SECONDS: {{ .dedupeSeconds | quote }}
+FEEDBACK_DEDUPE_MAX_IDS: {{ .dedupeMaxIds | int64 | quote }}
+{{- end }}
+{{- end }}
+{{- with .Values.payloadLog }}
+{{- if .uri }}
+PAYLOAD_LOG_URI: {{ .uri | quote }}
+PAYLOAD_LOG_SAMPLE: {{ .sample | quote }}
+PAYLOAD_LOG_BATCH_ROWS: {{ .batchRows | int64 | quote }}
+PAYLOAD_LOG_FLUSH_SECONDS: {{ .flushSeconds | quote }}
+PAYLOAD_LOG_QUEUE_ROWS: {{ .queueRows | int64 | quote }}
+{{- end }}
+{{- end }}
+{{- end }}
+
+{{/* The signing key of prediction IDs, from the Secret named by feedback.existingSecret. */}}
+{{- define "ml-service.feedbackEnv" -}}
+{{- with .Values.feedback }}
+{{- if .existingSecret }}
+- name: PREDICTION_SIGNING_SECRET
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .secretKey }}
+- name: PREDICTION_SIGNING_SECRET_PREVIOUS
+  valueFrom:
+    secretKeyRef:
+      name: {{ .existingSecret }}
+      key: {{ .previousSecretKey }}
+      optional: true
+{{- end }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -258,4 +258,80 @@ runbook_url: {{ printf "%s#%s" . (index $ 0) | quote }}
         description: >-
           {{`{{ $labels.namespace }}/{{ $labels.job }}: {{ $value | humanizePercentage }} of rows have {{ $labels.feature }} outside its training min/max`}} over {{ $d.window }}.
         {{- include "ml-service.rules.runbook" (list "mlserviceinputsoutofrange" $runbook) | nindent 8 }}
+{{- /* Live model quality from /feedback labels. Exact counts: each pod's counters summed as
+       they are (last_over_time keeps a pod that is gone for `window`), where increase() would
+       extrapolate. Diagonal of the confusion matrix: the cells whose `actual` equals their
+       `predicted` (label_replace copies one onto the other). */}}
+{{- $q := $r.liveQuality }}
+{{- $cm := printf "namespace_job_model_version_predicted_actual:mlservice_feedback:sum{%s}" $sel }}
+{{- $by := "namespace, job, model_version" }}
+- name: ml-service.live-quality
+  rules:
+    - record: namespace_job_model_version_predicted_actual:mlservice_feedback:sum
+      expr: sum by ({{ $by }}, predicted, actual) (last_over_time(mlservice_feedback_total{ {{- $sel }}}[{{ $q.window }}]))
+    - record: namespace_job_model_version:mlservice_feedback:sum
+      expr: sum by ({{ $by }}) ({{ $cm }})
+    - record: namespace_job_model_version_class:mlservice_feedback_actual:sum
+      expr: |-
+        sum by ({{ $by }}, class) (label_replace({{ $cm }}, "class", "$1", "actual", "(.*)"))
+        or
+        0 * sum by ({{ $by }}, class) (label_replace({{ $cm }}, "class", "$1", "predicted", "(.*)"))
+    - record: namespace_job_model_version_class:mlservice_feedback_predicted:sum
+      expr: |-
+        sum by ({{ $by }}, class) (label_replace({{ $cm }}, "class", "$1", "predicted", "(.*)"))
+        or
+        0 * sum by ({{ $by }}, class) (label_replace({{ $cm }}, "class", "$1", "actual", "(.*)"))
+    - record: namespace_job_model_version_class:mlservice_feedback_correct:sum
+      expr: |-
+        sum by ({{ $by }}, class) (
+          label_replace(
+            {{ $cm }}
+            and on ({{ $by }}, predicted, actual)
+            label_replace(max by ({{ $by }}, predicted) ({{ $cm }}), "actual", "$1", "predicted", "(.*)"),
+            "class", "$1", "actual", "(.*)"
+          )
+        )
+        or
+        0 * namespace_job_model_version_class:mlservice_feedback_actual:sum{ {{- $sel }}}
+    - record: namespace_job_model_version_class:mlservice_live_recall:ratio
+      expr: |-
+        namespace_job_model_version_class:mlservice_feedback_correct:sum{ {{- $sel }}}
+        /
+        (namespace_job_model_version_class:mlservice_feedback_actual:sum{ {{- $sel }}} > 0)
+    - record: namespace_job_model_version_class:mlservice_live_precision:ratio
+      expr: |-
+        namespace_job_model_version_class:mlservice_feedback_correct:sum{ {{- $sel }}}
+        /
+        (namespace_job_model_version_class:mlservice_feedback_predicted:sum{ {{- $sel }}} > 0)
+    - record: namespace_job_model_version_class:mlservice_live_f1:ratio
+      expr: |-
+        2 * namespace_job_model_version_class:mlservice_feedback_correct:sum{ {{- $sel }}}
+        /
+        (
+          (
+            namespace_job_model_version_class:mlservice_feedback_actual:sum{ {{- $sel }}}
+            + namespace_job_model_version_class:mlservice_feedback_predicted:sum{ {{- $sel }}}
+          ) > 0
+        )
+    - record: namespace_job_model_version:mlservice_live_accuracy:ratio
+      expr: |-
+        sum by ({{ $by }}) (namespace_job_model_version_class:mlservice_feedback_correct:sum{ {{- $sel }}})
+        /
+        (namespace_job_model_version:mlservice_feedback:sum{ {{- $sel }}} > 0)
+    - alert: MLServiceLiveRecallLow
+      expr: |-
+        namespace_job_model_version_class:mlservice_live_recall:ratio{ {{- $sel }}, class={{ $q.positiveClass | quote }}} < {{ $q.recallMin }}
+        and on ({{ $by }}, class)
+        namespace_job_model_version_class:mlservice_feedback_actual:sum{ {{- $sel }}, class={{ $q.positiveClass | quote }}} >= {{ $q.minLabels }}
+        and on ({{ $by }})
+        count by ({{ $by }}) (mlservice_model_info{ {{- $sel }}})
+      for: {{ $q.for }}
+      labels:
+        {{- include "ml-service.rules.labels" (list $q.severity $extra) | nindent 8 }}
+      annotations:
+        summary: >-
+          Live recall of {{ $q.positiveClass }} is below the quality gate's floor {{ $q.recallMin }}
+        description: >-
+          {{`{{ $labels.namespace }}/{{ $labels.job }}: model version {{ $labels.model_version }} still serves and finds {{ $value | humanizePercentage }} of the `}}{{ $q.positiveClass }} cases its labels (`/feedback`) name: a model this bad would not pass the release gate.
+        {{- include "ml-service.rules.runbook" (list "mlserviceliverecalllow" $runbook) | nindent 8 }}
 {{- end -}}

@@ -51,6 +51,9 @@ message names the keys to fix. Rendered by templates/validate.yaml, so `helm ins
 {{- $last = int . }}
 {{- end }}
 {{- end }}
+{{- if and .Values.payloadLog.uri (not .Values.feedback.existingSecret) }}
+{{- fail "payloadLog.uri needs feedback.existingSecret: the payload log records prediction IDs (to join the rows with their labels), and they are signed with that Secret's key" }}
+{{- end }}
 {{- range .Values.env }}
 {{- if has .name (list "HOST" "PORT") }}
 {{- fail (printf "env: %s is set by the chart (the probes and the Service depend on it)" .name) }}
