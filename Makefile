@@ -19,7 +19,7 @@ UV := $(TOOLS)/uv/bin/uv
 SETUP_TARGETS :=
 include $(sort $(wildcard mk/*.mk))
 
-.PHONY: help setup venv lock test test-unit lint run train serve docs version
+.PHONY: help setup venv lock test test-unit test-models lint run train serve docs version
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
@@ -56,8 +56,11 @@ test: setup ## install what the tests need (idempotent: a second run installs no
 test-unit: venv ## the unit tier: seconds, needs only the virtualenv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)
 
+test-models: venv ## in-process checks that fit real models (flat tree walk, training): a minute
+	$(BIN)/pytest tests/models $(PYTEST_ARGS)
+
 # `make test-<tier>`: the tier's own setup (each mk/<tier>.mk declares `test-<tier>: setup-<tier>`),
-# then its tests, by marker.
+# then its tests, by marker (a marker is a directory of tests/: tests/conftest.py).
 test-integration: venv setup-monitoring setup-chart ## the app over HTTP against a real MLflow server (+ schemathesis; Prometheus and helm for live quality)
 test-compat: venv ## /invocations side by side with `mlflow models serve` and MLflow's client
 test-adversarial: venv ## attacks on the running app: amplification, labels, secrets, floods, shutdown

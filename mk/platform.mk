@@ -1,4 +1,4 @@
-# Platform tier (issue 14): MLflow on a real PostgreSQL (Debian's server package, started by the tests
+# Platform tier: MLflow on a real PostgreSQL (Debian's server package, started by the tests
 # as an unprivileged user) and a real S3 server (MinIO, built here from its Go module), the faults, the
 # sqlite -> PostgreSQL + S3 migration, and charts/mlflow-platform. docs/mlflow-platform.md.
 # MinIO publishes no semver module tags: the Go module proxy serves its commits as pseudo-versions.

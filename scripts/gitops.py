@@ -1094,12 +1094,19 @@ def cmd_check(a: argparse.Namespace) -> str:
     return report
 
 
-def cmd_set_alias(a: argparse.Namespace) -> str:
-    path = a.repo / "environments" / a.env / "release.yaml"
+def released(repo: Path, env: str, missing: str) -> ReleaseState:
+    """The validated release of `env` in the work tree; GitopsError(`missing`) if there is none."""
+    path = repo / "environments" / env / "release.yaml"
     if not path.is_file():
-        raise GitopsError(f"{path.relative_to(a.repo)} not found: nothing released to {a.env}")
-    _, state = load_release(path.read_text(), str(path.relative_to(a.repo)))
+        raise GitopsError(missing)
+    _, state = load_release(path.read_text(), str(path.relative_to(repo)))
     state.validate()
+    return state
+
+
+def cmd_set_alias(a: argparse.Namespace) -> str:
+    missing = f"environments/{a.env}/release.yaml not found: nothing released to {a.env}"
+    state = released(a.repo, a.env, missing)
     name, version = state.model_name, state.model_version
     if a.version is not None:
         # The version Argo CD reports as synced and healthy (champion-alias.yml). It must be one a
@@ -1132,11 +1139,8 @@ def cmd_set_alias(a: argparse.Namespace) -> str:
 
 
 def cmd_render(a: argparse.Namespace) -> str:
-    path = a.repo / "environments" / a.env / "release.yaml"
-    if not path.is_file():
-        raise GitopsError(f"nothing released to {a.env}: no Application, nothing to render")
-    _, state = load_release(path.read_text(), str(path.relative_to(a.repo)))
-    state.validate()
+    missing = f"nothing released to {a.env}: no Application, nothing to render"
+    state = released(a.repo, a.env, missing)
     out = render(a.env, a.repo, state)
     if a.output:
         Path(a.output).write_text(out)

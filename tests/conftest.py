@@ -1,4 +1,5 @@
-"""Session fixtures shared by every tier: a real MLflow server and a model trained once on it."""
+"""What every tier shares: its marker, and session fixtures (a real MLflow server and a model
+trained once on it)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,22 @@ from support.mlflow import (
     train,
 )
 from support.mlflow import mlflow_server as _start_mlflow_server
+
+TESTS = Path(__file__).resolve().parent
+# A tier is a directory of tests/ and the marker of the same name (registered in pyproject.toml):
+# `pytest -m <tier>` selects exactly that directory. tests/mlflow_platform's marker is `platform`.
+MARKER_OF_DIRECTORY = {"mlflow_platform": "platform"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    registered = {line.split(":")[0].strip() for line in config.getini("markers")}
+    for item in items:
+        directory = Path(item.path).resolve().relative_to(TESTS).parts[0]
+        marker = MARKER_OF_DIRECTORY.get(directory, directory)
+        if marker not in registered:
+            raise pytest.UsageError(f"{item.nodeid}: no tier marker `{marker}` in pyproject.toml")
+        item.add_marker(marker)
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,9 @@ import os
 import re
 import time
 
-# user:pass@ or token@ right after a scheme
-_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/\s@'\"]+@")
+# user:pass@ or token@ right after a scheme: the authority ends at the first / ? or #, and its
+# userinfo at the last @ before that (a password may hold an unescaped @).
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.\-]*://)[^/?#\s'\"]+@")
 # query parameters that carry a credential (presigned URLs, tokens in query strings)
 _QUERY_SECRET = re.compile(
     r"(?P<key>[?&](?:[A-Za-z0-9_\-]*(?:signature|token|credential|secret|password|key)"
@@ -39,6 +40,11 @@ def _env_secrets() -> list[str]:
         if name.endswith("_USERNAME") and value and len(value) >= _MIN_SECRET_CHARS:
             values.add(value)
     return sorted(values, key=len, reverse=True)
+
+
+def without_userinfo(url: str) -> str:
+    """`url` with its `user:password@` part removed: a URL to show or link to."""
+    return _USERINFO.sub(r"\g<scheme>", url)
 
 
 def redact(text: str, secrets: list[str] | None = None) -> str:

@@ -87,8 +87,9 @@ if [[ -n "$(git -C "$ROOT" status --porcelain -- app requirements Dockerfile 2>/
     revision="$revision-dirty"
 fi
 version="$(sed -n 's/^__version__ = "\(.*\)"/\1/p' app/ml_service/__init__.py)"
-# A remote URL may carry credentials (https://user:token@host/...): keep only scheme, host and path.
-source_url="$(git -C "$ROOT" config --get remote.origin.url 2>/dev/null | sed -E 's#^([a-z+]+://)[^@/]*@#\1#' || true)"
+# A remote URL may carry credentials (https://user:token@host/...): the label gets it without them.
+source_url="$(git -C "$ROOT" config --get remote.origin.url 2>/dev/null | PYTHONPATH="$ROOT/app" "$PYTHON" -c \
+    'import sys; from ml_service.redact import without_userinfo; print(without_userinfo(sys.stdin.read().strip()))' || true)"
 args+=(--target "$TARGET" --build-arg "VERSION=${version:-0.0.0}" --build-arg "REVISION=$revision"
     --build-arg "SOURCE=${source_url:-unknown}")
 

@@ -16,8 +16,6 @@ import pytest
 from support.app_server import AppServer
 from support.sklearn_model import save_model
 
-pytestmark = pytest.mark.adversarial
-
 
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:

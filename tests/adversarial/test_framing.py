@@ -14,8 +14,6 @@ from support.app_server import AppServer, app_server
 
 from .conftest import raw_request, read_until_close
 
-pytestmark = pytest.mark.adversarial
-
 BODY_TIMEOUT = 1.0
 
 

@@ -1,9 +1,10 @@
 """SIGTERM under keep-alive load: no client may lose a request it sent.
 
-During the drain, responses used to keep the connection alive; when the listener closed, every
-keep-alive client lost the request it had just sent on its pooled connection (50 resets with
-50 clients). Now every response after SIGTERM says `Connection: close`: the signal a client (or
-a load balancer's connection pool) needs to stop reusing this pod, as the clients below do.
+A keep-alive client reuses its pooled connection until told otherwise: were the connection kept
+alive during the drain, every such client would lose the request it sent as the listener closes
+(50 resets with 50 clients). Every response after SIGTERM says `Connection: close`: the signal a
+client (or a load balancer's connection pool) needs to stop reusing this pod, as the clients
+below do.
 Uploads still running when the grace period ends get a JSON 503 with Retry-After instead of a
 plain-text 500.
 """
@@ -18,12 +19,9 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 from support.app_server import app_server
 
 from .conftest import read_until_close
-
-pytestmark = pytest.mark.adversarial
 
 CLIENTS = 50
 DRAIN = 3.0

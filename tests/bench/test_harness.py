@@ -7,21 +7,19 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
+from support.poll import wait_until
+from support.tools import tool
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))  # the harness is the `benchmarks` package at the repository root
 
 from benchmarks import BenchError, harness, report, run, servers  # noqa: E402
-
-pytestmark = pytest.mark.bench
 
 RUN = ROOT / "benchmarks" / "run.py"
 CONNECTIONS = (1, 4)
@@ -32,8 +30,7 @@ LADDERS = 2
 
 @pytest.fixture(scope="module")
 def smoke(local_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dict:
-    if not shutil.which("wrk"):
-        pytest.fail("wrk is not installed: run `make setup` (target setup-bench)")
+    tool("wrk", "setup-bench")
     harness.find_vegeta()  # BenchError naming `make setup` when missing
     out = tmp_path_factory.mktemp("bench")
     argv = [
@@ -271,9 +268,7 @@ def test_server_processes_include_workers_in_sessions_of_their_own():
     )
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True)
     try:
-        deadline = time.monotonic() + 10
-        while len(servers.server_pids(proc.pid)) < 2 and time.monotonic() < deadline:
-            time.sleep(0.1)
+        wait_until(lambda: len(servers.server_pids(proc.pid)) >= 2, 10, "two server pids", 0.1)
         pids = servers.server_pids(proc.pid)
         assert proc.pid in pids and len(pids) == 2, pids
         worker = next(p for p in pids if p != proc.pid)
@@ -285,7 +280,8 @@ def test_server_processes_include_workers_in_sessions_of_their_own():
 
 
 def test_model_floor_with_a_zero_budget_still_times_every_call(local_model_dir):
-    """`--floor-seconds 0` used to end a finished run with `no median for empty data`."""
+    """`--floor-seconds 0` still times every call: a finished run never ends with `no median for
+    empty data`."""
     floor = harness.model_floor(local_model_dir, [1, 100], 0)
     timings = [t for size in ("1", "100") for t in floor[size].values()]
     assert len(timings) == 6 and all(t["calls"] >= 1 and t["median_ms"] > 0 for t in timings)

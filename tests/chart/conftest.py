@@ -6,11 +6,12 @@ validation, the Pod Security Standard and checkov: a values file added to `ci/` 
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from support import kube
+from support import kube, tools
 
 ROOT = kube.ROOT
 CHART = ROOT / "charts" / "ml-service"
@@ -52,12 +53,7 @@ def workload(docs: list[dict]) -> dict:
     return found
 
 
-def tool(path: Path) -> Path:
-    """A pinned tool; missing means a failed test that says how to get it, never a skip."""
-    try:
-        return kube.require(path)
-    except kube.ToolMissingError as err:
-        pytest.fail(str(err))
+tool = functools.partial(tools.tool, setup="setup-chart")
 
 
 @pytest.fixture(scope="session")

@@ -7,18 +7,14 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-from pathlib import Path
 
 import pytest
 from support import kube
 
 from .conftest import CHART, RENDERINGS, WORKLOADS, Rendering, render, tool
 
-pytestmark = pytest.mark.chart
-
 IDS = [r.id for r in RENDERINGS]
 PSACHECK = kube.TOOLS / "bin" / "psacheck"
-CHECKOV = kube.TOOLS / "checkov" / "bin" / "checkov"
 
 
 def psa(manifests: str, version: str) -> tuple[int, list[dict], str]:
@@ -81,28 +77,13 @@ def scoped_skips(docs: list[dict]) -> dict[str, str]:
 def checkov_failures(tmp_path_factory) -> dict[str, list[dict]]:
     """One checkov run over every rendering (one file each, plus a deliberately bad one);
     failures per rendering, minus the scoped skips of that rendering."""
-    out = tmp_path_factory.mktemp("checkov")
-    files = {}
-    for i, rendering in enumerate([*RENDERINGS, BAD]):
-        files[rendering.id] = out / f"rendering{i}.yaml"
-        files[rendering.id].write_text(render(rendering))
-    proc = subprocess.run(
-        [tool(CHECKOV), "--skip-download", "--framework", "kubernetes", "--quiet", "--compact",
-         "-o", "json", "-d", str(out), "--skip-check", ",".join(GLOBAL_SKIPS)],
-        capture_output=True, text=True, check=False, timeout=900,
-    )  # fmt: skip
-    assert proc.stdout.strip(), proc.stderr
-    report = json.loads(proc.stdout)
-    report = report[0] if isinstance(report, list) else report
-    assert report["summary"]["passed"] > 0, report["summary"]
+    tool(kube.CHECKOV)
+    texts = {rendering.id: render(rendering) for rendering in [*RENDERINGS, BAD]}
+    failed = kube.checkov_failed_checks(texts, tmp_path_factory.mktemp("checkov"), GLOBAL_SKIPS)
     failures = {}
-    for rid, path in files.items():
-        waived = scoped_skips(kube.load_documents(path.read_text())) if rid != BAD.id else {}
-        failures[rid] = [
-            c
-            for c in report["results"]["failed_checks"]
-            if Path(c["file_path"]).name == path.name and c["check_id"] not in waived
-        ]
+    for rid, checks in failed.items():
+        waived = scoped_skips(kube.load_documents(texts[rid])) if rid != BAD.id else {}
+        failures[rid] = [c for c in checks if c["check_id"] not in waived]
     return failures
 
 

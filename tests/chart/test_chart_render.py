@@ -16,8 +16,6 @@ from support import kube
 
 from .conftest import CHART, RENDERINGS, ROOT, Rendering, render, tool, workload
 
-pytestmark = pytest.mark.chart
-
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 IDS = [r.id for r in RENDERINGS]
 
@@ -186,7 +184,7 @@ def test_helm_package_keeps_the_dashboards(tmp_path: Path):
     assert "ml-service/templates/tests/test-predict.yaml" in names
 
 
-@pytest.mark.integration
+@pytest.mark.server
 def test_helm_test_check_passes_against_the_real_app(served_model, tmp_path: Path):
     """The `helm test` pod's command and payload, run against the real app serving a real model."""
     (pod,) = [

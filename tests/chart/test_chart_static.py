@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -13,8 +12,6 @@ import yaml
 from support import kube
 
 from .conftest import CHART, CI_VALUES, ROOT, tool
-
-pytestmark = pytest.mark.chart
 
 SUITES = sorted((CHART / "tests").glob("*_test.yaml"))
 TEMPLATES = sorted(
@@ -85,14 +82,7 @@ def test_helm_unittest_can_fail(tmp_path: Path):
     """A wrong expectation makes helm unittest exit non-zero (so the suites above can fail).
     Runs on a copy: other runs share the work tree."""
     tool(kube.HELM)
-    chart = tmp_path / "ml-service"
-    shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("tests"))
-    (chart / "tests").mkdir()
-    (chart / "tests" / "canary_test.yaml").write_text(
-        "suite: canary\ntemplates: [templates/service.yaml]\ntests:\n"
-        "  - it: fails\n    asserts:\n      - equal: {path: spec.type, value: NodePort}\n"
-    )
-    proc = kube.run_helm(["unittest", "--color=false", str(chart)])
+    proc = kube.failing_unittest(CHART, "templates/service.yaml", tmp_path)
     assert proc.returncode != 0, proc.stdout
     assert "Tests:       1 failed" in proc.stdout, proc.stdout
 

@@ -11,7 +11,7 @@ import pytest
 from support.cluster import Cluster, LocalCluster
 
 # The first test also pays for the images and the cluster start (a cold image build included).
-pytestmark = [pytest.mark.cluster, pytest.mark.timeout(2400)]
+pytestmark = pytest.mark.timeout(2400)
 
 # Resolves cluster names, connects to the API server's Service, and shows that a name outside the
 # cluster does not resolve (CoreDNS answers for the cluster zone only and forwards nothing).

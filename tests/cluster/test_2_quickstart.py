@@ -26,7 +26,6 @@ from .lib import (
     uninstall_leaves_nothing,
 )
 
-pytestmark = pytest.mark.cluster
 NS = "ml-quickstart"
 
 

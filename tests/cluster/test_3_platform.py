@@ -1,4 +1,4 @@
-"""charts/mlflow-platform on the cluster (issue 14): PostgreSQL, MinIO and the MLflow tracking
+"""charts/mlflow-platform on the cluster: PostgreSQL, MinIO and the MLflow tracking
 server as pods from the images platform.Dockerfile builds, installed with the chart's defaults and
 Secrets created out of band (the `mlflow_registry` fixture, which also trained two versions on this
 host through the tracking server's Service). Its `helm test` passes, MLflow's basic auth is
@@ -16,8 +16,6 @@ from support.cluster.images import platform_images as platform_image_refs
 
 from .conftest import InClusterMlflow
 from .lib import get_json
-
-pytestmark = pytest.mark.cluster
 
 
 def test_platform_helm_test_passes(cluster: Cluster, mlflow_registry: InClusterMlflow) -> None:

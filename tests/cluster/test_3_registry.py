@@ -28,15 +28,7 @@ from .lib import (
     uninstall_leaves_nothing,
 )
 
-pytestmark = pytest.mark.cluster
 NS = "ml-service-dev"
-
-
-def ready_reason(body: dict) -> str | None:
-    """The `reason` of a 503 from /ready (the app's readiness contract).
-    TODO(ready-contract): once the lead's /ready {status, reason, message, attempts} is merged,
-    drop the fallback: `reason` must be there."""
-    return body.get("reason")
 
 
 @pytest.fixture(scope="module")
@@ -102,8 +94,8 @@ def test_ready_was_503_until_the_model_loaded(cluster: Cluster, dev) -> None:
     loading = [(t, b) for t, s, b in answers if s == 503]
     assert loading, f"no 503 seen before the model loaded: {dev['ready_seen'][:5]}"
     assert all(b["status"] == "loading" for _, b in loading)
-    reasons = {ready_reason(b) for _, b in loading}
-    assert reasons <= {"starting", None}, reasons
+    reasons = {b["reason"] for _, b in loading}
+    assert reasons == {"starting"}, reasons
     SUMMARY["dev: /ready 503 -> 200"] = (
         f"{len(loading)} answers 503 over {answers[-1][0] - loading[0][0]:.1f} s, then 200"
     )
@@ -211,16 +203,11 @@ def test_a_missing_model_version_never_becomes_ready_and_the_old_pod_serves_on(
             if not isinstance(body, dict):
                 return None
             # a finished failed attempt (the counter moves when an attempt starts)
-            # TODO(ready-contract): only `reason` once the lead's /ready is merged.
-            failed = ready_reason(body) not in (None, "starting") or body.get("last_error")
-            return body if failed else None
+            return body if body["reason"] != "starting" else None
 
         body = wait_until(failed_attempt, 120, "/ready reports a failed attempt", interval=1)
         assert body["status"] == "loading"
-        # TODO(ready-contract): require reason == "model_not_found" once the lead's app is merged.
-        assert ready_reason(body) in ("model_not_found", None), body
-        if ready_reason(body) is None:
-            assert "99" in json.dumps(body) or "not found" in json.dumps(body).lower(), body
+        assert body["reason"] == "model_not_found", body
         if prom:
             pns, _, ppod = prom.partition("/")
             with cluster.http(pns, f"pod/{ppod}", 9090) as base:
@@ -283,20 +270,15 @@ def test_an_unreachable_registry_is_reported_where_users_look(
             except (OSError, ClusterError):
                 return None
             assert status != 200, body
-            done = isinstance(body, dict) and (
-                ready_reason(body) not in (None, "starting") or body.get("last_error")
-            )
+            done = isinstance(body, dict) and body["reason"] != "starting"
             return (pods[0]["metadata"]["name"], body) if done else None
 
         pod, body = wait_until(failed_attempt, 120, "/ready reports the failed attempt", interval=1)
         assert body["status"] == "loading"
         text = json.dumps(body)
         assert mlflow_registry.reader[1] not in text
-        # TODO(ready-contract): require reason == "registry_unreachable" and no host name in the
-        # body once the lead's /ready is merged; today's body carries the raw error.
-        if ready_reason(body) is not None:
-            assert ready_reason(body) == "registry_unreachable", body
-            assert "mlflow-missing" not in text, "no host name in /ready"
+        assert body["reason"] == "registry_unreachable", body
+        assert "mlflow-missing" not in text, "no host name in /ready"
         logs = cluster.logs(NS, f"pod/{pod}")
         assert "mlflow-missing" in logs or "registry" in logs.lower(), logs[-2000:]
         assert mlflow_registry.reader[1] not in logs

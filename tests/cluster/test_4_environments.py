@@ -10,7 +10,9 @@ Grafana sidecar's label."""
 
 from __future__ import annotations
 
+import contextlib
 import time
+from collections.abc import Iterator
 
 import pytest
 from support.cluster import Cluster, wait_until
@@ -40,10 +42,8 @@ from .lib import (
     wait_rollout,
 )
 
-pytestmark = pytest.mark.cluster
-
 # prod as is asks for 3 x 500m CPU plus a 4th pod during a rollout (maxSurge 1, maxUnavailable 0):
-# 2 CPUs on this single node minus the add-ons cannot hold the 4th. Its values now say so, and a
+# 2 CPUs on this single node minus the add-ons cannot hold the 4th. Its values say so, and a
 # small cluster rolls one pod at a time instead (capacity 2 of 3 during the rollout):
 PROD_SMALL_NODE = {"updateStrategy": {"maxSurge": 0, "maxUnavailable": 1}}
 # staging: smaller CPU requests so a bounded load crosses the HPA's 70 % target, and a short
@@ -59,25 +59,37 @@ def secret(cluster: Cluster, ns: str, registry: InClusterMlflow) -> None:
 
 
 # ---------------------------------------------------------------------------- prod
+@contextlib.contextmanager
+def installed(
+    cluster: Cluster, registry: InClusterMlflow, tmp_path_factory, env: str, override: dict
+) -> Iterator[tuple[str, list[str]]]:
+    """`env`'s release, with its own value files and `override` (written to a file), in namespace
+    ml-service-<env>; uninstalled afterwards. Yields the namespace and the override's --values."""
+    ns = f"ml-service-{env}"
+    cluster.create_namespace(ns)
+    secret(cluster, ns, registry)
+    extra = override_file(tmp_path_factory.mktemp(env), "override", override)
+    with measure(f"{env}: helm install --wait"):
+        proc = helm_install(cluster, ns, *env_values(env), *extra, check=False)
+    if proc.returncode != 0:
+        pytest.fail(f"{env} install failed:\n{proc.stderr}\n{cluster.describe_pods(ns)}")
+    try:
+        yield ns, extra
+    finally:
+        cluster.helm("uninstall", RELEASE, "-n", ns, "--wait", check=False)
+        cluster.delete_namespace(ns)
+
+
 @pytest.fixture(scope="module")
 def prod(cluster: Cluster, mlflow_registry: InClusterMlflow, prometheus: str, tmp_path_factory):
     if not has_rollouts(cluster):
         pytest.skip("prod delivers by canary and this cluster has no Argo Rollouts")
-    ns = "ml-service-prod"
-    cluster.create_namespace(ns)
-    secret(cluster, ns, mlflow_registry)
-    tmp = tmp_path_factory.mktemp("prod")
-    overrides = [*override_file(tmp, "small-node", PROD_SMALL_NODE),
-                 *override_file(tmp, "fast-canary", FAST_CANARY)]  # fmt: skip
-    with measure("prod: helm install + Rollout Healthy (3 replicas)"):
-        proc = helm_install(cluster, ns, *env_values("prod"), *overrides, check=False)
-        if proc.returncode != 0:
-            pytest.fail(f"prod install failed:\n{proc.stderr}\n{cluster.describe_pods(ns)}")
-        # helm does not wait for a Rollout; its first revision goes to 100 % at once
-        wait_rollout(cluster, ns, ("Healthy",), timeout=300)
-    yield ns, overrides
-    cluster.helm("uninstall", RELEASE, "-n", ns, "--wait", check=False)
-    cluster.delete_namespace(ns)
+    override = {**PROD_SMALL_NODE, **FAST_CANARY}
+    with installed(cluster, mlflow_registry, tmp_path_factory, "prod", override) as release:
+        with measure("prod: Rollout Healthy (3 replicas)"):
+            # helm does not wait for a Rollout; its first revision goes to 100 % at once
+            wait_rollout(cluster, release[0], ("Healthy",), timeout=300)
+        yield release
 
 
 def test_prod_installs_with_its_own_resources(cluster: Cluster, prod) -> None:
@@ -182,18 +194,10 @@ def test_prod_uninstall_leaves_nothing(cluster: Cluster, prod) -> None:
 def staging(cluster: Cluster, mlflow_registry: InClusterMlflow, tmp_path_factory):
     if not has_rollouts(cluster):
         pytest.skip("staging delivers by canary and this cluster has no Argo Rollouts")
-    ns = "ml-service-staging"
-    cluster.create_namespace(ns)
-    secret(cluster, ns, mlflow_registry)
-    override = override_file(tmp_path_factory.mktemp("staging"), "hpa", STAGING_OVERRIDE)
-    with measure("staging: helm install + Rollout Healthy (2 replicas)"):
-        proc = helm_install(cluster, ns, *env_values("staging"), *override, check=False)
-        if proc.returncode != 0:
-            pytest.fail(f"staging install failed:\n{proc.stderr}\n{cluster.describe_pods(ns)}")
-        wait_rollout(cluster, ns, ("Healthy",), timeout=300)
-    yield ns
-    cluster.helm("uninstall", RELEASE, "-n", ns, "--wait", check=False)
-    cluster.delete_namespace(ns)
+    with installed(cluster, mlflow_registry, tmp_path_factory, "staging", STAGING_OVERRIDE) as rel:
+        with measure("staging: Rollout Healthy (2 replicas)"):
+            wait_rollout(cluster, rel[0], ("Healthy",), timeout=300)
+        yield rel[0]
 
 
 def test_staging_hpa_scales_out_under_load_and_back_in(

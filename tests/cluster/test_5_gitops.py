@@ -1,4 +1,4 @@
-"""The GitOps flow on the cluster (issue 13), with a real Argo CD v3.6 (its application-controller,
+"""The GitOps flow on the cluster, with a real Argo CD v3.6 (its application-controller,
 repo-server and applicationset-controller as processes of this host, redis from Debian:
 tests/support/argocd.py says why) reading a clone of this repository from a git server on
 127.0.0.1, exactly as docs/gitops.md sets it up:
@@ -59,8 +59,6 @@ from .lib import (
     get_json,
     measure,
 )
-
-pytestmark = pytest.mark.cluster
 
 ENVS = ("dev", "staging", "prod")
 GITHUB_REPO = "acme/ml-service"

@@ -59,8 +59,6 @@ from .lib import (
     wait_rollout,
 )
 
-pytestmark = pytest.mark.cluster
-
 ENV, NS = "staging", "ml-service-staging"
 APP = f"ml-service-{ENV}"
 GITHUB_REPO = "acme/ml-service"

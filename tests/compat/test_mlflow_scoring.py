@@ -22,9 +22,8 @@ import pandas as pd
 import pytest
 from support.app_server import AppServer, app_server
 from support.mlflow import ScoringServer, scoring_server
+from support.rows import from_model_dir
 from support.sklearn_model import save_model
-
-pytestmark = pytest.mark.compat
 
 SENTINEL = "never-echo-7f3a"
 JSON_TYPE = {"content-type": "application/json"}
@@ -46,13 +45,6 @@ class Pair:
         return a, b
 
 
-def _example_rows(model_dir: Path, n: int = 3) -> list[dict[str, float]]:
-    doc = json.loads((model_dir / "input_example.json").read_text())
-    split = doc.get("dataframe_split", doc)
-    rows = [dict(zip(split["columns"], r, strict=True)) for r in split["data"]]
-    return [{k: float(v) * (1 + 0.01 * i) for k, v in rows[0].items()} for i in range(n)]
-
-
 @pytest.fixture(scope="module")
 def pair(local_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair]:
     """The session's registered breast-cancer model (HistGradientBoosting: takes NaN)."""
@@ -61,7 +53,7 @@ def pair(local_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         app_server(model_uri=str(local_model_dir), wait_ready=True, log_dir=logs) as ours,
         scoring_server(local_model_dir, logs) as theirs,
     ):
-        rows = _example_rows(local_model_dir)
+        rows = from_model_dir(local_model_dir)
         yield Pair(ours, theirs, list(rows[0]), rows)
 
 
@@ -74,7 +66,7 @@ def nan_refusing_pair(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pair
         app_server(model_uri=str(model_dir), wait_ready=True, log_dir=logs) as ours,
         scoring_server(model_dir, logs) as theirs,
     ):
-        rows = _example_rows(model_dir)
+        rows = from_model_dir(model_dir)
         yield Pair(ours, theirs, list(rows[0]), rows)
 
 

@@ -4,16 +4,16 @@ Argo CD CRDs (from the argo-cd Go module) and the release tool."""
 
 from __future__ import annotations
 
+import functools
 import importlib.util
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from support import kube, tools
 from support.gitrepo import run_git, snapshot_repo
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -28,12 +28,7 @@ IMAGE_REPOSITORY = "ghcr.io/owner/ml-service"
 DIGEST = "sha256:" + "d" * 64
 
 
-def tool(name: str) -> str:
-    """A pinned tool from .tools/bin (or PATH); a missing tool fails the test, it is not skipped."""
-    found = shutil.which(name, path=f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    if found is None:
-        pytest.fail(f"{name} not found: {SETUP_HINT}")
-    return found
+tool = functools.partial(tools.tool, setup="setup-gitops")
 
 
 def argocd_version() -> str:
@@ -43,7 +38,7 @@ def argocd_version() -> str:
 
 
 def load_all(path: Path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return kube.load_documents(path.read_text())
 
 
 def appset_render(repo: Path, appset: Path = APPSET, projects: Path = PROJECTS):

@@ -33,7 +33,7 @@ from support.gitrepo import forget_releases
 
 from .conftest import ROOT, TOOLS_BIN, run_git, snapshot_repo, tool
 
-pytestmark = [pytest.mark.gitops, pytest.mark.integration]
+pytestmark = pytest.mark.server
 
 # act runs the workflows without a cluster: the promotion's rollout check cannot look.
 NO_CLUSTER = "act: no Argo CD here"

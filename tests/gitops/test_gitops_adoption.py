@@ -20,8 +20,6 @@ import yaml
 
 from .conftest import ROOT, load_all, snapshot_repo
 
-pytestmark = pytest.mark.gitops
-
 
 def adopt_module():
     spec = importlib.util.spec_from_file_location("adopt_cli", ROOT / "scripts" / "adopt.py")

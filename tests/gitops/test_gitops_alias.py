@@ -15,7 +15,7 @@ import pytest
 
 from .conftest import ROOT
 
-pytestmark = [pytest.mark.gitops, pytest.mark.integration]
+pytestmark = pytest.mark.server
 
 RELEASE = """\
 # prod release state (test copy)

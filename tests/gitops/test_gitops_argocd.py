@@ -26,8 +26,6 @@ from .conftest import (
     snapshot_repo,
 )
 
-pytestmark = pytest.mark.gitops
-
 ARGOCD_FILES = sorted(ARGOCD_DIR.rglob("*.yaml"))
 # Objects Argo CD syncs: the bootstrap and what it syncs (argocd/install holds ConfigMap patches).
 SYNCED_FILES = [ARGOCD_DIR / "bootstrap.yaml", *sorted(APPS_DIR.glob("*.yaml"))]

@@ -18,8 +18,6 @@ from support import kube
 
 from .conftest import APPS_DIR, ARGOCD_DIR, ENVIRONMENTS, ROOT, generate, load_all
 
-pytestmark = pytest.mark.gitops
-
 CHART = ROOT / "charts" / "ml-service"
 PROMOTABLE = {"revision", "image", "model"}
 # Argo CD hands the repo-server the cluster's API versions; these make capability checks see the

@@ -35,7 +35,7 @@ from support.gitrepo import forget_releases
 
 from .conftest import ROOT, TOOLS_BIN, run_git, snapshot_repo, tool
 
-pytestmark = [pytest.mark.gitops, pytest.mark.integration]
+pytestmark = pytest.mark.server
 
 GITOPS = "scripts/gitops.py"
 REPO = "acme-corp/fraud-model"
@@ -125,7 +125,7 @@ class Life:
         if argocd_or_values:  # every test of the modules that read argocd/ and the values
             modules = ("argocd", "environments", "adoption")
             paths = [f"tests/gitops/test_gitops_{m}.py" for m in modules]
-            where = [*paths, "-m", "not integration", "-k", "not adoption_keeps_the_argocd"]
+            where = [*paths, "-m", "not server", "-k", "not adoption_keeps_the_argocd"]
         proc = self.run(sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *where,
                         timeout=1200)  # fmt: skip
         self.timings[label] = time.monotonic() - start

@@ -23,8 +23,6 @@ import yaml
 
 from .conftest import ROOT, TOOLS_BIN, run_git, tool
 
-pytestmark = pytest.mark.gitops
-
 GITOPS = ROOT / "scripts" / "gitops.py"
 DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64

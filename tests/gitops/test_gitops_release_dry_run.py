@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import ROOT, tool
 
-pytestmark = [pytest.mark.gitops, pytest.mark.integration]
+pytestmark = pytest.mark.server
 
 
 def test_release_dry_run():

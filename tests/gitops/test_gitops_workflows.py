@@ -17,8 +17,6 @@ import yaml
 
 from .conftest import ROOT, tool
 
-pytestmark = pytest.mark.gitops
-
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.y*ml"))
 USES_RE = re.compile(r"^\s*(?:-\s+)?uses:\s*(\S+)(.*)$")
 # The first release of each action whose action.yml says `runs: using: node24` (read in each
@@ -216,10 +214,10 @@ def test_dependabot_covers_actions_pip_and_docker():
 
 
 def test_ci_splits_the_suite_and_a_release_pr_skips_it():
-    """Every tier of .ci/run runs in some job of ci.yml (the first signal: lint, unit, chart and
-    the gitops tests that need no server; integration; cluster), each job only when the pull
-    request changes more than release files, and nightly; the Go and uv caches are keyed by the
-    files that pin what they hold."""
+    """Every tier of .ci/run runs in some job of ci.yml (the first signal: lint, unit, and the
+    chart and gitops tests that start no server; every other tier; cluster), each job only when
+    the pull request changes more than release files, and nightly; the Go and uv caches are keyed
+    by the files that pin what they hold."""
     ci = workflow(ROOT / ".github/workflows/ci.yml")
     jobs = ci["jobs"]
     assert "schedule" in ci["on"], "nightly, on main as it is"
@@ -230,10 +228,8 @@ def test_ci_splits_the_suite_and_a_release_pr_skips_it():
             assert job["needs"] == "changes" and "needs.changes.outputs.code == 'true'" in job["if"]
     runs = {name: " ".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}
     assert "make lint" in runs["lint-unit-chart-gitops"]
-    assert (
-        'tests/unit tests/chart tests/gitops -m "not integration"' in runs["lint-unit-chart-gitops"]
-    )
-    assert '-m "not cluster and not chart and (integration or not gitops)"' in runs["integration"]
+    assert 'tests/unit tests/chart tests/gitops -m "not server"' in runs["lint-unit-chart-gitops"]
+    assert '-m "not cluster and (server or not (chart or gitops))"' in runs["integration"]
     assert "--ignore=tests/unit" in runs["integration"]
     assert "pytest -m cluster" in runs["cluster"]
     for name in ("lint-unit-chart-gitops", "integration", "cluster"):

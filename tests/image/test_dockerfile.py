@@ -10,33 +10,13 @@ import subprocess
 from pathlib import Path
 
 import pytest
+from support.tools import hadolint_problems
 
 from .conftest import ROOT, SUMMARY, UID_GID, Docker
 
-pytestmark = pytest.mark.image
-
-HADOLINT = ROOT / ".tools" / "hadolint" / "bin" / "hadolint"
-
 
 def test_hadolint_passes_with_every_ignore_justified():
-    if not HADOLINT.exists():
-        pytest.fail(f"{HADOLINT} missing: run 'make setup'")
-    proc = subprocess.run(
-        [str(HADOLINT), "--no-color", "Dockerfile"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = (ROOT / "Dockerfile").read_text().splitlines()
-    for number, line in enumerate(lines):
-        if "hadolint ignore=" in line:
-            # the reason is a comment line right above the pragma
-            above = lines[number - 1].strip() if number else ""
-            assert above.startswith("#") and "hadolint" not in above and len(above) > 15, (
-                f"Dockerfile:{number + 1}: ignore without a justification comment above it"
-            )
+    assert not (problems := hadolint_problems(ROOT / "Dockerfile")), "\n".join(problems)
 
 
 def test_build_context_is_an_allow_list():
@@ -115,6 +95,24 @@ def _locked_pins() -> dict[str, str]:
 def _all_locked() -> list[str]:
     text = (ROOT / "requirements/runtime.txt").read_text()
     return re.findall(r"(?m)^([A-Za-z0-9_.\-]+)==", text)
+
+
+def test_image_ships_serving_code_only(docker: Docker, image: str):
+    """The package in the image is the serving app and the shared modules loading a model needs;
+    training and the release gate (their dependencies are not installed) are nowhere under /opt."""
+    out = _in_image(
+        docker,
+        image,
+        "import json, os, ml_service;"
+        "found = [top for top, dirs, files in os.walk('/opt')"
+        " if top.endswith(('ml_service/training', 'ml_service/release'))];"
+        "package = sorted(os.listdir(os.path.dirname(ml_service.__file__)));"
+        "print(json.dumps({'found': found, 'package': package}))",
+    )
+    shipped = json.loads(out)
+    assert shipped["found"] == [], shipped["found"]
+    assert {"serving", "model_format.py", "redact.py", "__main__.py"} <= set(shipped["package"])
+    assert not {"training", "release"} & set(shipped["package"]), shipped["package"]
 
 
 def test_virtualenv_holds_exactly_the_runtime_lock(docker: Docker, image: str):

@@ -6,29 +6,21 @@ model and no server."""
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
-import pytest
+from support.mlflow import RegisteredModel
+from support.poll import wait_until
+from support.rows import from_model_dir
 
 from .conftest import SUMMARY, Container, Docker, run_container
-
-pytestmark = pytest.mark.image
 
 # docker stop's grace: more than the app's SHUTDOWN_DRAIN_SECONDS (5) + SHUTDOWN_GRACE_SECONDS (20).
 STOP_TIMEOUT = 40
 START_TIMEOUT = 240.0  # cold start on 2 shared cores: imports + model download + smoke prediction
-
-
-def example_rows(model_dir: Path, n: int) -> list[dict[str, float]]:
-    """Rows from the model's own input example (pandas split orient)."""
-    example = json.loads((model_dir / "input_example.json").read_text())
-    base = dict(zip(example["columns"], example["data"][0], strict=True))
-    return [{k: v * (1 + 0.001 * i) for k, v in base.items()} for i in range(n)]
 
 
 def _status(url: str) -> int | None:
@@ -39,15 +31,13 @@ def _status(url: str) -> int | None:
 
 
 def _wait(predicate, timeout: float, what: str, container: Container, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def running_and():  # type: ignore[no-untyped-def]
         result = predicate()
-        if result:
-            return result
-        if not container.state()["Running"]:
+        if not result and not container.state()["Running"]:
             raise AssertionError(f"container exited while waiting for {what}:\n{container.logs()}")
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout:.0f}s:\n{container.logs()}")
+        return result
+
+    return wait_until(running_and, timeout, what, interval, container.logs)
 
 
 def _wait_healthy(container: Container) -> None:
@@ -111,7 +101,7 @@ def _load_until_closed(
 
 
 def exercise(
-    docker: Docker, container: Container, model_dir: Path, name: str, version: str, label: str
+    docker: Docker, container: Container, model_dir: Path, model: RegisteredModel, label: str
 ) -> None:
     started = time.monotonic()
 
@@ -128,11 +118,11 @@ def exercise(
         "/health only answered once the model was loaded"
     )
 
-    rows = example_rows(model_dir, 3)
+    rows = from_model_dir(model_dir, 3, step=0.001)
     response = httpx.post(container.url("/predict"), json={"instances": rows}, timeout=30)
     assert response.status_code == 200, response.text
     body = response.json()
-    assert body["model"] == {"name": name, "version": version}
+    assert body["model"] == {"name": model.name, "version": model.version}
     assert len(body["predictions"]) == 3
     for prediction in body["predictions"]:
         assert prediction["class"] in {"benign", "malignant"}
@@ -149,7 +139,7 @@ def exercise(
         target=_load_until_closed,
         args=(
             container.url("/predict"),
-            {"instances": example_rows(model_dir, 200)},
+            {"instances": from_model_dir(model_dir, 200, step=0.001)},
             stop_sent,
             result,
             time.monotonic() + STOP_TIMEOUT + 30,
@@ -191,14 +181,7 @@ def test_runs_against_the_mlflow_server(
         "MLFLOW_TRACKING_URI": registered_model.tracking_uri,
     }
     with run_container(docker, image, env) as container:
-        exercise(
-            docker,
-            container,
-            local_model_dir,
-            registered_model.name,
-            registered_model.version,
-            "from MLflow",
-        )
+        exercise(docker, container, local_model_dir, registered_model, "from MLflow")
 
 
 def test_runs_with_a_baked_in_model_and_no_tracking_server(
@@ -210,14 +193,7 @@ def test_runs_with_a_baked_in_model_and_no_tracking_server(
     assert "MLFLOW_TRACKING_URI" not in env
     assert config["Labels"]["org.ml-service.model.version"] == registered_model.version
     with run_container(docker, baked_image, {}) as container:
-        exercise(
-            docker,
-            container,
-            local_model_dir,
-            registered_model.name,
-            registered_model.version,
-            "baked",
-        )
+        exercise(docker, container, local_model_dir, registered_model, "baked")
 
 
 def test_baked_image_needs_no_network(docker: Docker, baked_image: str):

@@ -14,8 +14,6 @@ from support.mlflow_platform import Credentials, Minio, PlatformToolMissingError
 
 from .conftest import UID_GID, Docker
 
-pytestmark = pytest.mark.image
-
 SCRIPT = """
 import hashlib, json, pathlib, boto3, mlflow.artifacts
 path = pathlib.Path(mlflow.artifacts.download_artifacts(artifact_uri="s3://mlflow/models/m1",

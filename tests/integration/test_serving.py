@@ -19,15 +19,8 @@ from support.app_server import AppServer, app_server
 from support.mlflow import MlflowServer, RegisteredModel
 from support.mlflow import mlflow_server as start_mlflow_server
 from support.net import free_port
-
-pytestmark = pytest.mark.integration
-
-
-def example_rows(app: AppServer, n: int = 3) -> list[dict[str, float]]:
-    """Rows built from the model's own input example (shown in /openapi.json)."""
-    schema = httpx.get(app.url("/openapi.json")).json()
-    example = schema["components"]["schemas"]["Instance"]["examples"][0]
-    return [{k: v * (1 + 0.01 * i) for k, v in example.items()} for i in range(n)]
+from support.poll import wait_until
+from support.rows import from_app
 
 
 def local_probabilities(model_dir: Path, rows: list[dict[str, float]]) -> np.ndarray:
@@ -57,7 +50,7 @@ def test_serves_registered_version(
     assert set(info["classes"]) == {"benign", "malignant"}
     assert info["trained_with"]["scikit-learn"]
 
-    rows = example_rows(served_model)
+    rows = from_app(served_model)
     r = httpx.post(served_model.url("/predict"), json={"instances": rows})
     assert r.status_code == 200, r.text
     body = r.json()
@@ -85,7 +78,7 @@ def test_serves_by_alias(registered_model: RegisteredModel, tmp_path: Path) -> N
         info = httpx.get(app.url("/model")).json()
         assert info["alias"] == registered_model.alias
         assert info["version"] == registered_model.version
-        r = httpx.post(app.url("/predict"), json={"instances": example_rows(app, 1)})
+        r = httpx.post(app.url("/predict"), json={"instances": from_app(app, 1)})
         assert r.status_code == 200, r.text
         assert r.json()["model"]["version"] == registered_model.version
 
@@ -106,13 +99,13 @@ def test_late_tracking_server_is_picked_up(
         MODEL_LOAD_BACKOFF_MAX_SECONDS=1,
     ) as app:
         assert httpx.get(app.url("/health")).status_code == 200
-        deadline = time.monotonic() + 60
-        while True:  # at least two failed attempts, so the retry loop is really exercised
-            metrics = httpx.get(app.url("/metrics")).text
-            if _sample(metrics, "mlservice_model_load_failures_total") >= 2:
-                break
-            assert time.monotonic() < deadline, app.log_tail()
-            time.sleep(0.2)
+        # at least two failed attempts, so the retry loop is really exercised
+        wait_until(
+            lambda: _sample(httpx.get(app.url("/metrics")).text,
+                            "mlservice_model_load_failures_total") >= 2,
+            60, "two failed load attempts", 0.2, app.log_tail,
+        )  # fmt: skip
+        metrics = httpx.get(app.url("/metrics")).text
         ready = httpx.get(app.url("/ready"))
         assert ready.status_code == 503
         assert ready.headers["retry-after"].isdigit()
@@ -199,7 +192,7 @@ CASES = [
 
 @pytest.mark.parametrize("case", CASES)
 def test_bad_input_status(strict_app: AppServer, case: str) -> None:
-    row = example_rows(strict_app, 1)[0]
+    row = from_app(strict_app, 1)[0]
     kwargs, status = _bad_cases(row)[case]
     if "raw" in kwargs:
         kwargs = {"content": kwargs["raw"], "headers": {"content-type": "application/json"}}
@@ -211,7 +204,7 @@ def test_bad_input_status(strict_app: AppServer, case: str) -> None:
 
 
 def test_missing_and_unknown_fields_are_named(strict_app: AppServer) -> None:
-    row = example_rows(strict_app, 1)[0]
+    row = from_app(strict_app, 1)[0]
     first = next(iter(row))
     bad = {**{k: v for k, v in row.items() if k != first}, "bogus_feature": 1.0}
     detail = httpx.post(strict_app.url("/predict"), json={"instances": [bad]}).json()["detail"]
@@ -251,7 +244,7 @@ def test_chunked_body_over_limit_is_413(strict_app: AppServer) -> None:
 
 
 def test_mlflow_client_payloads(strict_app: AppServer) -> None:
-    rows = example_rows(strict_app, 2)
+    rows = from_app(strict_app, 2)
     names = list(rows[0])
     expected = httpx.post(strict_app.url("/predict"), json={"instances": rows}).json()
     labels = [p["class"] for p in expected["predictions"]]
@@ -281,7 +274,7 @@ def test_sigterm_during_burst_loses_no_request(local_model_dir: Path, tmp_path: 
         SHUTDOWN_DRAIN_SECONDS=3,
         SHUTDOWN_GRACE_SECONDS=20,
     ) as app:
-        rows = example_rows(app, 100)
+        rows = from_app(app, 100)
         stop = threading.Event()
         results: list[int | str] = []
         lock = threading.Lock()

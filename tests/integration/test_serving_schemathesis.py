@@ -7,10 +7,7 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 from support.app_server import app_server
-
-pytestmark = pytest.mark.integration
 
 
 def test_schemathesis_finds_no_server_errors(local_model_dir: Path, tmp_path: Path) -> None:

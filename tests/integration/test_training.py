@@ -21,8 +21,6 @@ from ml_service.model_format import (
 from ml_service.training.train import load_dataset
 from support.mlflow import MlflowServer, RegisteredModel, mlflow_env, run_training, train
 
-pytestmark = pytest.mark.integration
-
 HYPER_PARAMS = {
     "seed", "test_size", "learning_rate", "max_iter", "max_leaf_nodes", "max_depth",
     "min_samples_leaf", "l2_regularization", "class_weight", "drift_bins",

@@ -56,11 +56,20 @@ def http() -> Iterator[httpx.Client]:
         yield client
 
 
-def _tool(factory):
+@contextlib.contextmanager
+def _running(factory):  # type: ignore[no-untyped-def]
+    """A platform process (Postgres, MinIO) from `factory`: started, its log kept for the
+    sentinel test, cleaned up afterwards; a missing binary fails the test."""
     try:
-        return factory()
+        server = factory()
     except PlatformToolMissingError as exc:
         pytest.fail(str(exc))
+    LOG_DIRS.append(server.log_path)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.cleanup()
 
 
 @pytest.fixture(scope="session")
@@ -77,25 +86,15 @@ def creds() -> Credentials:
 
 @pytest.fixture(scope="session")
 def postgres(creds: Credentials) -> Iterator[Postgres]:
-    pg = _tool(lambda: Postgres(creds))
-    LOG_DIRS.append(pg.log_path)
-    try:
-        pg.start()
+    with _running(lambda: Postgres(creds)) as pg:
         yield pg
-    finally:
-        pg.cleanup()
 
 
 @pytest.fixture(scope="session")
 def minio(creds: Credentials) -> Iterator[Minio]:
-    server = _tool(lambda: Minio(creds))
-    LOG_DIRS.append(server.log_path)
-    try:
-        server.start()
+    with _running(lambda: Minio(creds)) as server:
         server.client().create_bucket(Bucket=BUCKET)
         yield server
-    finally:
-        server.cleanup()
 
 
 @contextlib.contextmanager
@@ -160,18 +159,6 @@ def registry_client(server: PlatformServer, monkeypatch: pytest.MonkeyPatch):
 def ready_body(app: AppServer, http: httpx.Client) -> tuple[int, dict]:
     r = http.get(app.url("/ready"))
     return r.status_code, r.json()
-
-
-def wait_for(predicate, timeout: float, interval: float = 0.5, what: str = "condition"):
-    """Poll `predicate` until it returns a truthy value (returned); AssertionError on timeout."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"{what} not reached within {timeout:.0f}s (last: {last!r})")
 
 
 def dump(obj) -> str:

@@ -7,16 +7,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 
 import pytest
 import yaml
-from support import kube
-
-pytestmark = pytest.mark.platform
+from support import kube, tools
 
 CHART = kube.ROOT / "charts" / "mlflow-platform"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
@@ -24,14 +21,9 @@ RENDERINGS = {"defaults": [], **{f"ci/{p.name}": [p] for p in CI_VALUES}}
 HELMS = {"helm3": kube.HELM, "helm4": kube.HELM4}
 NAMESPACE = "mlflow"
 PSACHECK = kube.TOOLS / "bin" / "psacheck"
-CHECKOV = kube.TOOLS / "checkov" / "bin" / "checkov"
 
 
-def tool(path: Path) -> Path:
-    try:
-        return kube.require(path)
-    except kube.ToolMissingError as err:
-        pytest.fail(str(err))
+tool = partial(tools.tool, setup="setup-chart")
 
 
 @cache
@@ -83,14 +75,7 @@ def test_helm_unittest_suites():
 
 def test_helm_unittest_can_fail(tmp_path: Path):
     tool(kube.HELM)
-    chart = tmp_path / "mlflow-platform"
-    shutil.copytree(CHART, chart, ignore=shutil.ignore_patterns("tests"))
-    (chart / "tests").mkdir()
-    (chart / "tests" / "canary_test.yaml").write_text(
-        "suite: canary\ntemplates: [templates/mlflow-service.yaml]\ntests:\n"
-        "  - it: fails\n    asserts:\n      - equal: {path: spec.type, value: NodePort}\n"
-    )
-    proc = kube.run_helm(["unittest", "--color=false", str(chart)])
+    proc = kube.failing_unittest(CHART, "templates/mlflow-service.yaml", tmp_path)
     assert proc.returncode != 0 and "1 failed" in proc.stdout, proc.stdout
 
 
@@ -173,29 +158,20 @@ CHECKOV_SKIPS = {
 
 @pytest.fixture(scope="module")
 def checkov_report(tmp_path_factory) -> dict[str, list[dict]]:
-    out = tmp_path_factory.mktemp("checkov-platform")
-    for i, rendering in enumerate(RENDERINGS):
-        (out / f"rendering{i}.yaml").write_text(rendered(rendering))
-    proc = subprocess.run(
-        [tool(CHECKOV), "--skip-download", "--framework", "kubernetes", "--quiet", "--compact",
-         "-o", "json", "-d", str(out), "--skip-check", ",".join(CHECKOV_SKIPS)],
-        capture_output=True, text=True, check=False, timeout=900,
-    )  # fmt: skip
-    assert proc.stdout.strip(), proc.stderr
-    report = json.loads(proc.stdout)
-    report = report[0] if isinstance(report, list) else report
-    assert report["summary"]["passed"] > 0, report["summary"]
+    tool(kube.CHECKOV)
+    failed = kube.checkov_failed_checks(
+        {rendering: rendered(rendering) for rendering in RENDERINGS},
+        tmp_path_factory.mktemp("checkov-platform"),
+        CHECKOV_SKIPS,
+    )
     failures: dict[str, list[dict]] = {}
-    for i, rendering in enumerate(RENDERINGS):
+    for rendering, checks in failed.items():
         scoped = set()
         if "digests" not in rendering:
             scoped.add("CKV_K8S_43")  # no digest in this rendering; release values set them
         if "external" in rendering:
             scoped.add("CKV2_K8S_6")  # networkPolicy.enabled is false in this rendering
-        failures[rendering] = [
-            c for c in report["results"]["failed_checks"]
-            if Path(c["file_path"]).name == f"rendering{i}.yaml" and c["check_id"] not in scoped
-        ]  # fmt: skip
+        failures[rendering] = [c for c in checks if c["check_id"] not in scoped]
     return failures
 
 

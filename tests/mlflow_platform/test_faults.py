@@ -29,11 +29,11 @@ from support.mlflow_platform import (
     sentinel,
     service_user,
 )
+from support.poll import wait_until
+from support.rows import from_app
 
-from .conftest import EXTRA_SECRETS, dump, record, registry_client, wait_for
-from .test_serving import example_rows, model_objects
-
-pytestmark = pytest.mark.platform
+from .conftest import EXTRA_SECRETS, dump, record, registry_client
+from .test_serving import model_objects
 
 REASONS = {
     "starting",
@@ -67,7 +67,7 @@ def failing_with(app: AppServer, http: httpx.Client, reason: str, timeout: float
         body = r.json()
         return body if body.get("attempts", 0) >= 2 and body.get("reason") != "starting" else None
 
-    wait_for(check, timeout, what=f"two failed load attempts\n{app.log_tail()}")
+    wait_until(check, timeout, "two failed load attempts", 0.5, app.log_tail)
     body = not_ready(app, http)
     assert body["reason"] == reason, f"{dump(body)}\n{app.log_tail()}"
     return body
@@ -113,7 +113,7 @@ def test_database_restart_while_serving(
     params = {"name": proxied_model.name}
     with serve(proxied_server, proxied_model.alias_uri, logs_dir) as app:
         app.wait_ready()
-        rows = example_rows(app, http)
+        rows = from_app(app, http=http)
         statuses: list[int] = []
         stop = threading.Event()
 
@@ -149,10 +149,11 @@ def test_database_restart_while_serving(
         assert http.get(app.url("/ready")).status_code == 200
 
     # MLflow reconnects (its pool pings connections before use) and a new instance loads again.
-    wait_for(
+    wait_until(
         lambda: http.get(registry, params=params, auth=auth).status_code == 200,
         60,
-        what="the tracking server answering again",
+        "the tracking server answering again",
+        0.5,
     )
     with serve(proxied_server, proxied_model.model_uri, logs_dir) as app:
         app.wait_ready()
@@ -177,7 +178,7 @@ def test_artifact_store_down_when_the_app_starts(
             assert blocked.status_code == 503 and "retry-after" in blocked.headers
             minio.start()
             app.wait_ready(timeout=180)
-            rows = example_rows(app, http)
+            rows = from_app(app, http=http)
             r = http.post(app.url("/predict"), json={"instances": rows})
             assert r.status_code == 200, r.text
             assert r.json()["model"]["version"] == model.version
@@ -251,7 +252,7 @@ def test_half_uploaded_version_is_refused_and_old_instances_keep_serving(
     try:
         with serve(proxied_server, f"models:/{name}@{alias}", logs_dir) as old:
             old.wait_ready()
-            rows = example_rows(old, http)
+            rows = from_app(old, http=http)
             # A new version whose files stopped uploading half-way, then the alias moved to it.
             # (inside the run's artifact directory: MLflow checks a version's source is its run's)
             run_root = client.get_run(proxied_model.run_id).info.artifact_uri

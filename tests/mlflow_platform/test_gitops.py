@@ -11,15 +11,13 @@ import pytest
 import yaml
 from support import kube
 
-pytestmark = pytest.mark.platform
-
 ROOT = kube.ROOT
 APP_FILE = ROOT / "argocd" / "apps" / "mlflow-platform.yaml"
 ENVIRONMENTS = ("dev", "staging", "prod")
 
 
 def load_all(path) -> list[dict]:
-    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+    return kube.load_documents(path.read_text())
 
 
 def application() -> dict:

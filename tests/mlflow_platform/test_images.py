@@ -6,32 +6,19 @@ run them.)"""
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 
-import pytest
 import yaml
 from support import kube
-
-pytestmark = pytest.mark.platform
+from support.tools import hadolint_problems, tool
 
 ROOT = kube.ROOT
 DOCKERFILE = ROOT / "platform.Dockerfile"
 ENTRYPOINT = ROOT / "scripts" / "docker" / "postgres-entrypoint.sh"
-HADOLINT = ROOT / ".tools" / "hadolint" / "bin" / "hadolint"
 
 
 def test_hadolint_passes_with_every_ignore_justified():
-    if not HADOLINT.exists():
-        pytest.fail(f"{HADOLINT} missing: run `make setup`")
-    proc = subprocess.run([str(HADOLINT), "--no-color", DOCKERFILE.name], cwd=ROOT,
-                          capture_output=True, text=True, check=False)  # fmt: skip
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    lines = DOCKERFILE.read_text().splitlines()
-    for number, line in enumerate(lines):
-        if "hadolint ignore=" in line:
-            above = lines[number - 1].strip()
-            assert above.startswith("#") and "hadolint" not in above, f"line {number + 1}"
+    assert not (problems := hadolint_problems(DOCKERFILE)), "\n".join(problems)
 
 
 def test_targets_run_unprivileged():
@@ -43,11 +30,8 @@ def test_targets_run_unprivileged():
 
 
 def test_entrypoint_passes_shellcheck():
-    shellcheck = shutil.which("shellcheck")
-    if shellcheck is None:
-        pytest.fail("shellcheck missing: run `make setup` (setup-gitops installs it)")
-    proc = subprocess.run([shellcheck, str(ENTRYPOINT)], capture_output=True, text=True,
-                          check=False)  # fmt: skip
+    proc = subprocess.run([tool("shellcheck", "setup-gitops"), str(ENTRYPOINT)],
+                          capture_output=True, text=True, check=False)  # fmt: skip
     assert proc.returncode == 0, proc.stdout
 
 

@@ -22,11 +22,10 @@ from support.mlflow_platform import (
     Postgres,
     platform_mlflow_server,
 )
+from support.rows import from_app
 
 from .conftest import registry_client
-from .test_serving import example_rows, model_objects, s3_probabilities
-
-pytestmark = pytest.mark.platform
+from .test_serving import model_objects, s3_probabilities
 
 ROOT = Path(__file__).resolve().parents[2]
 MLFLOW = str(Path(sys.executable).with_name("mlflow"))
@@ -103,7 +102,7 @@ def test_sqlite_store_migrates_to_postgresql_and_s3(
                 old.run_id,
                 "champion",
             )
-            rows = example_rows(app, http)
+            rows = from_app(app, http=http)
             r = http.post(app.url("/predict"), json={"instances": rows})
             assert r.status_code == 200, r.text
             expected = s3_probabilities(minio, migrated, rows)

@@ -16,10 +16,11 @@ import pytest
 from support.app_server import AppServer, app_server
 from support.mlflow import RegisteredModel
 from support.mlflow_platform import Credentials, PlatformServer, sentinel
+from support.poll import wait_until
 
-from .conftest import EXTRA_SECRETS, LOG_DIRS, RESPONSES, wait_for
+from .conftest import EXTRA_SECRETS, LOG_DIRS, RESPONSES
 
-pytestmark = [pytest.mark.platform, pytest.mark.runs_last]
+pytestmark = pytest.mark.runs_last
 
 
 def probe(app: AppServer, http: httpx.Client) -> None:
@@ -78,14 +79,16 @@ def test_no_secret_in_any_response_or_log(
             if ready:
                 app.wait_ready()
             else:
-                wait_for(lambda app=app: http.get(app.url("/ready")).json().get("attempts", 0) >= 2,
-                         120, what="two failed attempts")  # fmt: skip
+                wait_until(
+                    lambda app=app: http.get(app.url("/ready")).json().get("attempts", 0) >= 2,
+                    120, "two failed attempts", 0.5, app.log_tail,
+                )  # fmt: skip
             probe(app, http)
     # Credentials in the tracking URI's userinfo: the app redacts them from every log line.
     with app_server(model_uri=proxied_model.model_uri, tracking_uri=userinfo_uri,
                     log_dir=logs_dir) as app:  # fmt: skip
-        wait_for(lambda: http.get(app.url("/ready")).json().get("attempts", 0) >= 1, 120,
-                 what="a first load attempt")  # fmt: skip
+        wait_until(lambda: http.get(app.url("/ready")).json().get("attempts", 0) >= 1, 120,
+                   "a first load attempt", 0.5, app.log_tail)  # fmt: skip
         probe(app, http)
 
     secrets = {**creds.values(), **{f"wrong-{i}": s for i, s in enumerate(EXTRA_SECRETS)}}

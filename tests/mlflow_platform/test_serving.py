@@ -9,13 +9,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from support.app_server import AppServer, app_server
+from support.app_server import app_server
 from support.mlflow import RegisteredModel
 from support.mlflow_platform import BUCKET, Minio, PlatformServer, Postgres
+from support.rows import from_app
 
 from .conftest import dump
-
-pytestmark = pytest.mark.platform
 
 
 def s3_objects(minio: Minio, prefix: str) -> dict[str, int]:
@@ -63,12 +62,6 @@ def s3_probabilities(minio: Minio, objects: dict[str, int], rows: list[dict]) ->
     return estimator.predict_proba(pd.DataFrame(rows)[list(estimator.feature_names_in_)])
 
 
-def example_rows(app: AppServer, http: httpx.Client, n: int = 3) -> list[dict[str, float]]:
-    example = http.get(app.url("/openapi.json")).json()["components"]["schemas"]["Instance"]
-    row = example["examples"][0]
-    return [{k: v * (1 + 0.01 * i) for k, v in row.items()} for i in range(n)]
-
-
 def test_backend_store_is_postgresql(postgres: Postgres, platform):
     server, model = platform
     rows = postgres.execute(
@@ -112,7 +105,7 @@ def test_serves_from_s3(minio: Minio, platform, by: str, http: httpx.Client, log
         assert ready.status_code == 200
         assert ready.json()["model"] == {"name": model.name, "version": model.version}
 
-        rows = example_rows(app, http)
+        rows = from_app(app, http=http)
         r = http.post(app.url("/predict"), json={"instances": rows})
         assert r.status_code == 200, r.text
         body = r.json()

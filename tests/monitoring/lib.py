@@ -4,12 +4,11 @@ Prometheus process."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
-import shutil
 import subprocess
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,10 @@ from pathlib import Path
 import httpx
 import pytest
 import yaml
+from support import tools
 from support.kube import HelmError, load_documents, run_helm, template_args
 from support.net import free_port, wait_http
+from support.poll import wait_until
 from support.procs import spawn, stop_group, tail
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,12 +32,7 @@ KPS_METRICS = HERE / "kube_prometheus_stack_metrics.txt"
 RELEASE, NAMESPACE = "ml-service", "ml"
 
 
-def tool(name: str) -> str:
-    """A pinned tool from .tools/bin, else from PATH (promtool/prometheus come from apt)."""
-    for candidate in (TOOLS / "bin" / name, shutil.which(name)):
-        if candidate and Path(candidate).exists():
-            return str(candidate)
-    pytest.fail(f"`{name}` not found: run `make setup` (or `make setup-monitoring`)")
+tool = functools.partial(tools.tool, setup="setup-monitoring")
 
 
 def node_modules() -> Path:
@@ -228,17 +224,8 @@ class Prometheus:
         return httpx.get(f"{self.url}/api/v1/targets", timeout=10).json()["data"]["activeTargets"]
 
     def wait_for(self, what: str, predicate, timeout: float = 30.0, interval: float = 0.5):
-        deadline = time.monotonic() + timeout
-        last = None
-        while time.monotonic() < deadline:
-            last = predicate()
-            if last:
-                return last
-            time.sleep(interval)
-        raise AssertionError(
-            f"timed out after {timeout:.0f}s waiting for {what} (last: {last!r})"
-            f"\nprometheus log:\n{tail(self.log_path, 2000)}"
-        )
+        return wait_until(predicate, timeout, what, interval,
+                          lambda: f"prometheus log:\n{tail(self.log_path, 2000)}")  # fmt: skip
 
 
 @contextlib.contextmanager

@@ -10,13 +10,10 @@ import math
 import subprocess
 from pathlib import Path
 
-import pytest
 import yaml
 from support.kube import load_documents, run_helm, template_args
 
 from .lib import CHART, NAMESPACE, RELEASE, nest, tool
-
-pytestmark = pytest.mark.monitoring
 
 CANARY, STABLE = "c1", "s1"
 VALUES = {

@@ -26,8 +26,6 @@ from .lib import (
     tool,
 )
 
-pytestmark = pytest.mark.monitoring
-
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 
 

@@ -25,7 +25,7 @@ from support.app_server import app_server
 
 from .lib import ROOT
 
-pytestmark = [pytest.mark.monitoring, pytest.mark.bench, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 # `make bench-drift` raises it for the reported figure; `make test` only needs a smoke run.
 REQUESTS = int(os.environ.get("DRIFT_BENCH_REQUESTS", "300"))

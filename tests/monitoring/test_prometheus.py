@@ -29,7 +29,7 @@ from .lib import (
     write_rules,
 )
 
-pytestmark = [pytest.mark.monitoring, pytest.mark.timeout(600)]
+pytestmark = pytest.mark.timeout(600)
 
 # Short windows so that minutes of production behaviour fit in seconds; thresholds unchanged.
 FAST_RULES = {

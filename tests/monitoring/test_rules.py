@@ -12,8 +12,6 @@ import yaml
 
 from .lib import HERE, NAMESPACE, RELEASE, render_rule_groups, rules_of, tool, write_rules
 
-pytestmark = pytest.mark.monitoring
-
 UNIT_TESTS = HERE / "rules_test.yaml"
 # What delivery.strategy canary changes in the rules, tested on that rendering.
 CANARY_UNIT_TESTS = HERE / "rules_canary_test.yaml"

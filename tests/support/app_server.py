@@ -5,7 +5,7 @@
         httpx.post(app.url("/predict"), json=...)
 
 Used by the serving, monitoring, image and benchmark tiers; `served_model` is a ready server
-for the session's registered model.
+for the session's registered model; `wait_client_ready` waits for an in-process app (TestClient).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import pytest
 
 from .mlflow import QUIET_MLFLOW_ENV, RegisteredModel
 from .net import free_port, wait_http
+from .poll import wait_until
 from .procs import spawn, stop_group, tail
 
 
@@ -42,16 +43,19 @@ class AppServer:
         return tail(self.log_path, chars)
 
     def wait_ready(self, timeout: float = 120.0) -> None:
-        try:
-            wait_http(self.url("/ready"), timeout=timeout, proc=self.process)
-        except (RuntimeError, TimeoutError) as exc:
-            raise AssertionError(f"app never became ready: {exc}\n{self.log_tail()}") from exc
+        wait_http(self.url("/ready"), timeout=timeout, proc=self.process, log=self.log_path)
 
     def terminate(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int:
         """Send `sig` to the app only (not its group) and return its exit code."""
         with contextlib.suppress(ProcessLookupError):
             self.process.send_signal(sig)
         return self.process.wait(timeout=timeout)
+
+
+def wait_client_ready(client, timeout: float = 60.0) -> None:  # type: ignore[no-untyped-def]
+    """The in-process app behind a TestClient has its model loaded: /ready answers 200."""
+    wait_until(lambda: client.get("/ready").status_code == 200, timeout, "/ready answering 200",
+               0.05, lambda: client.get("/ready").text)  # fmt: skip
 
 
 def app_env(
@@ -113,10 +117,7 @@ def app_server(
     )
     server = AppServer(f"http://127.0.0.1:{port}", port, log_path, proc)
     try:
-        try:
-            wait_http(server.url("/health"), timeout=timeout, proc=proc)
-        except (RuntimeError, TimeoutError) as exc:
-            raise AssertionError(f"app did not start: {exc}\n{server.log_tail()}") from exc
+        wait_http(server.url("/health"), timeout=timeout, proc=proc, log=log_path)
         if wait_ready:
             server.wait_ready(timeout=max(timeout, 120.0))
         yield server

@@ -17,6 +17,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -150,6 +151,52 @@ def load_documents(text: str) -> list[dict]:
     import yaml
 
     return [d for d in yaml.safe_load_all(text) if d is not None]
+
+
+CHECKOV = TOOLS / "checkov" / "bin" / "checkov"
+
+
+def checkov_failed_checks(
+    renderings: dict[str, str], out_dir: Path, skip: Iterable[str]
+) -> dict[str, list[dict]]:
+    """One checkov run over rendered manifests (id -> YAML, a file each, in `out_dir`), with the
+    checks in `skip` off everywhere: the failed checks of each rendering. An empty or all-failing
+    report is an error (checkov checked nothing)."""
+    files = {}
+    for i, (rid, text) in enumerate(renderings.items()):
+        files[rid] = Path(out_dir) / f"rendering{i}.yaml"
+        files[rid].write_text(text)
+    proc = subprocess.run(
+        [str(require(CHECKOV)), "--skip-download", "--framework", "kubernetes", "--quiet",
+         "--compact", "-o", "json", "-d", str(out_dir), "--skip-check", ",".join(skip)],
+        capture_output=True, text=True, check=False, timeout=900,
+    )  # fmt: skip
+    if not proc.stdout.strip():
+        raise RuntimeError(f"checkov printed no report: {proc.stderr}")
+    report = json.loads(proc.stdout)
+    report = report[0] if isinstance(report, list) else report
+    if not report["summary"]["passed"] > 0:
+        raise RuntimeError(f"checkov passed no check: {report['summary']}")
+    failed = report["results"]["failed_checks"]
+    return {
+        rid: [c for c in failed if Path(c["file_path"]).name == path.name]
+        for rid, path in files.items()
+    }
+
+
+def failing_unittest(chart: Path, template: str, work: Path) -> subprocess.CompletedProcess:
+    """`helm unittest` over a copy of `chart` (other runs share the work tree) whose one suite
+    expects `template`'s Service to be a NodePort, which it is not: the run must fail."""
+    import shutil
+
+    copy = Path(work) / Path(chart).name
+    shutil.copytree(chart, copy, ignore=shutil.ignore_patterns("tests"))
+    (copy / "tests").mkdir()
+    (copy / "tests" / "canary_test.yaml").write_text(
+        f"suite: canary\ntemplates: [{template}]\ntests:\n"
+        "  - it: fails\n    asserts:\n      - equal: {path: spec.type, value: NodePort}\n"
+    )
+    return run_helm(["unittest", "--color=false", str(copy)])
 
 
 @dataclass(frozen=True)

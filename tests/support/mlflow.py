@@ -84,10 +84,7 @@ def mlflow_server(
     proc = spawn(cmd, log_path=log_path, env=mlflow_env(), cwd=data_dir)
     server = MlflowServer(f"http://127.0.0.1:{port}", port, data_dir, log_path, proc)
     try:
-        try:
-            wait_http(f"{server.tracking_uri}/health", timeout=timeout, proc=proc)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"mlflow server did not start: {exc}\n{server.log_tail()}") from exc
+        wait_http(f"{server.tracking_uri}/health", timeout=timeout, proc=proc, log=log_path)
         yield server
     finally:
         stop_group(proc)
@@ -166,12 +163,7 @@ def scoring_server(
     proc = spawn(cmd, log_path=log_path, env=mlflow_env(PATH=path, **env))
     server = ScoringServer(f"http://127.0.0.1:{port}", port, log_path, proc)
     try:
-        try:
-            wait_http(server.url("/ping"), timeout=timeout, proc=proc)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(
-                f"mlflow models serve did not start: {exc}\n{server.log_tail()}"
-            ) from exc
+        wait_http(server.url("/ping"), timeout=timeout, proc=proc, log=log_path)
         yield server
     finally:
         stop_group(proc)

@@ -26,13 +26,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .mlflow import QUIET_MLFLOW_ENV, MlflowServer
 from .net import free_port, wait_http
+from .poll import wait_until
 from .procs import spawn, stop_group, tail
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -219,20 +219,16 @@ class Postgres:
     def wait_ready(self, timeout: float = 60.0) -> None:
         import psycopg
 
-        deadline = time.monotonic() + timeout
-        last: Exception | None = None
-        while time.monotonic() < deadline:
+        def accepting() -> bool:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(
                     f"postgres exited ({self.process.returncode}):\n{self.log_tail()}"
                 )
-            try:
-                psycopg.connect(self.dsn("postgres"), connect_timeout=2).close()
-                return
-            except psycopg.OperationalError as exc:
-                last = exc
-                time.sleep(0.2)
-        raise TimeoutError(f"postgres not ready in {timeout:.0f}s: {last}\n{self.log_tail()}")
+            psycopg.connect(self.dsn("postgres"), connect_timeout=2).close()
+            return True
+
+        wait_until(accepting, timeout, "postgres accepting connections", 0.2, self.log_tail,
+                   retry=(psycopg.OperationalError,), error=TimeoutError)  # fmt: skip
 
     def dsn(self, database: str) -> str:
         return (
@@ -320,10 +316,8 @@ class Minio:
         ]  # fmt: skip
         self.process = spawn(cmd, log_path=self.log_path, env=env, cwd=self.root,
                              **_as_user(self.user))  # fmt: skip
-        try:
-            wait_http(f"{self.endpoint}/minio/health/ready", timeout=timeout, proc=self.process)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"minio did not start: {exc}\n{self.log_tail()}") from exc
+        wait_http(f"{self.endpoint}/minio/health/ready", timeout=timeout, proc=self.process,
+                  log=self.log_path)  # fmt: skip
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
@@ -426,10 +420,7 @@ def platform_mlflow_server(
     server = PlatformServer(url, port, data_dir, log_path, proc, mode, artifact_uri, auth,
                             client_env)  # fmt: skip
     try:
-        try:
-            wait_http(f"{url}/health", timeout=timeout, proc=proc)
-        except (RuntimeError, TimeoutError) as exc:
-            raise RuntimeError(f"mlflow server did not start: {exc}\n{server.log_tail()}") from exc
+        wait_http(f"{url}/health", timeout=timeout, proc=proc, log=log_path)
         yield server
     finally:
         stop_group(proc)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
+
+from .poll import wait_until
+from .procs import tail
 
 
 def free_port() -> int:
@@ -23,23 +26,31 @@ def wait_http(
     proc: subprocess.Popen | None = None,
     status: int = 200,
     interval: float = 0.2,
+    log: os.PathLike | str | None = None,
 ) -> None:
-    """Poll `url` until it answers `status`; fail early if `proc` exits meanwhile."""
-    deadline = time.monotonic() + timeout
-    last: object = None
-    while time.monotonic() < deadline:
+    """Poll `url` until it answers `status`: RuntimeError at once if `proc` exits meanwhile,
+    TimeoutError after `timeout`; both end with the tail of `log` (the process's log) if given."""
+    last: list[object] = [None]
+
+    def answered() -> bool:
         if proc is not None and proc.poll() is not None:
-            raise RuntimeError(f"process exited with {proc.returncode} before {url} was up")
+            raise RuntimeError(
+                f"process exited with {proc.returncode} before {url} was up{_tail(log)}"
+            )
         try:
             with urllib.request.urlopen(url, timeout=2) as resp:
-                if resp.status == status:
-                    return
-                last = resp.status
+                last[0] = resp.status
         except urllib.error.HTTPError as exc:
-            if exc.code == status:
-                return
-            last = exc.code
+            last[0] = exc.code
         except (OSError, urllib.error.URLError) as exc:
-            last = exc
-        time.sleep(interval)
-    raise TimeoutError(f"{url} did not answer {status} within {timeout:.0f}s (last: {last!r})")
+            last[0] = exc
+        return last[0] == status
+
+    wait_until(
+        answered, timeout, f"{url} answering {status}", interval,
+        lambda: f"last answer: {last[0]!r}{_tail(log)}", error=TimeoutError,
+    )  # fmt: skip
+
+
+def _tail(log: os.PathLike | str | None) -> str:
+    return f"\n{tail(log)}" if log is not None else ""

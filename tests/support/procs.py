@@ -18,15 +18,16 @@ def spawn(cmd: list[str], *, log_path: os.PathLike | str, **kwargs) -> subproces
     )
 
 
-def stop_group(proc: subprocess.Popen, timeout: float = 15.0) -> None:
-    """SIGTERM the process group, then SIGKILL what is left (MLflow workers outlive the parent)."""
+def stop_group(proc: subprocess.Popen, timeout: float = 15.0, children_grace: float = 5.0) -> None:
+    """SIGTERM the process group, then SIGKILL what is left (MLflow workers outlive the parent):
+    the leader gets `timeout` seconds to exit, then its children `children_grace` more."""
     pgid = proc.pid  # start_new_session makes the child the group leader
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         proc.wait(timeout=timeout)
     # Children may still be alive even when the leader has exited.
-    deadline = time.monotonic() + 5
+    deadline = time.monotonic() + children_grace
     while time.monotonic() < deadline:
         try:
             os.killpg(pgid, 0)

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,6 +16,8 @@ from ml_service.serving.app import create_app
 from ml_service.serving.metrics import LOOP_ROWS, SCORE_BINS, ServiceMetrics, new_registry
 from ml_service.serving.settings import Settings
 from prometheus_client.parser import text_string_to_metric_families
+from support.app_server import wait_client_ready
+from support.poll import wait_until
 from support.sklearn_model import save_model
 
 ROW = {"feature_0": 0.5, "feature_1": -1.0, "feature_2": 2.0, "feature_3": 0.25}
@@ -59,13 +60,6 @@ def value(fams: dict, name: str, sample: str | None = None, **labels: str) -> fl
     raise AssertionError(f"no sample {sample or name} {labels} in {fams[name].samples}")
 
 
-def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while client.get("/ready").status_code != 200:
-        assert time.monotonic() < deadline, client.get("/ready").json()
-        time.sleep(0.05)
-
-
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     # trained with an older numpy minor: compatible, so it loads and reports the mismatch
@@ -84,7 +78,7 @@ def client(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
         payload_log_uri=str(tmp_path_factory.mktemp("payload-log")),
     )
     with TestClient(create_app(settings, registry=new_registry())) as c:
-        wait_ready(c)
+        wait_client_ready(c)
         yield c
 
 
@@ -190,16 +184,15 @@ def test_incompatible_model_is_refused_and_counted(
         model_load_backoff_max_seconds=0.1,
     )
     with TestClient(create_app(settings, registry=new_registry())) as c:
-        deadline = time.monotonic() + 30
-        while True:
+
+        def load_failures() -> float:
             fams = families(c.get("/metrics").text)
-            failures = value(
+            return value(
                 fams, "mlservice_model_load_failures", "mlservice_model_load_failures_total"
             )
-            if failures >= 2 or time.monotonic() > deadline:
-                break
-            time.sleep(0.05)
-        assert failures >= 2, "incompatible model should fail (and be retried)"
+
+        wait_until(lambda: load_failures() >= 2, 30, "an incompatible model fails, retried", 0.05)
+        fams = families(c.get("/metrics").text)
         ready = c.get("/ready")
         assert ready.status_code == 503
         assert ready.json()["reason"] == "model_rejected"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from ml_service.serving.metrics import new_registry
 from ml_service.serving.model import check_versions
 from ml_service.serving.schemas import ModelSchemas
 from ml_service.serving.settings import Settings
+from support.app_server import wait_client_ready
 from support.sklearn_model import save_model
 
 NAMES = ("feature_0", "feature_1", "feature_2", "feature_3")
@@ -175,22 +175,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model(tmp_path_factory.mktemp("model") / "m")
 
 
-def wait_ready(client: TestClient, timeout: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if client.get("/ready").status_code == 200:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not ready: {client.get('/ready').json()}")
-
-
 @pytest.fixture(scope="module")
 def client(model_dir: Path) -> Iterator[TestClient]:
     settings = Settings(model_uri=str(model_dir), model_name="tiny", model_version="1", **LIMITS)
     with TestClient(
         create_app(settings, registry=new_registry()), raise_server_exceptions=False
     ) as c:
-        wait_ready(c)
+        wait_client_ready(c)
         yield c
 
 

@@ -34,6 +34,8 @@ from urllib.parse import urlsplit, urlunsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ml_service.redact import redact, without_userinfo
+
 DEFAULT_CONFIG = "environments/quality-gate.yaml"
 EXIT_FAILED = 3
 EXIT_ERROR = 2
@@ -322,11 +324,10 @@ def _run_link(m: ModelInfo) -> str:
 def public_base_url() -> str:
     """Where people open MLflow: MLFLOW_UI_URL, else the tracking URI without credentials."""
     raw = os.environ.get("MLFLOW_UI_URL") or os.environ.get("MLFLOW_TRACKING_URI", "")
-    parts = urlsplit(raw)
+    parts = urlsplit(without_userinfo(raw))
     if parts.scheme not in ("http", "https") or not parts.hostname:
         return ""
-    host = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", ""))
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/"), "", ""))
 
 
 def held_out(config: GateConfig):
@@ -546,7 +547,7 @@ def run_gate(
     except GateError as exc:
         result.error = str(exc)
     except Exception as exc:  # the registry or an artifact store said no: report, never trace
-        result.error = f"{type(exc).__name__}: {_no_secrets(str(exc))[:500]}"
+        result.error = f"{type(exc).__name__}: {redact(str(exc))[:500]}"
     return result
 
 
@@ -644,13 +645,6 @@ def clean_reason(reason: str | None) -> str | None:
     if not text:
         raise GateError("an override needs a reason (--override-quality-gate 'why')")
     return text[:MAX_REASON]
-
-
-def _no_secrets(text: str) -> str:
-    """Drop URL userinfo (user:password@) from an error message."""
-    import re
-
-    return re.sub(r"(?<=://)[^/@\s]+@", "***@", text)
 
 
 # --------------------------------------------------------------------------- CLI

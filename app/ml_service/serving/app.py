@@ -34,6 +34,14 @@ def _route_paths(routes: list) -> Iterator[str]:
             yield route.path
 
 
+MIDDLEWARE_REFUSED = (
+    "ml-service answers POST /predict and /invocations at its edge, before FastAPI's middleware "
+    "stack (serving/hot_routes.py): a middleware added with add_middleware() or "
+    "@app.middleware would never see them. Wrap the edge instead, so it sees every request: "
+    "`app.edge = YourMiddleware(app.edge, ...)` in create_app (serving/app.py)."
+)
+
+
 class ServingApp(FastAPI):
     """FastAPI entered through ml-service's own edge: every HTTP request passes the metrics and
     the guard first, and the prediction routes are answered there, never entering the
@@ -41,6 +49,16 @@ class ServingApp(FastAPI):
     lifespan, is FastAPI as usual."""
 
     edge: Callable[..., Awaitable[None]]
+
+    def __init__(self, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        if kwargs.get("middleware"):
+            raise RuntimeError(MIDDLEWARE_REFUSED)
+        super().__init__(**kwargs)
+
+    def add_middleware(self, middleware_class, *args, **kwargs) -> None:  # type: ignore[no-untyped-def]
+        """Refused, like `middleware=` above: FastAPI's middleware stack never sees the
+        prediction routes. `@app.middleware("http")` comes here too."""
+        raise RuntimeError(MIDDLEWARE_REFUSED)
 
     async def __call__(self, scope, receive, send) -> None:  # type: ignore[no-untyped-def]
         if scope["type"] != "http":

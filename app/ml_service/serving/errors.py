@@ -48,6 +48,11 @@ class ApiError(Exception):
         return json_response({"detail": self.message}, self.status, self.headers)
 
 
+def too_many_rows(max_rows: int) -> ApiError:
+    """The 413 of a request over MAX_BATCH_ROWS, whichever format carried its rows."""
+    return ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+
+
 # MLflow's own codes (mlflow.protos.databricks_pb2.ErrorCode) for the statuses we add.
 _MLFLOW_CODES = {408: "BAD_REQUEST", 413: "REQUEST_LIMIT_EXCEEDED", 503: "TEMPORARILY_UNAVAILABLE"}
 

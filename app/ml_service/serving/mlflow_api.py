@@ -29,7 +29,7 @@ from fastapi.responses import Response
 
 from .body import read_body
 from .deps import service_of
-from .errors import ApiError, MlflowError, MlflowErrorBody, json_response
+from .errors import ApiError, MlflowError, MlflowErrorBody, json_response, too_many_rows
 from .feedback import invocation_headers
 from .model import LoadedModel
 from .schemas import FiniteFloatMsgspec, ModelSchemas
@@ -106,7 +106,7 @@ class FastPath:
         if sorted(columns) != sorted(self._order) or any(len(r) != n for r in value.data):
             return None
         if len(value.data) > max_rows:
-            raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+            raise too_many_rows(max_rows)
         x = np.asarray(value.data, dtype=np.float64).reshape(len(value.data), n)
         order = [columns.index(name) for name in self._schemas.feature_names]
         return (x if order == list(range(n)) else x[:, order]), payload.params
@@ -188,7 +188,7 @@ def _mlflow_frame(model: LoadedModel, payload: dict[str, Any], max_rows: int) ->
         raise _bad_request(REQUIRED_FORMAT)
     key, value = next(iter(data.items()))
     if _rows(value) > max_rows:
-        raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+        raise too_many_rows(max_rows)
     if _too_wide(value, len(model.feature_names) + MAX_EXTRA_COLUMNS):
         raise _bad_request(
             f"Rows are wider than the model signature plus {MAX_EXTRA_COLUMNS} extra columns.",
@@ -255,7 +255,7 @@ def _parse_csv(model: LoadedModel, body: bytes, max_rows: int) -> Any:
             "Invalid input. Ensure that input is a valid UTF-8 encoded string."
         ) from None
     if text.count("\n") > max_rows + 1:  # a header, then at most max_rows rows (+ final newline)
-        raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+        raise too_many_rows(max_rows)
     if text.split("\n", 1)[0].count(",") >= len(model.feature_names) + MAX_EXTRA_COLUMNS:
         raise _bad_request(
             f"Rows are wider than the model signature plus {MAX_EXTRA_COLUMNS} extra columns.",
@@ -269,7 +269,7 @@ def _parse_csv(model: LoadedModel, body: bytes, max_rows: int) -> Any:
             "CSV-formatted Pandas DataFrame produced using the `pandas.DataFrame.to_csv()` method."
         ) from None
     if len(frame) > max_rows:
-        raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+        raise too_many_rows(max_rows)
     frame = frame[[c for c in frame.columns if c in set(model.feature_names)]]
     return _enforce(model, frame, None)[0]
 

@@ -63,7 +63,7 @@ def check(timeout: float) -> tuple[bool, str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m ml_service.preflight",
+        prog="python -m ml_service.serving.preflight",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -20,7 +20,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, create_model
 from typing_extensions import TypedDict
 
-from .errors import ApiError, InputError, error, safe_errors
+from .errors import InputError, error, safe_errors, too_many_rows
 
 # Above this, a rejected body gets msgspec's first error only: explaining more would cost
 # work that grows with what the caller sent.
@@ -149,7 +149,7 @@ class ModelSchemas:
     def rows_matrix(self, rows: list[msgspec.Struct], max_rows: int) -> np.ndarray:
         """Decoded rows → float64 matrix in signature order (413 over `max_rows`)."""
         if len(rows) > max_rows:
-            raise ApiError(413, f"at most {max_rows} rows per request (MAX_BATCH_ROWS)")
+            raise too_many_rows(max_rows)
         astuple = msgspec.structs.astuple
         return np.asarray([astuple(r) for r in rows], dtype=np.float64).reshape(
             len(rows), len(self.feature_names)

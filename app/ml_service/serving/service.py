@@ -25,7 +25,7 @@ from prometheus_client import CollectorRegistry
 from ml_service.model_format import REFERENCE_KEY
 
 from .drift import DriftMonitor
-from .errors import ApiError
+from .errors import ApiError, too_many_rows
 from .feedback import Feedback
 from .inference import DriftSink, InferenceEngine, settle
 from .metrics import ServiceMetrics
@@ -170,9 +170,7 @@ class Service:
 
     def check_rows(self, rows: int) -> None:
         if rows > self.settings.max_batch_rows:
-            raise ApiError(
-                413, f"at most {self.settings.max_batch_rows} rows per request (MAX_BATCH_ROWS)"
-            )
+            raise too_many_rows(self.settings.max_batch_rows)
 
     async def predict_proba(self, model: LoadedModel, features: np.ndarray) -> np.ndarray:
         self.check_rows(features.shape[0])

@@ -1,7 +1,9 @@
 """Serving settings: plain environment variables (no prefix), validated by pydantic-settings.
 
-Every field's description is the user-facing documentation: the settings tables of README.md and
-docs/api.md are generated from this class (`make docs`), and a test fails when they are stale.
+Every field's description is the user-facing documentation: the settings table of docs/api.md is
+generated from this class (`make docs`), and a test fails when it is stale; the chart's values that
+set one (values.yaml, `_helpers.tpl` configData) repeat its default, bounds and description, checked
+by tests/unit/test_chart_settings.py.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class Settings(BaseSettings):
     host: str = Field("127.0.0.1", description="listen address (the image sets `0.0.0.0`)")
     port: int = Field(8000, ge=0, le=65535, description="listen port")
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
-        "info", description="`critical`, `error`, `warning`, `info`, `debug` or `trace`"
+        "info", description="log level: `critical`, `error`, `warning`, `info`, `debug` or `trace`"
     )
     access_log: bool = Field(
         False, description="one log line per request (the metrics already count every request)"
@@ -97,7 +99,8 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(
         20.0,
         ge=0,
-        description="then: the most time in-flight requests get to finish (503 after it)",
+        description="after the drain: the most time in-flight requests get to finish "
+        "(503 after it)",
     )
     numeric_threads: int = Field(
         1, ge=1, le=64, description="OpenMP/BLAS threads of the inference thread"

@@ -13,6 +13,7 @@ cluster a KUBECONFIG points at: kind, minikube, a real one).
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import os
 import re
@@ -20,18 +21,18 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import yaml
 
+from .. import poll
 from ..kube import helm_env
 from ..net import free_port
 from .config import DEFAULT_BIN_DIR, TOOLS
 
-T = TypeVar("T")
 RESTRICTED_LABELS = {
     "pod-security.kubernetes.io/enforce": "restricted",
     "pod-security.kubernetes.io/enforce-version": "latest",
@@ -73,24 +74,8 @@ class PodResult:
     logs: str
 
 
-def wait_until(
-    predicate: Callable[[], T], timeout: float, what: str, interval: float = 1.0, diag=None
-) -> T:
-    """Poll `predicate` until it returns a truthy value; ClusterError with `diag()` on timeout."""
-    deadline = time.monotonic() + timeout
-    last_exc: Exception | None = None
-    while True:
-        try:
-            result = predicate()
-            if result:
-                return result
-        except ClusterError as exc:
-            last_exc = exc
-        if time.monotonic() >= deadline:
-            extra = f"\nlast error: {last_exc}" if last_exc else ""
-            extra += f"\n{diag()}" if diag else ""
-            raise ClusterError(f"{what}: not reached within {timeout:.0f}s{extra}")
-        time.sleep(interval)
+# Polling for cluster state: a ClusterError from the predicate means "not yet", the timeout is one.
+wait_until = functools.partial(poll.wait_until, retry=(ClusterError,), error=ClusterError)
 
 
 class Cluster:
