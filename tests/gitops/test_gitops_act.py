@@ -294,3 +294,42 @@ def test_release_workflow_ships_a_values_only_change(story: ActRepo):
     assert release["revision"] == head
     assert (release["image"], release["model"]) == (dev["image"], dev["model"])
     assert story.prs()[-1]["title"].startswith("release(dev): values of ")
+
+
+def test_canary_aborted_workflow_opens_the_revert_pr(story: ActRepo):
+    """Argo Rollouts' abort notification (repository_dispatch, as
+    argocd/install/argo-rollouts-notification-cm.yaml sends it): the pull request that puts the
+    environment back on the state it ran before, the analysis results in its body; a notification
+    about a release the environment no longer pins changes nothing."""
+    workflow = ROOT / ".github/workflows/canary-aborted.yml"
+    story.merge("gitops/dev")  # dev has run two states: the first release, the values-only one
+    dev = story.release_on("main", "dev")
+    image, model = dev["image"], dev["model"]
+    notification = {
+        "namespace": "ml-service-dev",
+        "rollout": "ml-service",
+        "message": 'RolloutAborted: Metric "class-share" assessed Failed',
+        "image": f"{image['repository']}:{image['tag']}@{image['digest']}",
+        "model": f"models:/{model['name']}/{model['version']}",
+        "analysis": [{"name": "ml-service-5d8f-3-1", "phase": "Failed", "metrics": [
+            {"name": "class-share", "phase": "Failed", "successful": 0, "failed": 2,
+             "inconclusive": 0, "value": "[0.1134]"}]}],
+    }  # fmt: skip
+
+    def dispatch(client_payload: dict):
+        payload = {"action": "ml-service-canary-aborted", "client_payload": client_payload}
+        return story.act("repository_dispatch", workflow, payload=payload)
+
+    stale = {**notification, "model": f"models:/{model['name']}/{int(model['version']) + 1}"}
+    code, out = dispatch(stale)
+    assert code != 0 and "pins another release than the aborted one" in out, out[-6000:]
+    opened = len(story.prs())
+    code, out = dispatch(notification)
+    assert code == 0, out[-8000:]
+    assert len(story.prs()) == opened + 1
+    pr = story.prs()[-1]
+    assert pr["head"] == "gitops/dev"
+    aborted = f"{model['name']} v{model['version']}"
+    assert pr["title"] == f"revert(dev): canary of model {aborted} aborted"
+    assert "| ml-service-5d8f-3-1 | class-share | Failed | 0 | 2 | 0 | [0.1134] |" in pr["body"]
+    assert story.release_on("gitops/dev", "dev")["revision"] != dev["revision"]
