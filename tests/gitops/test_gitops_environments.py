@@ -189,9 +189,9 @@ def test_every_released_environment_renders_as_pinned(tmp_path: Path):
         proc = kube.run_helm(args, cwd=cwd)
         assert proc.returncode == 0, f"{env} does not render at {revision[:12]}:\n{proc.stderr}"
         docs = kube.load_documents(proc.stdout)
-        findings = kube.validate(docs, [version], crd_files=kube.prometheus_operator_crds())
+        findings = kube.validate(docs, [version], crd_files=kube.crd_files())
         assert not findings, "\n".join(map(str, findings))
-        (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+        (deploy,) = [d for d in docs if d["kind"] in ("Deployment", "Rollout")]
         image = release["image"]
         assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == (
             f"{image['repository']}:{image['tag']}@{image['digest']}"
