@@ -1,7 +1,7 @@
 # ml-service serving image. docs/image.md explains every choice; the short version:
 # - builder: a virtualenv with exactly requirements/runtime.txt (hash-checked wheels, no compilers);
 # - runtime: the base image + that virtualenv + the app, UID/GID 10001, read-only root FS friendly
-#   (writes only /tmp), HEALTHCHECK on /health, python as PID 1 so SIGTERM reaches uvicorn;
+#   (writes only /tmp), HEALTHCHECK on the probe listener, python as PID 1 so SIGTERM reaches uvicorn;
 # - targets: `runtime` (default: serves the demo model trained at build time unless MODEL_URI names
 #   another, e.g. a registry version) and `baked` (a registry model copied in instead).
 # Uses only the Dockerfile features built into BuildKit (no `# syntax=` line: nothing to pull).
@@ -98,14 +98,17 @@ ENV PATH=/opt/venv/bin:$PATH \
     HOME=/tmp \
     TMPDIR=/tmp \
     HOST=0.0.0.0 \
-    PORT=8000
+    PORT=8000 \
+    PROBE_PORT=8081
 # Not /tmp: the working directory is on sys.path for `python -m`, so it must not be writable.
 WORKDIR /opt/ml-service
 USER 10001:10001
-EXPOSE 8000
-# urllib raises on connection errors and non-2xx answers, so the exit code is the verdict.
+# 8000: clients; 8081: the probe listener (/health, /ready, /metrics) for probes and scrapes only.
+EXPOSE 8000 8081
+# urllib raises on connection errors and non-2xx answers, so the exit code is the verdict. It asks
+# the probe listener, which no client load can delay.
 HEALTHCHECK --interval=10s --timeout=4s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PORT', '8000'), timeout=3)"]
+    CMD ["python", "-c", "import os, urllib.request as u; u.urlopen('http://127.0.0.1:%s/health' % os.environ.get('PROBE_PORT', '8081'), timeout=3)"]
 # Exec form: python is PID 1 and receives SIGTERM itself; the app turns it into a graceful
 # uvicorn shutdown that exits 0.
 ENTRYPOINT ["python", "-m", "ml_service"]

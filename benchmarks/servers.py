@@ -200,6 +200,7 @@ def command(spec: ServerSpec, model_dir: Path, port: int, work: Path, tools: Pat
     if spec.kind == "ml-service":
         env.pop("MICROBATCH_WAIT_MS", None)  # the app's default unless the spec sets it
         env.update(MODEL_URI=str(model_dir), HOST=HOST, PORT=str(port))
+        env.update(PROBE_PORT=str(free_port()))  # several ml-service servers run side by side
         env.update(SHUTDOWN_DRAIN_SECONDS="0")  # no load balancer to drain here
         # What the image installs (make bench-envs); the dev virtualenv for a quick run without it.
         runtime = tools / "runtime" / "bin" / "python"

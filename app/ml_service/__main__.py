@@ -14,6 +14,12 @@ MLFLOW_CLIENT_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "15",
     "MLFLOW_DISABLE_TELEMETRY": "true",
 }
+# Not defaults but rules: every line the process writes goes through our redacting, rate-limited
+# handler, so MLflow must neither install a handler of its own nor draw progress bars on stderr.
+MLFLOW_LOGGING = {
+    "MLFLOW_CONFIGURE_LOGGING": "false",
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 
 
 def _quiet_exit(signum: int, frame: FrameType | None) -> None:
@@ -27,12 +33,15 @@ def main() -> int:
     # slow imports below, so a pod stopped during start-up exits at once instead of being killed.
     signal.signal(signal.SIGTERM, _quiet_exit)
     signal.signal(signal.SIGINT, _quiet_exit)
+    # SIGHUP would kill the process; the server logs and ignores it once it runs (server.py).
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     # Imports and the first model load allocate ~350,000 long-lived objects; with the collector on,
     # it scans them over and over (five full passes of 50-90 ms, ~0.25 s of a 2 s start). The
     # loader freezes them and turns the collector back on after its first attempt (service.py).
     gc.disable()
     for key, value in MLFLOW_CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    os.environ.update(MLFLOW_LOGGING)
     from .redact import configure_logging
     from .serving.settings import load
 

@@ -1,19 +1,19 @@
 """The adversarial tier: the real app over loopback HTTP, attacked the way a hostile or broken
-client would. Every attack is bounded in count and time; traffic stays on 127.0.0.1."""
+client would. Every attack is bounded in count and time; traffic stays on 127.0.0.1. The
+attacks and watches themselves live in tests/support/attacks.py (benchmarks/attacks.py runs
+them at full size for figures)."""
 
 from __future__ import annotations
 
-import contextlib
+import json
+import resource
 import socket
-import threading
-import time
-from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import pytest
 from support.app_server import AppServer
+from support.attacks import ProbeWatch
 from support.sklearn_model import save_model
 
 
@@ -23,53 +23,40 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return save_model(tmp_path_factory.mktemp("adversarial") / "model", estimator="hgb")
 
 
-def rss_kib(pid: int) -> tuple[int, int]:
-    """(current RSS, peak RSS) of a process, in KiB."""
-    fields = dict(
-        line.split(":", 1) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-    )
-    return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+@pytest.fixture(scope="session", autouse=True)
+def enough_client_sockets() -> None:
+    """Attacks hold a thousand connections from the test process."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 4096:
+        pytest.skip(f"the attacks need 4096 open files, the hard limit here is {hard}")
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
 
 
-@dataclass
-class HealthWatch:
-    """Polls /health from its own thread while an attack runs: every answer must be 200 and
-    arrive within the kubelet's probe timeout."""
+def warm_up(app: AppServer, model_dir: Path) -> None:
+    """One CSV prediction: it waits for MLflow's scoring machinery, which loads in the
+    background after `/ready` (~30 MB), so memory figures start from the warm process."""
+    example = json.loads((model_dir / "input_example.json").read_text())
+    csv = ",".join(example["columns"]) + "\n" + ",".join(map(str, example["data"][0])) + "\n"
+    r = httpx.post(app.url("/invocations"), content=csv, headers={"content-type": "text/csv"})
+    assert r.status_code == 200, r.text
 
-    app: AppServer
-    timeout: float = 3.0
-    interval: float = 0.25
-    latencies: list[float] = field(default_factory=list)
-    failures: list[str] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            started = time.monotonic()
-            try:
-                # a new connection each time, as the kubelet does
-                status = httpx.get(self.app.url("/health"), timeout=self.timeout).status_code
-                if status != 200:
-                    self.failures.append(f"status {status}")
-            except httpx.HTTPError as exc:
-                self.failures.append(f"{type(exc).__name__}: {exc}")
-            self.latencies.append(time.monotonic() - started)
-            self._stop.wait(self.interval)
+def closed_count(app: AppServer, reason: str) -> float:
+    """`mlservice_connections_closed_total{reason}`, read on the probe listener."""
+    prefix = f'mlservice_connections_closed_total{{reason="{reason}"}} '
+    text = httpx.get(app.probe_url("/metrics"), timeout=5).text
+    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    return float(lines[0].split()[-1]) if lines else 0.0
 
-    @contextlib.contextmanager
-    def running(self) -> Iterator[HealthWatch]:
-        thread = threading.Thread(target=self._run, daemon=True)
-        thread.start()
-        try:
-            yield self
-        finally:
-            self._stop.set()
-            thread.join(timeout=self.timeout + 5)
 
-    def check(self) -> None:
-        assert self.latencies, "the health probe never ran"
-        assert not self.failures, f"/health failed during the attack: {self.failures[:5]}"
-        assert max(self.latencies) < self.timeout, max(self.latencies)
+def main_port_health(app: AppServer) -> ProbeWatch:
+    """`/health` on the main port, as a client sees it: answered within 3 s."""
+    return ProbeWatch(app.base_url, paths=("/health",), timeout=3.0, interval=0.25)
+
+
+def probes(app: AppServer) -> ProbeWatch:
+    """What the kubelet and Prometheus ask the probe listener: every answer 200 within 1 s."""
+    return ProbeWatch(app.probe_base_url, paths=("/health", "/ready", "/metrics"), timeout=1.0)
 
 
 def raw_request(port: int, data: bytes, *, read_timeout: float = 10.0) -> tuple[bytes, bool]:

@@ -15,8 +15,9 @@ from pathlib import Path
 import httpx
 import pytest
 from support.app_server import AppServer, app_server
+from support.attacks import rss_kib
 
-from .conftest import HealthWatch, rss_kib
+from .conftest import main_port_health, warm_up
 
 MIB = 1024 * 1024
 
@@ -52,13 +53,14 @@ def app(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         log_dir=tmp_path_factory.mktemp("amplification"),
         MAX_REQUEST_BYTES=MIB + 1024,
     ) as server:
+        warm_up(server, tiny_model)
         yield server
 
 
 def assert_cheap(app: AppServer, path: str, body: bytes, content_type: str, label: str) -> None:
     """Three posts of `body`: each a quick 4xx, /health answering meanwhile, no lasting growth."""
     rss_before, peak_before = rss_kib(app.process.pid)
-    with HealthWatch(app).running() as health, httpx.Client(timeout=30) as http:
+    with main_port_health(app).running() as health, httpx.Client(timeout=30) as http:
         for _ in range(3):  # repeated: what grows per request shows up
             started = time.monotonic()
             r = http.post(app.url(path), content=body, headers={"content-type": content_type})

@@ -5,7 +5,6 @@ and the log grows 57 MB in 21 s."""
 from __future__ import annotations
 
 import contextlib
-import resource
 import signal
 import socket
 import threading
@@ -15,9 +14,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from ml_service.serving.server import fd_budget
 from support.app_server import AppServer, app_server
+from support.attacks import closed_by_server, open_sockets
 
-from .conftest import HealthWatch, read_until_close
+from .conftest import main_port_health, read_until_close
 
 HEADER_TIMEOUT = 2.0
 
@@ -35,47 +36,10 @@ def app(tiny_model: Path, tmp_path: Path) -> Iterator[AppServer]:
         yield server
 
 
-@pytest.fixture(autouse=True)
-def enough_client_sockets() -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard != resource.RLIM_INFINITY and hard < 4096:
-        pytest.skip(f"the test client needs 4096 open files, the hard limit here is {hard}")
-    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 4096), hard))
-
-
-@contextlib.contextmanager
-def open_connections(port: int, n: int) -> Iterator[list[socket.socket]]:
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket()
-            s.settimeout(5)
-            with contextlib.suppress(OSError):
-                s.connect(("127.0.0.1", port))
-            socks.append(s)
-        yield socks
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _closed_by_server(sock: socket.socket) -> bool:
-    """True once the server closed its side (after whatever it wrote: a 503 counts too)."""
-    sock.setblocking(False)
-    try:
-        while sock.recv(65536):
-            pass
-        return True
-    except BlockingIOError:
-        return False
-    except OSError:
-        return True
-
-
 def test_silent_connections_are_cut_off_and_never_lock_out_health(app: AppServer) -> None:
-    with HealthWatch(app).running() as health, open_connections(app.port, 1100) as socks:
+    with main_port_health(app).running() as health, open_sockets(app.port, 1100) as socks:
         time.sleep(HEADER_TIMEOUT + 2)
-        closed = sum(_closed_by_server(s) for s in socks)
+        closed = sum(closed_by_server(s) for s in socks)
         # the server must keep answering new clients while the flood is held
         assert httpx.get(app.url("/ready"), timeout=3).status_code == 200
     health.check()
@@ -92,7 +56,7 @@ def test_slowloris_headers_are_cut_off(app: AppServer) -> None:
     header, so trickling bytes does not keep a connection alive."""
     request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 200
     stop = threading.Event()
-    with HealthWatch(app).running() as health, open_connections(app.port, 500) as socks:
+    with main_port_health(app).running() as health, open_sockets(app.port, 500) as socks:
 
         def trickle() -> None:
             for i in range(len(request)):
@@ -111,7 +75,7 @@ def test_slowloris_headers_are_cut_off(app: AppServer) -> None:
         done: set[int] = set()
         deadline = time.monotonic() + 8
         while len(done) < len(socks) and time.monotonic() < deadline:
-            done |= {i for i, s in enumerate(socks) if i not in done and _closed_by_server(s)}
+            done |= {i for i, s in enumerate(socks) if i not in done and closed_by_server(s)}
             time.sleep(0.5)
         stop.set()
         thread.join(timeout=10)
@@ -120,29 +84,41 @@ def test_slowloris_headers_are_cut_off(app: AppServer) -> None:
     assert closed == len(socks), f"{len(socks) - closed} slow connections still open"
 
 
-def test_a_probe_behind_a_slowloris_backlog_is_served(app: AppServer) -> None:
-    """The event loop is behind (here: the process is stopped) while 500 slow connections each
-    send the first bytes of a header and a probe sends a whole request. On resume every socket
-    holds unread bytes and none has been idle for long; only the probe's bytes are a complete
-    request, so it must be a slow connection that makes room. (CI failed this way: a probe
-    that came in the first second of a flood, on a loaded machine, got the 503 instead.)"""
+def test_a_probe_behind_a_slowloris_backlog_is_served(tiny_model: Path, tmp_path: Path) -> None:
+    """The event loop is behind (here: the process is stopped) while more slow connections than
+    the cap each send the first bytes of a header and a probe sends a whole request. On resume
+    every socket holds unread bytes and none has been idle for long; only the probe's bytes are a
+    complete request, so it must be a slow connection that makes room (a probe that came in the
+    first second of a flood, on a loaded machine, once got the 503 instead). The connections all
+    wait in the listen queue, whose length the open-file budget sets: more would never connect."""
+    cap, open_files = 100, 1024
+    slow_count = fd_budget(cap, open_files).backlog - 4
+    assert slow_count > cap, "the listen queue must hold more connections than the cap"
     slow = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: a"
     probe_request = b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    app.process.send_signal(signal.SIGSTOP)
-    try:
-        with open_connections(app.port, 500) as socks:
-            for s in socks:
-                with contextlib.suppress(OSError):
-                    s.sendall(slow)
-            probe = socket.create_connection(("127.0.0.1", app.port), timeout=10)
-            probe.sendall(probe_request)
+    with app_server(
+        model_uri=str(tiny_model),
+        wait_ready=True,
+        log_dir=tmp_path,
+        max_open_files=open_files,
+        REQUEST_HEADER_TIMEOUT_SECONDS=HEADER_TIMEOUT,
+        MAX_CONNECTIONS=cap,
+    ) as app:
+        app.process.send_signal(signal.SIGSTOP)
+        try:
+            with open_sockets(app.port, slow_count, timeout=2.0) as socks:
+                for s in socks:
+                    with contextlib.suppress(OSError):
+                        s.sendall(slow)
+                probe = socket.create_connection(("127.0.0.1", app.port), timeout=10)
+                probe.sendall(probe_request)
+                app.process.send_signal(signal.SIGCONT)
+                with probe:
+                    received, _ = read_until_close(probe, timeout=10)
+        finally:
             app.process.send_signal(signal.SIGCONT)
-            with probe:
-                received, _ = read_until_close(probe, timeout=10)
-    finally:
-        app.process.send_signal(signal.SIGCONT)
+        metrics = httpx.get(app.url("/metrics"), timeout=5).text
     assert received.startswith(b"HTTP/1.1 200"), received[:200]
-    metrics = httpx.get(app.url("/metrics"), timeout=5).text
     assert 'mlservice_connections_closed_total{reason="idle_evicted"}' in metrics
 
 
@@ -197,7 +173,7 @@ def test_all_busy_sheds_load_with_503(tiny_model: Path, tmp_path: Path) -> None:
             MAX_CONNECTIONS=20,
             REQUEST_BODY_TIMEOUT_SECONDS=30,
         ) as app,
-        open_connections(app.port, 20) as socks,
+        open_sockets(app.port, 20) as socks,
     ):
         head = b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
         for s in socks:

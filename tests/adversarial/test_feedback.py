@@ -19,10 +19,9 @@ import pytest
 from ml_service.serving.prediction_ids import Signer
 from prometheus_client.parser import text_string_to_metric_families
 from support.app_server import AppServer, app_server
+from support.attacks import rss_kib
 
-from .conftest import HealthWatch, rss_kib
-
-pytestmark = pytest.mark.adversarial
+from .conftest import probes
 
 SECRET = "adversarial-test-signing-secret-0123456789"
 NAME, VERSION, CLASSES = "tiny", "1", ("benign", "malignant")
@@ -141,7 +140,7 @@ def _items(n: int, pid: str = "x", label: str = "y") -> str:
 def test_oversized_batches_are_cheap_refusals(app: AppServer, body, status: int) -> None:
     data = body().encode()
     rss_before, _ = rss_kib(app.process.pid)
-    with HealthWatch(app).running() as health, httpx.Client(timeout=30) as http:
+    with probes(app).running() as health, httpx.Client(timeout=30) as http:
         for _ in range(3):
             started = time.monotonic()
             r = http.post(app.url("/feedback"), content=data,
@@ -160,7 +159,7 @@ def test_a_flood_of_valid_feedback_is_counted_once_in_flat_memory(app: AppServer
     total, batch = 100_000, 1000
     tokens = mint(total)
     samples = []
-    with HealthWatch(app).running() as health, httpx.Client(timeout=60) as http:
+    with probes(app).running() as health, httpx.Client(timeout=60) as http:
         for start in range(0, total, batch):
             chunk = tokens[start : start + batch]
             items = [{"prediction_id": t, "label": "malignant"} for t in chunk]

@@ -68,6 +68,20 @@ def test_ambiguous_framing_is_refused_and_closed(app: AppServer, framing: bytes)
     assert received.count(b"HTTP/1.1") == 1, "the smuggled second request was served"
 
 
+@pytest.mark.parametrize("coding", [b"identity, chunked", b"gzip, chunked"])
+def test_transfer_codings_other_than_chunked_are_refused(app: AppServer, coding: bytes) -> None:
+    """`identity, chunked` used to be read as chunked: a front proxy that honours `identity`
+    (or rejects it) would frame the body differently. Only a lone `chunked` is read."""
+    request = (
+        b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        b"Transfer-Encoding: " + coding + b"\r\n\r\n2\r\n{}\r\n0\r\n\r\n"
+        b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    received, closed = raw_request(app.port, request, read_timeout=5)
+    assert received.startswith(b"HTTP/1.1 501"), received[:200]
+    assert closed and received.count(b"HTTP/1.1") == 1
+
+
 def test_short_body_times_out_with_408(app: AppServer) -> None:
     body = json.dumps({"instances": []}).encode()
     request = (

@@ -7,6 +7,7 @@ debug logging on. Every endpoint's answer and the whole log are then searched fo
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import httpx
@@ -69,3 +70,20 @@ def test_credentials_never_leave_the_process(
     expected = "registry_unreachable" if registry == "refusing" else "model_not_found"
     assert ready["reason"] == expected, ready
     assert "127.0.0.1" not in ready["message"], "/ready must not name hosts"
+
+
+def test_no_row_of_the_data_and_no_local_path_is_published(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """`/openapi.json` (and `/docs`) showed the model's input example, a real row of the
+    training data, and `/model` the server's model path."""
+    rows = json.loads((tiny_model / "input_example.json").read_text())["data"]
+    with app_server(model_uri=str(tiny_model), wait_ready=True, log_dir=tmp_path) as app:
+        schema = httpx.get(app.url("/openapi.json")).json()["components"]["schemas"]
+        model = httpx.get(app.url("/model")).text
+    example = schema["Instance"]["examples"][0]
+    shown = json.dumps(schema)
+    for row in rows:
+        assert list(example.values()) != row
+        assert not any(repr(float(v)) in shown for v in row), "a training value is published"
+    assert str(tiny_model) not in model and str(tiny_model.parent) not in model

@@ -12,6 +12,7 @@ plain-text 500.
 from __future__ import annotations
 
 import json
+import random
 import signal
 import socket
 import threading
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import httpx
 from support.app_server import app_server
+from support.attacks import http_request
 
 from .conftest import read_until_close
 
@@ -86,6 +88,63 @@ def test_keepalive_clients_lose_nothing(tiny_model: Path, tmp_path: Path) -> Non
     assert len(told_to_go) == CLIENTS, len(told_to_go)
     assert max(told_to_go) < signalled + DRAIN
     assert code == 0, app.log_tail()
+
+
+def test_reconnecting_clients_get_an_answer_to_every_request_they_sent(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """Clients that open a connection per request (and wait for it to end) keep sending
+    through SIGTERM until the listener refuses them; like a busy client process, each takes a
+    moment between its connection opening and its request going out. Such a connection used
+    to be closed under its client when the drain ended, and connections still in the listen
+    queue were reset: 35 of their requests got an EOF or a reset instead of an answer."""
+    row = json.loads((tiny_model / "input_example.json").read_text())
+    body = json.dumps({"instances": [dict(zip(row["columns"], row["data"][0], strict=True))]})
+    request = http_request("POST", "/predict", body.encode(), {"Content-Type": "application/json"})
+    answered: list[bytes] = []
+    failures: list[str] = []
+    lock = threading.Lock()
+    with app_server(
+        model_uri=str(tiny_model),
+        wait_ready=True,
+        log_dir=tmp_path,
+        SHUTDOWN_DRAIN_SECONDS=DRAIN,
+        SHUTDOWN_GRACE_SECONDS=10,
+        KEEPALIVE_TIMEOUT_SECONDS=0.5,
+    ) as app:
+
+        def client(seed: int) -> None:
+            rng = random.Random(seed)
+            while True:
+                try:
+                    sock = socket.create_connection(("127.0.0.1", app.port), timeout=10)
+                except OSError:
+                    return  # refused: the listener is gone, nothing was sent
+                with sock:
+                    time.sleep(rng.uniform(0, 0.05))
+                    try:
+                        sock.sendall(request)
+                        answer, _ = read_until_close(sock, timeout=10)
+                    except OSError as exc:
+                        answer = f"{type(exc).__name__}".encode()
+                with lock:
+                    if answer.startswith(b"HTTP/1.1 "):
+                        answered.append(answer[9:12])
+                    else:
+                        failures.append(answer[:80].decode(errors="replace") or "EOF")
+
+        threads = [threading.Thread(target=client, args=(i,)) for i in range(CLIENTS)]
+        for t in threads:
+            t.start()
+        while len(answered) < 200:
+            time.sleep(0.01)
+        app.process.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(timeout=60)
+        code = app.process.wait(timeout=60)
+    assert not failures, f"{len(failures)} requests without an answer: {failures[:5]}"
+    assert set(answered) == {b"200"}, set(answered)
+    assert code == 0
 
 
 def test_upload_cut_by_the_grace_period_gets_json_503(tiny_model: Path, tmp_path: Path) -> None:

@@ -439,3 +439,23 @@ def test_missing_competitor_env_names_the_make_target(tmp_path):
     spec = servers.ServerSpec("mlserver", "mlserver")
     with pytest.raises(BenchError, match="make bench-envs"):
         servers.start(spec, tmp_path, tmp_path, tmp_path / "no-tools", timeout=5)
+
+
+def test_the_attack_figures_script_runs(local_model_dir: Path, tmp_path: Path) -> None:
+    """benchmarks/attacks.py (docs/benchmarks.md, "Attacks") on two short attacks: one JSON
+    object per attack, with the probe and memory figures, and the server alive after it."""
+    argv = [
+        sys.executable, str(ROOT / "benchmarks" / "attacks.py"),
+        "--model-dir", str(local_model_dir), "--work", str(tmp_path),
+        "--attacks", "pipeline,wide-csv-row", "--seconds", "1",
+    ]  # fmt: skip
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert "load_average" in lines[0]
+    figures = {line["attack"]: line for line in lines[1:]}
+    assert set(figures) == {"pipeline", "wide-csv-row"}
+    for attack in figures.values():
+        assert attack["alive"] and attack["probes"]["probes"] > 0, attack
+        assert attack["rss"]["idle_mb"] > 0
+    assert figures["wide-csv-row"]["10000_fields"]["status"] == "HTTP/1.1 400"

@@ -206,7 +206,7 @@ def run_container(
         "--network", network,
         # the image's HEALTHCHECK command, probed more often so the test is quick
         "--health-interval", "2s", "--health-start-period", "120s",
-        "--env", f"PORT={port}",
+        "--env", f"PORT={port}", "--env", f"PROBE_PORT={free_port()}",
     ]  # fmt: skip
     for key, value in env.items():
         args += ["--env", f"{key}={value}"]

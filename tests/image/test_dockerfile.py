@@ -46,15 +46,16 @@ def test_image_configuration(docker: Docker, image: str):
     assert config["Entrypoint"] == ["python", "-m", "ml_service"], "exec form: python is PID 1"
     assert not config.get("Cmd")
     env = dict(item.split("=", 1) for item in config["Env"])
-    assert env["HOST"] == "0.0.0.0" and env["PORT"] == "8000"
+    assert env["HOST"] == "0.0.0.0" and env["PORT"] == "8000" and env["PROBE_PORT"] == "8081"
     assert env["PATH"].startswith("/opt/venv/bin:")
     # The default target serves the demo model trained at build time (MODEL_URI set at run time,
     # e.g. by the chart's registry mode, replaces it).
     assert env["MODEL_URI"] == "/opt/ml-service/model"
     assert (env["MODEL_NAME"], env["MODEL_VERSION"]) == ("ml-service", "demo")
-    assert "8000/tcp" in config["ExposedPorts"]
+    assert {"8000/tcp", "8081/tcp"} <= set(config["ExposedPorts"])
     health = config["Healthcheck"]["Test"]
     assert health[0] == "CMD" and health[1:3] == ["python", "-c"] and "/health" in health[3]
+    assert "PROBE_PORT" in health[3], "the HEALTHCHECK asks the probe listener"
     labels = config["Labels"]
     head = subprocess.run(
         ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True, check=False

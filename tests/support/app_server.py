@@ -35,9 +35,18 @@ class AppServer:
     port: int
     log_path: Path
     process: subprocess.Popen = field(repr=False)
+    probe_port: int = 0
 
     def url(self, path: str) -> str:
         return self.base_url + path
+
+    @property
+    def probe_base_url(self) -> str:
+        return f"http://127.0.0.1:{self.probe_port}"
+
+    def probe_url(self, path: str) -> str:
+        """`path` on the probe listener (PROBE_PORT): /health, /ready, /metrics."""
+        return self.probe_base_url + path
 
     def log_tail(self, chars: int = 4000) -> str:
         return tail(self.log_path, chars)
@@ -63,6 +72,7 @@ def app_env(
     model_uri: str,
     tracking_uri: str | None = None,
     port: int,
+    probe_port: int,
     **settings: str | int | float,
 ) -> dict[str, str]:
     env = {**os.environ, **QUIET_MLFLOW_ENV}
@@ -73,6 +83,7 @@ def app_env(
             "MODEL_URI": model_uri,
             "HOST": "127.0.0.1",
             "PORT": str(port),
+            "PROBE_PORT": str(probe_port),
             "LOG_LEVEL": "info",
             # quick test shutdowns; tests of the drain phase set their own
             "SHUTDOWN_DRAIN_SECONDS": "0",
@@ -102,10 +113,14 @@ def app_server(
 
     `max_open_files` caps the app's file descriptors (soft and hard), as a container runtime
     might; `env_extra` adds variables verbatim (e.g. credentials MLflow reads)."""
-    port = free_port()
+    port, probe_port = free_port(), free_port()
+    while probe_port == port:
+        probe_port = free_port()
     log_dir = Path(log_dir or tempfile.mkdtemp(prefix="ml-service-app-"))
     log_path = log_dir / f"app-{port}.log"
-    env = app_env(model_uri=model_uri, tracking_uri=tracking_uri, port=port, **settings)
+    env = app_env(
+        model_uri=model_uri, tracking_uri=tracking_uri, port=port, probe_port=probe_port, **settings
+    )
     env.update(env_extra or {})
 
     def limit_files() -> None:
@@ -115,7 +130,7 @@ def app_server(
     proc = spawn(
         [sys.executable, "-m", "ml_service"], log_path=log_path, env=env, preexec_fn=limit_files
     )
-    server = AppServer(f"http://127.0.0.1:{port}", port, log_path, proc)
+    server = AppServer(f"http://127.0.0.1:{port}", port, log_path, proc, probe_port)
     try:
         wait_http(server.url("/health"), timeout=timeout, proc=proc, log=log_path)
         if wait_ready:

@@ -3,17 +3,34 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
 import subprocess
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from .poll import wait_until
 from .procs import tail
 
 
 def free_port() -> int:
-    """A TCP port that is free on 127.0.0.1 right now (the OS picks it)."""
+    """A TCP port that is free on 127.0.0.1 right now, below the kernel's ephemeral range: a port
+    that bind(0) hands out is one the kernel also gives to outgoing connections, and the client
+    sockets of an attack took a server's port between this call and the server's bind."""
+    try:
+        low = int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        low = 32768
+    rng = random.SystemRandom()
+    for _ in range(100):
+        port = rng.randrange(max(1024, low - 16384), low)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]

@@ -38,14 +38,15 @@ class Model:
 
 
 def assert_sliced_from_calls(model: Model, batches: list[np.ndarray], results: list) -> None:
-    """Each request got exactly its own rows of the calls' outputs, in order."""
+    """Each request's rows went to the model exactly once, in one call, and it got exactly
+    the outputs of those rows (requests may be served out of arrival order)."""
     inputs = np.concatenate([x for x, _ in model.seen])
     outputs = np.concatenate([y for _, y in model.seen])
-    np.testing.assert_array_equal(inputs, np.concatenate(batches))
-    start = 0
+    assert inputs.shape[0] == sum(b.shape[0] for b in batches)
     for b, r in zip(batches, results, strict=True):
+        (start,) = np.flatnonzero((inputs == b[0]).all(axis=1))  # rows are random: unique
+        np.testing.assert_array_equal(inputs[start : start + b.shape[0]], b)
         np.testing.assert_array_equal(r, outputs[start : start + b.shape[0]])
-        start += b.shape[0]
 
 
 async def _run(wait_ms: float, batches: list[np.ndarray], model: Model, max_rows: int = 256):
@@ -95,6 +96,18 @@ def test_microbatch_respects_max_rows() -> None:
     assert max(model.calls) <= 5  # a single request larger than the cap still runs alone
     assert sum(model.calls) == sum(b.shape[0] for b in batches)
     assert len(model.calls) > 1
+    assert_sliced_from_calls(model, batches, results)
+
+
+def test_a_small_request_waits_behind_one_large_request_at_most() -> None:
+    """Requests larger than a micro-batch take turns with the others: a one-row request queued
+    behind three large ones is predicted first or second, not fourth."""
+    model = Model()
+    rng = np.random.default_rng(2)
+    batches = [rng.normal(size=(n, 3)) for n in (5, 5, 5, 1)]
+    results, _ = asyncio.run(_run(200, batches, model, max_rows=4))
+    assert sorted(model.calls) == [1, 5, 5, 5]
+    assert model.calls.index(1) <= 1, model.calls
     assert_sliced_from_calls(model, batches, results)
 
 

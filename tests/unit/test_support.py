@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
 from support.net import free_port, wait_http
@@ -38,12 +39,15 @@ def test_stop_group_ends_children_that_outlive_the_leader(tmp_path) -> None:
         os.kill(child, 0)
 
 
-def test_free_port_is_bindable() -> None:
+def test_free_port_is_bindable_and_never_one_clients_are_given() -> None:
     import socket
 
-    port = free_port()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", port))
+    low, high = map(int, Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
+    for _ in range(20):
+        port = free_port()
+        assert not low <= port <= high, "an ephemeral port: outgoing connections may take it"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))
 
 
 def test_wait_http_waits_for_the_status_and_notices_dead_processes(tmp_path) -> None:

@@ -3,7 +3,8 @@
 Where things live: endpoints in `api.py` (ml-service's own) and `mlflow_api.py` (the MLflow
 scoring protocol); the model's lifecycle in `service.py`; error types and the handler table in
 `errors.py`; rules every request meets in `guard.py`; HTTP metrics in `metrics.py`; the server
-(timeouts, connection limits, graceful shutdown) in `server.py`.
+(timeouts, per-connection limits, graceful shutdown) in `server.py`; the probe listener (probes
+and scrapes on a port, thread and loop of their own) in `probes.py`.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 - Ambiguous framing is refused: `Content-Length` together with `Transfer-Encoding`, or several
   different `Content-Length`s (RFC 9112 6.1/6.3: request smuggling) → 400 and the connection is
-  closed.
+  closed. A transfer coding other than a single `chunked` (`identity, chunked`, `gzip, chunked`)
+  is one this server does not implement → 501 and close (RFC 9112 6.1).
 - Once shutdown began, every response carries `Connection: close`, so keep-alive clients open a
   new connection (to a pod that is still in the Service) instead of reusing one that is about to
   be closed under them.
@@ -29,15 +30,19 @@ def _json_head(status: int, extra: list[tuple[bytes, bytes]]) -> dict:
     }
 
 
-def _ambiguous_framing(headers: list[tuple[bytes, bytes]]) -> bool:
+def _framing_error(headers: list[tuple[bytes, bytes]]) -> tuple[int, str] | None:
     lengths: set[bytes] = set()
-    chunked = False
+    codings: list[bytes] = []
     for name, value in headers:
         if name == b"content-length":
             lengths.update(v.strip() for v in value.split(b","))
         elif name == b"transfer-encoding":
-            chunked = True
-    return len(lengths) > 1 or (chunked and bool(lengths))
+            codings += (v.strip().lower() for v in value.split(b","))
+    if len(lengths) > 1 or (codings and lengths):
+        return 400, "ambiguous request framing"
+    if codings and codings != [b"chunked"]:
+        return 501, "unsupported transfer coding (only chunked)"
+    return None
 
 
 class ConnectionGuard:
@@ -48,9 +53,10 @@ class ConnectionGuard:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if _ambiguous_framing(scope["headers"]):
-            body = pydantic_core.to_json({"detail": "ambiguous request framing"})
-            await send(_json_head(400, [(b"content-length", str(len(body)).encode())]))
+        if refused := _framing_error(scope["headers"]):
+            status, detail = refused
+            body = pydantic_core.to_json({"detail": detail})
+            await send(_json_head(status, [(b"content-length", str(len(body)).encode())]))
             await send({"type": "http.response.body", "body": body})
             return
         started = False

@@ -9,6 +9,7 @@ thread with NUMERIC_THREADS capped keeps one core for the event loop and one for
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import queue
@@ -33,9 +34,16 @@ warnings.filterwarnings(
 )
 
 
-def _limit_numeric_threads(n: int) -> None:
+def _limit_numeric_threads(n: int) -> bool:
+    """Cap OpenMP/BLAS threads; False when it failed (e.g. out of file descriptors while
+    threadpoolctl inspects the loaded libraries): predictions still run, and it is retried."""
     # OpenMP's thread count is per calling thread, so it must be set on the inference thread.
-    threadpool_limits(limits=n)
+    try:
+        threadpool_limits(limits=n)
+    except Exception as exc:
+        log.warning("could not cap numeric threads: %s", type(exc).__name__)
+        return False
+    return True
 
 
 @dataclass
@@ -74,11 +82,15 @@ class InferenceEngine:
 
     Hand-off: a SimpleQueue in, one `call_soon_threadsafe` per batch back (cheaper than
     `run_in_executor`'s two chained futures per request). With micro-batching, at most one batch
-    is on the thread at a time; requests arriving meanwhile queue on the event loop and go
+    is on the thread at a time; requests that arrive meanwhile queue on the event loop and go
     together as the next batch as soon as it returns. Only when two or more requests are
     queued does the batch wait, up to MICROBATCH_WAIT_MS, for more. A lone request never
     waits. All batching decisions run on the event loop: the thread never blocks with a
     timeout, so it never has to win the GIL back from a busy loop mid-batch.
+
+    Requests larger than a micro-batch (more than MICROBATCH_MAX_ROWS rows) queue in a lane of
+    their own and go one per batch, taking turns with the batches of the others: a one-row
+    request waits behind at most one large request, however many are queued.
     """
 
     def __init__(
@@ -101,6 +113,8 @@ class InferenceEngine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._pending: list[_Pending] = []
         self._pending_rows = 0
+        self._large: collections.deque[_Pending] = collections.deque()
+        self._large_turn = False  # the next batch comes from the large lane, if it has one
         self._busy = False  # a micro-batch is on the thread
         self._timer: asyncio.Handle | None = None
         self._closed = False
@@ -108,6 +122,11 @@ class InferenceEngine:
     @property
     def microbatching(self) -> bool:
         return self._wait > 0
+
+    @property
+    def alive(self) -> bool:
+        """False once the inference thread died (nothing it was given would ever answer)."""
+        return self._thread is None or self._thread.is_alive()
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
@@ -147,8 +166,11 @@ class InferenceEngine:
             return await future
         if self._closed:
             raise RuntimeError("inference engine is closed")
-        self._pending.append(pending)
-        self._pending_rows += features.shape[0]
+        if features.shape[0] > self._max_rows:
+            self._large.append(pending)
+        else:
+            self._pending.append(pending)
+            self._pending_rows += features.shape[0]
         if not self._busy and self._timer is None:
             # after every request already runnable in this loop turn has been added
             self._timer = loop.call_soon(self._dispatch)
@@ -159,20 +181,25 @@ class InferenceEngine:
         give stragglers up to MICROBATCH_WAIT_MS (once per batch)."""
         waited = self._timer is not None and isinstance(self._timer, asyncio.TimerHandle)
         self._timer = None
-        if self._busy or not self._pending:
+        if self._busy or not (self._pending or self._large):
             return
-        if not waited and len(self._pending) >= 2 and self._pending_rows < self._max_rows:
+        if self._large and (self._large_turn or not self._pending):
+            self._large_turn = False
+            batch = [self._large.popleft()]
+        elif not waited and len(self._pending) >= 2 and self._pending_rows < self._max_rows:
             assert self._loop is not None
             self._timer = self._loop.call_later(self._wait, self._dispatch)
             return
-        batch, self._pending, self._pending_rows = self._pending, [], 0
+        else:
+            self._large_turn = True
+            batch, self._pending, self._pending_rows = self._pending, [], 0
         self._busy = True
         self._submit(batch)
 
     def _batch_done(self, results: list) -> None:
         _settle_all(results)
         self._busy = False
-        if self._pending and self._timer is None:
+        if (self._pending or self._large) and self._timer is None:
             self._dispatch()
 
     # ---------------------------------------------------------------- inference thread
@@ -195,17 +222,18 @@ class InferenceEngine:
             # before each call (smoke tests run right after every model load) and the first
             # batch. Uncapped, HistGradientBoosting ran 10-50x slower on a busy 2-core node.
             if isinstance(item, _Call) or not capped:
-                _limit_numeric_threads(self._numeric_threads)
-                capped = True
+                capped = _limit_numeric_threads(self._numeric_threads)
             if isinstance(item, _Call):
                 try:
                     self._reply(_settle_all, [(item.future, item.fn(*item.args), None)])
                 except Exception as exc:
                     self._reply(_settle_all, [(item.future, None, exc)])
                 continue
-            results: list = []
-            for chunk in self._chunks(item):
-                results += self._predict_chunk(chunk)
+            try:
+                results = [r for chunk in self._chunks(item) for r in self._predict_chunk(chunk)]
+            except Exception as exc:  # a bug of ours: these requests fail, the thread lives on
+                log.exception("inference batch failed")
+                results = [(p.future, None, exc) for p in item]
             self._reply(self._batch_done if self.microbatching else _settle_all, results)
 
     def _chunks(self, batch: list[_Pending]) -> Iterator[list[_Pending]]:

@@ -143,8 +143,8 @@ class ServiceMetrics:
         self.connections_closed = Counter(
             "mlservice_connections_closed_total",
             "Connections the server closed to protect itself: header_timeout, header_too_large "
-            "(431), body_timeout (408), idle_evicted (at MAX_CONNECTIONS, the longest-idle one), "
-            "over_capacity (503)",
+            "(431), body_timeout (408), write_timeout, pipeline_full, invalid_request (400), "
+            "idle_evicted (at MAX_CONNECTIONS), over_capacity (503)",
             ["reason"],
             registry=registry,
         )

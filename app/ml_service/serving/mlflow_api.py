@@ -14,11 +14,12 @@ no Parquet) is listed in docs/api.md.
 
 from __future__ import annotations
 
-import asyncio
+import csv
 import io
 import json
 import logging
 import re
+from collections.abc import Iterator
 from functools import lru_cache
 from typing import Any
 
@@ -27,7 +28,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from .body import read_body
+from .body import OFF_LOOP_BYTES, read_body
 from .deps import service_of
 from .errors import ApiError, MlflowError, MlflowErrorBody, json_response, too_many_rows
 from .feedback import invocation_headers
@@ -123,6 +124,16 @@ def fast_path(schemas: ModelSchemas) -> FastPath:
 # Columns beyond the signature that a payload may carry (ids, timestamps...): MLflow drops them;
 # past this many, the payload is refused instead of building a frame that wide.
 MAX_EXTRA_COLUMNS = 64
+# Longest CSV record (header or row) read at all: the csv module parses one in a single call
+# that holds the interpreter (~3 ms for 32 KiB of short fields).
+MAX_CSV_RECORD_CHARS = 32 * 1024
+
+
+def _too_wide_error() -> MlflowError:
+    return _bad_request(
+        f"Rows are wider than the model signature plus {MAX_EXTRA_COLUMNS} extra columns.",
+        "INVALID_PARAMETER_VALUE",
+    )
 
 
 def _too_wide(value: Any, width: int) -> bool:
@@ -148,13 +159,27 @@ def _rows(value: Any) -> int:
 
 def _keep_signature_columns(value: Any, names: frozenset[str]) -> Any:
     """What MLflow would drop anyway (columns outside the signature), dropped before pandas
-    sees it: the DataFrame then costs rows x signature columns, whatever the caller sent."""
+    sees it: the DataFrame then costs rows x signature columns, whatever the caller sent, and
+    MLflow does not log the names of the columns it drops."""
     if isinstance(value, list):
         return [
             {k: v for k, v in r.items() if k in names} if isinstance(r, dict) else r for r in value
         ]
-    if isinstance(value, dict) and "data" not in value:
+    if not isinstance(value, dict):
+        return value  # not a frame at all: MLflow's parsing refuses it
+    if "data" not in value:
         return {k: v for k, v in value.items() if k in names}
+    columns, rows = value.get("columns"), value.get("data")
+    if isinstance(columns, list) and isinstance(rows, list):
+        keep = [i for i, c in enumerate(columns) if isinstance(c, str) and c in names]
+        if len(keep) < len(columns) and all(
+            isinstance(r, list) and len(r) == len(columns) for r in rows
+        ):  # ragged rows are left for MLflow to refuse
+            return {
+                **value,
+                "columns": [columns[i] for i in keep],
+                "data": [[r[i] for i in keep] for r in rows],
+            }
     return value
 
 
@@ -190,10 +215,7 @@ def _mlflow_frame(model: LoadedModel, payload: dict[str, Any], max_rows: int) ->
     if _rows(value) > max_rows:
         raise too_many_rows(max_rows)
     if _too_wide(value, len(model.feature_names) + MAX_EXTRA_COLUMNS):
-        raise _bad_request(
-            f"Rows are wider than the model signature plus {MAX_EXTRA_COLUMNS} extra columns.",
-            "INVALID_PARAMETER_VALUE",
-        )
+        raise _too_wide_error()
     data[key] = _keep_signature_columns(value, frozenset(model.feature_names))
     try:
         frame = infer_and_parse_data(data, model.mlflow_schemas[0])
@@ -209,8 +231,10 @@ def _enforce(model: LoadedModel, frame: Any, params: Any) -> tuple[Any, Any]:
     error text that quotes the data)."""
     from mlflow.models.utils import _enforce_params_schema, _enforce_schema
 
+    input_schema, params_schema = model.mlflow_schemas
+    if params_schema is None:
+        params = None  # MLflow ignores them, logging every key the caller sent: ignored quietly
     try:
-        input_schema, params_schema = model.mlflow_schemas
         frame = _enforce_schema(frame, input_schema, "sklearn")
         return frame, _enforce_params_schema(params, params_schema)
     except Exception as exc:
@@ -244,6 +268,46 @@ def _frame_matrix(model: LoadedModel, frame: Any) -> np.ndarray:
     return x
 
 
+def _check_csv(model: LoadedModel, text: str, max_rows: int) -> None:
+    """What pandas is about to parse, checked record by record with the CSV grammar (a quoted
+    newline does not start a row): at most `max_rows` rows after the header, a header no wider
+    than the signature plus MAX_EXTRA_COLUMNS, no row wider than the header (plus one: pandas'
+    implicit index column), no record longer than MAX_CSV_RECORD_CHARS (the csv module reads a
+    record in one call). It stops at the first violation, so its work is bounded by what is
+    allowed, not by what was sent."""
+    read = 0
+
+    def lines() -> Iterator[str]:
+        nonlocal read
+        for line in io.StringIO(text):
+            read += len(line)
+            if read > MAX_CSV_RECORD_CHARS:
+                raise _bad_request(
+                    f"CSV records are limited to {MAX_CSV_RECORD_CHARS} characters.",
+                    "INVALID_PARAMETER_VALUE",
+                )
+            yield line
+
+    header_width, rows = 0, 0
+    try:
+        for record in csv.reader(lines()):
+            read = 0
+            if not record:  # a blank line: pandas skips it
+                continue
+            if not header_width:
+                header_width = len(record)
+                limit = len(model.feature_names) + MAX_EXTRA_COLUMNS
+            else:
+                rows += 1
+                limit = header_width + 1
+            if rows > max_rows:
+                raise too_many_rows(max_rows)
+            if len(record) > limit:
+                raise _too_wide_error()
+    except csv.Error:
+        raise _csv_error() from None
+
+
 def _parse_csv(model: LoadedModel, body: bytes, max_rows: int) -> Any:
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc.scoring_server import parse_csv_input
@@ -254,24 +318,22 @@ def _parse_csv(model: LoadedModel, body: bytes, max_rows: int) -> Any:
         raise _bad_request(
             "Invalid input. Ensure that input is a valid UTF-8 encoded string."
         ) from None
-    if text.count("\n") > max_rows + 1:  # a header, then at most max_rows rows (+ final newline)
-        raise too_many_rows(max_rows)
-    if text.split("\n", 1)[0].count(",") >= len(model.feature_names) + MAX_EXTRA_COLUMNS:
-        raise _bad_request(
-            f"Rows are wider than the model signature plus {MAX_EXTRA_COLUMNS} extra columns.",
-            "INVALID_PARAMETER_VALUE",
-        )
+    _check_csv(model, text, max_rows)
     try:
         frame = parse_csv_input(io.StringIO(text), model.mlflow_schemas[0])
     except MlflowException:
-        raise _bad_request(
-            "Failed to parse input as a Pandas DataFrame. Ensure that the input is a valid "
-            "CSV-formatted Pandas DataFrame produced using the `pandas.DataFrame.to_csv()` method."
-        ) from None
+        raise _csv_error() from None
     if len(frame) > max_rows:
         raise too_many_rows(max_rows)
     frame = frame[[c for c in frame.columns if c in set(model.feature_names)]]
     return _enforce(model, frame, None)[0]
+
+
+def _csv_error() -> MlflowError:
+    return _bad_request(
+        "Failed to parse input as a Pandas DataFrame. Ensure that the input is a valid "
+        "CSV-formatted Pandas DataFrame produced using the `pandas.DataFrame.to_csv()` method."
+    )
 
 
 def _content_type(request: Request) -> str:
@@ -296,11 +358,20 @@ async def _features(svc: Service, model: LoadedModel, media: str, body: bytes) -
     max_rows = svc.settings.max_batch_rows
     if media == JSON:
         assert svc.schemas is not None
-        found = fast_path(svc.schemas).matrix(body, max_rows)
+        fast = fast_path(svc.schemas)
+        if len(body) > OFF_LOOP_BYTES:
+            found = await svc.offload(fast.matrix, body, max_rows)
+        else:
+            found = fast.matrix(body, max_rows)
         if found is not None and (found[1] is None or not model.has_params):
             return found[0]
-    # MLflow's own path. Its scoring machinery may still be loading: wait off the event loop.
-    await asyncio.to_thread(lambda: model.mlflow_schemas)
+    # MLflow's own path (pandas, its schema enforcement; its scoring machinery may still be
+    # loading): never on the event loop.
+    return await svc.offload(_mlflow_features, model, media, body, max_rows)
+
+
+def _mlflow_features(model: LoadedModel, media: str, body: bytes, max_rows: int) -> np.ndarray:
+    model.mlflow_schemas  # noqa: B018 - MLflow's machinery, loaded once, before any use of it
     if media == CSV:
         return _frame_matrix(model, _parse_csv(model, body, max_rows))
     try:
@@ -374,7 +445,17 @@ async def ping(request: Request) -> Response:
 @router.get("/version", include_in_schema=False)
 async def version() -> Response:
     """The MLflow version whose scoring protocol is served."""
-    from mlflow.version import VERSION
-
     # MLflow answers its bare version string with a JSON media type; so do we.
-    return Response(VERSION, media_type=JSON)
+    return Response(_mlflow_version(), media_type=JSON)
+
+
+@lru_cache(maxsize=1)
+def _mlflow_version() -> str:
+    """Read from the installed package's metadata: importing `mlflow.version` would import all
+    of MLflow, on the event loop, perhaps while the warm-up thread imports it too."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mlflow-skinny")  # what the image ships; full mlflow depends on it
+    except PackageNotFoundError:
+        return version("mlflow")

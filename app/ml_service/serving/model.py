@@ -15,6 +15,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -39,6 +40,8 @@ from .settings import Settings
 log = logging.getLogger(__name__)
 
 NUMERIC_TYPES = {"double", "float", "long", "integer"}
+# One thread imports MLflow's scoring machinery at a time (LoadedModel.mlflow_schemas).
+_MLFLOW_IMPORT = threading.Lock()
 # `flavors.python_function.predict_fn` values /invocations can answer (MLflow's default: predict).
 PREDICT_FNS = ("predict", "predict_proba")
 
@@ -167,12 +170,15 @@ class LoadedModel:
         """(input Schema, ParamSchema or None) as MLflow's schema enforcement needs them.
 
         Importing MLflow's scoring machinery takes a second; `Service` warms this up on a thread
-        once the model serves, so readiness never waits for it."""
-        import mlflow.pyfunc.scoring_server  # noqa: F401 - what the /invocations fallback uses
-        from mlflow.models.signature import ModelSignature
+        once the model serves, so readiness never waits for it. Whatever else needs that
+        machinery asks for this first: it waits for the one import instead of starting its own
+        (two threads importing MLflow at once can each see the other's modules half-built)."""
+        with _MLFLOW_IMPORT:
+            import mlflow.pyfunc.scoring_server  # noqa: F401 - what the /invocations fallback uses
+            from mlflow.models.signature import ModelSignature
 
-        signature = ModelSignature.from_dict(self.raw_signature)
-        return signature.inputs, signature.params
+            signature = ModelSignature.from_dict(self.raw_signature)
+            return signature.inputs, signature.params
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -276,6 +282,9 @@ class Resolved:
     source: str = ""
 
 
+# `/model`'s `source` for a model directory: where the files are on this machine is nobody's
+# business but the operator's.
+LOCAL_SOURCE = "local"
 _ALIAS_RE = re.compile(r"^models:/(?P<name>[^/@]+)@(?P<alias>[^/]+)/?$")
 _VERSION_RE = re.compile(r"^models:/(?P<name>[^/@]+)/(?P<version>\d+)/?$")
 
@@ -298,7 +307,7 @@ def resolve_and_download(settings: Settings, scratch: Path) -> Resolved:
             run_id=str(_read_mlmodel(local).get("run_id") or ""),
             local_dir=local,
             training_metrics={},
-            source=str(local),
+            source=LOCAL_SOURCE,
         )
     if not settings.model_uri.startswith("models:/"):
         # neither a registry URI nor a directory holding an MLmodel file (yet): a volume that is
@@ -455,7 +464,7 @@ def load_local(resolved: Resolved) -> LoadedModel:
         version=resolved.version,
         alias=resolved.alias,
         run_id=resolved.run_id or str(mlmodel.get("run_id") or ""),
-        source=resolved.source or str(model_dir),
+        source=resolved.source or LOCAL_SOURCE,
         estimator=estimator,
         feature_names=names,
         classes=tuple(str(c) for c in estimator.classes_),

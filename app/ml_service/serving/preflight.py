@@ -31,13 +31,14 @@ def _report(line: str) -> None:
 
 
 def check(timeout: float) -> tuple[bool, str]:
-    from ml_service.__main__ import MLFLOW_CLIENT_DEFAULTS
+    from ml_service.__main__ import MLFLOW_CLIENT_DEFAULTS, MLFLOW_LOGGING
 
     from .model import LoadError, Reason, describe, fetch_and_deserialize, smoke_test
     from .settings import load
 
     for key, value in MLFLOW_CLIENT_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    os.environ.update(MLFLOW_LOGGING)
     settings = load()
     scratch = Path(tempfile.mkdtemp(prefix="ml-service-preflight-"))
     deadline = time.monotonic() + timeout

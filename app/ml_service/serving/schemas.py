@@ -31,6 +31,26 @@ FiniteFloat = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 FiniteFloatMsgspec = Annotated[float, msgspec.Meta(ge=-_FLOAT_MAX, le=_FLOAT_MAX)]
 
 
+def example_row(reference: dict[str, Any] | None, names: tuple[str, ...]) -> list[float] | None:
+    """A made-up row for the OpenAPI examples, never a row of the data: per feature, the middle
+    of its central training bin (the model's reference statistics), rounded to 3 significant
+    digits. None when the model carries no statistics for every feature."""
+    stats = (reference or {}).get("feature_stats") or {}
+    row = []
+    for name in names:
+        feature = stats.get(name)
+        if not isinstance(feature, dict):
+            return None
+        edges = feature.get("edges") or []
+        if len(edges) >= 2:
+            middle = len(edges) // 2
+            value = (edges[middle - 1] + edges[middle]) / 2
+        else:  # one edge is one observed value: the middle of the range instead
+            value = (feature["min"] + feature["max"]) / 2
+        row.append(float(f"{value:.3g}"))
+    return row
+
+
 class ModelRef(BaseModel):
     name: str
     version: str

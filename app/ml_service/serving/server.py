@@ -1,51 +1,95 @@
-"""The HTTP server: uvicorn with connection limits and a graceful shutdown for Kubernetes.
+"""The HTTP server: uvicorn with per-connection limits and a graceful shutdown for Kubernetes.
 
-Connection limits (uvicorn alone holds a connection that never sends a byte forever):
+Every resource one connection can hold is bounded (uvicorn alone bounds none of them):
 - request headers must be complete within REQUEST_HEADER_TIMEOUT_SECONDS of the connection
-  opening, or of its previous response, and fit in MAX_HEADER_BYTES (431: the parser keeps a
-  header's bytes in memory, and joining them costs more the longer it grows); idle keep-alive
+  opening, or of its previous response, and fit in MAX_HEADER_BYTES and MAX_HEADERS fields (431:
+  the parser keeps a header's bytes in memory and calls back once per field); idle keep-alive
   connections close after KEEPALIVE_TIMEOUT_SECONDS; a body must be complete within
   REQUEST_BODY_TIMEOUT_SECONDS of its headers (408);
-- at most MAX_CONNECTIONS are open (kept below the open-file limit so `accept()` never fails):
-  a new one closes the longest-idle connection waiting for request headers whose socket does
-  not already hold complete headers (a request the busy loop has not read yet, a probe's), or,
-  when none is, gets a canned 503 and is closed. A flood of idle or trickling connections
-  therefore never locks out a health probe.
-Each closure is counted in `mlservice_connections_closed_total{reason}`; repeated log messages
-are rate-limited (redact.py), so no client can fill the log.
+- at most PIPELINE_DEPTH requests wait behind the one being answered: beyond that the server
+  stops reading, answers the ones it has (the last with `Connection: close`) and closes, so the
+  client retries the rest elsewhere (RFC 9112 9.3.2);
+- unsent response bytes: a client must take each response within
+  RESPONSE_WRITE_TIMEOUT_SECONDS, or the connection is aborted (its buffer dropped, its slot
+  freed);
+- at most MAX_CONNECTIONS are open: a new one closes a connection that is stuck on a client that
+  does not read, or the longest-idle one waiting for request headers whose socket does not
+  already hold complete headers (a request the busy loop has not read yet), or, when none is,
+  gets a canned 503 and is closed.
+The file-descriptor budget (`fd_budget`) keeps the cap, the accept burst and the probe
+listener's own budget under the open-file limit, so `accept()` never runs out of descriptors.
+Each closure is counted in `mlservice_connections_closed_total{reason}`; log lines are
+rate-limited (redact.py), so no client can fill the log. The kubelet and Prometheus use the
+probe listener (probes.py), which has budgets, a thread and an event loop of its own.
+
+Every request passes `ConnectionLimits.admit` once its headers are complete, before the app
+or its body: the one place where a policy that refuses requests cheaply plugs in.
 
 Shutdown sequence on SIGTERM:
 1. readiness turns 503 at once and every response says `Connection: close` (guard.py);
 2. for SHUTDOWN_DRAIN_SECONDS the listener stays open, so requests routed before the endpoint
    update still land;
-3. uvicorn closes the listener and gives in-flight requests up to SHUTDOWN_GRACE_SECONDS; the
-   ones still running after it get a JSON 503;
+3. the connections still waiting in the listen queue are accepted, then the listener closes;
+   a request that already arrived is answered, and a connection that has just opened gets a
+   moment to send its request; in-flight requests get up to SHUTDOWN_GRACE_SECONDS, the ones
+   still running after it get a JSON 503;
 4. lifespan shutdown stops the loader and inference threads; the process exits 0.
-A second signal skips the drain; SIGINT (Ctrl-C) skips it as well.
+A second signal skips the drain; SIGINT (Ctrl-C) skips it as well. SIGHUP is ignored (the
+settings are read once, at start): a terminal hang-up or a stray reload signal never stops a pod.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
+import errno
+import fcntl
+import functools
 import logging
 import resource
 import signal
 import socket
+import struct
+import sys
+import termios
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 
+import httptools
 import uvicorn
+from uvicorn.config import STARTUP_FAILURE
+from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .settings import Settings
 
 log = logging.getLogger("ml_service")
 
-# File descriptors kept free for everything that is not a client connection (the listener,
-# log files, the model download, MLflow's HTTP pool).
+# File descriptors kept free for everything that is not a client connection (the listeners,
+# log files, the model download, MLflow's HTTP pool, imports).
 FD_RESERVE = 64
+# The probe listener's connection budget (and listen backlog): the kubelet opens one connection
+# per probe, Prometheus one or two; it never shares the main listener's.
+PROBE_CONNECTIONS = 16
+# Accept bursts that can be open at once beyond a listener's cap (fd_budget).
+ACCEPT_BURSTS = 4
+# At most this many requests wait, fully read, behind the one being answered on a connection.
+PIPELINE_DEPTH = 8
+# Most header fields per request: each one is a parser callback and a list entry.
+MAX_HEADERS = 100
+# How often the deadlines are checked: one pass over the open connections, instead of a timer
+# started and cancelled on every request.
+SWEEP_SECONDS = 0.5
+# How far into a connection's unread bytes eviction looks for the end of a request's headers.
+PEEK_BYTES = 16384
+# At shutdown, a connection this young that has not sent a request yet gets until this age to
+# send one (it is answered with `Connection: close`) instead of being closed under it.
+FRESH_CONNECTION_SECONDS = 1.0
+# accept() errors that mean "out of descriptors or memory": asyncio retries after a second.
+ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
 
 def _canned(status: bytes, detail: bytes, extra: bytes = b"") -> bytes:
@@ -57,100 +101,250 @@ def _canned(status: bytes, detail: bytes, extra: bytes = b"") -> bytes:
     )
 
 
-# How often the deadlines are checked: one pass over the open connections, instead of a timer
-# started and cancelled on every request.
-SWEEP_SECONDS = 0.5
-# How far into a connection's unread bytes eviction looks for the end of a request's headers.
-PEEK_BYTES = 16384
+HEADER_TOO_LARGE = _canned(
+    b"431 Request Header Fields Too Large", b"request headers too large (MAX_HEADER_BYTES)"
+)
+TOO_MANY_HEADERS = _canned(
+    b"431 Request Header Fields Too Large",
+    b"more than %d request header fields" % MAX_HEADERS,
+)
+BODY_TIMEOUT = _canned(
+    b"408 Request Timeout", b"request body not received in time (REQUEST_BODY_TIMEOUT_SECONDS)"
+)
+BAD_REQUEST = _canned(b"400 Bad Request", b"invalid HTTP request")
+
+
+class Refused(Exception):
+    """Raised from a parser callback to stop reading a connection: `answer` (if any, and if no
+    answer of the app is under way) is written and the connection closes; without one, the
+    requests already read are answered first."""
+
+    def __init__(self, reason: str, answer: bytes = b"") -> None:
+        super().__init__(reason)
+        self.reason, self.answer = reason, answer
 
 
 @dataclass
 class ConnectionLimits:
+    """The limits of one listener, and the sweep that enforces its deadlines."""
+
     header_timeout: float
     max_header_bytes: int
     body_timeout: float
+    write_timeout: float
     max_connections: int
     retry_after: int
     on_closed: Callable[[str], None]
-    _sweeping: bool = False
+    # Runs on every sweep: the main loop's heartbeat for the probe listener's liveness check.
+    on_sweep: Callable[[], None] = lambda: None
+    connections: set = field(default_factory=set)
 
     def overload_response(self) -> bytes:
         retry = b"retry-after: %d\r\n" % self.retry_after
         return _canned(b"503 Service Unavailable", b"too many connections", retry)
 
-    def header_too_large_response(self) -> bytes:
-        detail = b"request headers too large (MAX_HEADER_BYTES)"
-        return _canned(b"431 Request Header Fields Too Large", detail)
-
-    def body_timeout_response(self) -> bytes:
-        detail = b"request body not received in time (REQUEST_BODY_TIMEOUT_SECONDS)"
-        return _canned(b"408 Request Timeout", detail)
+    def admit(self, conn: LimitedConnection) -> None:
+        """Every request's headers are complete, its body not read yet, the app not called:
+        raise `Refused` with a canned answer to turn it away here. No policy beyond the
+        connection cap is installed today; this is where admission control plugs in."""
 
     def watch(self, connections: set, loop: asyncio.AbstractEventLoop) -> None:
-        """Start the deadline sweep over the server's connections (once)."""
-        if not self._sweeping:
-            self._sweeping = True
-            loop.call_later(SWEEP_SECONDS, self._sweep, connections, loop)
+        """Start the deadline sweep over a server's connections."""
+        self.connections = connections
+        loop.call_later(SWEEP_SECONDS, self._sweep, loop)
 
-    def _sweep(self, connections: set, loop: asyncio.AbstractEventLoop) -> None:
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
-        for conn in list(connections):
-            if conn.idle_since is not None and now - conn.idle_since > self.header_timeout:
-                conn.cut_off("header_timeout")
+        self.on_sweep()
+        for conn in list(self.connections):
+            if conn.transport.is_closing():  # only its unsent bytes keep it: the write deadline
+                pass
+            elif conn.idle_since is not None:
+                if now - conn.idle_since > self.header_timeout:
+                    conn.cut_off("header_timeout")
+                elif conn.drain_deadline is not None and now > conn.drain_deadline:
+                    conn.transport.close()
             elif conn.body_since is not None and now - conn.body_since > self.body_timeout:
-                conn.cut_off("body_timeout", self.body_timeout_response())
-        loop.call_later(SWEEP_SECONDS, self._sweep, connections, loop)
+                conn.cut_off("body_timeout", BODY_TIMEOUT)
+            self._write_deadline(conn, now)
+        loop.call_later(SWEEP_SECONDS, self._sweep, loop)
+
+    def _write_deadline(self, conn: LimitedConnection, now: float) -> None:
+        """Every byte written must be taken by the client within `write_timeout`: the clock
+        starts when bytes are outstanding and restarts once all of those were taken."""
+        transport = conn.transport  # type: ignore[attr-defined]
+        outstanding = transport.get_write_buffer_size() + _unsent(transport)
+        if not outstanding:
+            conn.write_since = None
+        elif conn.write_since is None or transport.written - outstanding >= conn.write_mark:
+            conn.write_since, conn.write_mark = now, transport.written
+        elif now - conn.write_since > self.write_timeout:
+            conn.cut_off("write_timeout", abort=True)
+
+
+def _unsent(transport: asyncio.Transport) -> int:
+    """Bytes in the kernel's send queue: a client that stopped reading leaves them there
+    (on loopback the kernel takes ~100 KB per connection before asyncio buffers anything)."""
+    sock = transport.get_extra_info("socket")
+    try:
+        return struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+    except (OSError, AttributeError):  # closed, or not a socket the kernel can tell about
+        return 0
+
+
+class _CountingTransport:
+    """The connection's transport, counting the bytes written to it (for the write
+    deadline); everything else goes to the transport itself."""
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self.written = 0
+
+    def write(self, data: bytes) -> None:
+        self.written += len(data)
+        self._transport.write(data)
+
+    def __getattr__(self, name: str):  # type: ignore[no-untyped-def]
+        return getattr(self._transport, name)
+
+
+class _Flow(FlowControl):
+    """uvicorn's flow control, except that a connection that stopped reading for good (a full
+    pipeline) stays stopped: uvicorn resumes reading whenever a request reads its body or ends."""
+
+    held = False
+
+    def resume_reading(self) -> None:
+        if not self.held:
+            super().resume_reading()
 
 
 class LimitedConnection:
-    """Mixin for a uvicorn HTTP protocol class: header and body deadlines, the connection cap.
+    """Mixin for uvicorn's httptools protocol: the per-connection limits of the module docstring.
 
-    A connection is *idle* from the moment it opens or its response completed until its next
-    request's headers are complete: only idle connections are evicted, and only they run the
-    header deadline. From the headers on, the body deadline runs until the request's body is
-    complete (408 if it is late, or a plain close once the answer has started).
+    A connection is *idle* from the moment it opens or its last response completed until its
+    next request's headers are complete: only idle connections run the header deadline and are
+    evicted for being idle. From its headers on, a request's body deadline runs until the body
+    is complete (408 if it is late, or a plain close once the answer has started).
     """
 
     limits: ConnectionLimits
     idle_since: float | None = None
     body_since: float | None = None
+    write_since: float | None = None  # response bytes outstanding since (seen by the sweep)
+    write_mark: int = 0  # bytes written when that clock started
+    drain_deadline: float | None = None
+    opened_at: float = 0.0
+    served: int = 0
+    # The request being read: its header bytes as parsed, the bytes of the reads its header
+    # block spanned whole (the parser holds a header it has not finished), its fields.
     header_bytes: int = 0
-    _cycle_at_idle: object = None
+    spanned_bytes: int = 0
+    header_fields: int = 0
+    in_headers: bool = False
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
-        super().connection_made(transport)  # type: ignore[misc]
-        self._idle()
-        self.limits.watch(self.connections, self.loop)  # type: ignore[attr-defined]
+        super().connection_made(_CountingTransport(transport))  # type: ignore[misc]
+        self.flow = _Flow(transport)
+        self.opened_at = self.idle_since = self.loop.time()  # type: ignore[attr-defined]
         if len(self.connections) > self.limits.max_connections:  # type: ignore[attr-defined]
             self._make_room()
 
     def data_received(self, data: bytes) -> None:
-        if self.idle_since is not None:
-            self.header_bytes += len(data)
-        super().data_received(data)  # type: ignore[misc]
-        self._progress()
-        if self.idle_since is not None and self.header_bytes > self.limits.max_header_bytes:
-            self.cut_off("header_too_large", self.limits.header_too_large_response())
+        if self.flow.held:
+            return
+        self._unset_keepalive_if_required()  # type: ignore[attr-defined]
+        whole_chunk_in_headers = self.in_headers
+        try:
+            self.parser.feed_data(data)  # type: ignore[attr-defined]
+        except httptools.HttpParserUpgrade:
+            self._unsupported_upgrade_warning()  # type: ignore[attr-defined]
+        except httptools.HttpParserError as exc:
+            refused = exc.__context__
+            if isinstance(refused, Refused):
+                self._refused(refused)
+            else:
+                self.cut_off("invalid_request", BAD_REQUEST)
+            return
+        # A header the parser has not finished is not seen field by field: count the reads
+        # that started inside the block and did not finish it. (The read a block starts in is
+        # not counted: it may hold the end of a previous body; a read is at most 256 KiB.)
+        if self.in_headers and whole_chunk_in_headers:
+            self.spanned_bytes += len(data)
+            if self.spanned_bytes > self.limits.max_header_bytes:
+                self.cut_off("header_too_large", HEADER_TOO_LARGE)
+
+    # ---------------------------------------------------------------- parser callbacks
+
+    def on_message_begin(self) -> None:
+        if len(self.pipeline) >= PIPELINE_DEPTH:  # type: ignore[attr-defined]
+            raise Refused("pipeline_full")
+        self.in_headers = True
+        self.header_bytes = self.spanned_bytes = self.header_fields = 0
+        super().on_message_begin()  # type: ignore[misc]
+
+    def _header_grew(self, n: int) -> None:
+        self.header_bytes += n
+        if self.header_bytes > self.limits.max_header_bytes:
+            raise Refused("header_too_large", HEADER_TOO_LARGE)
+
+    def on_url(self, url: bytes) -> None:
+        self._header_grew(len(url))
+        super().on_url(url)  # type: ignore[misc]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_fields += 1
+        if self.header_fields > MAX_HEADERS:
+            raise Refused("header_too_large", TOO_MANY_HEADERS)
+        self._header_grew(len(name) + len(value) + 4)
+        super().on_header(name, value)  # type: ignore[misc]
+
+    def on_headers_complete(self) -> None:
+        self.in_headers = False
+        self.idle_since = None
+        self.limits.admit(self)
+        super().on_headers_complete()  # type: ignore[misc]
+        self.body_since = self.loop.time()  # type: ignore[attr-defined]
+
+    def on_message_complete(self) -> None:
+        self.body_since = None
+        super().on_message_complete()  # type: ignore[misc]
 
     def on_response_complete(self) -> None:
-        self.body_since = None
-        self._idle()
-        super().on_response_complete()  # type: ignore[misc]
-        self._progress()  # a pipelined request may already be complete
+        self.served += 1
+        super().on_response_complete()  # type: ignore[misc]  # starts a queued request, if any
+        cycle = self.cycle  # type: ignore[attr-defined]  # the last request read
+        if cycle is None or cycle.response_complete:
+            self.idle_since = self.loop.time()  # type: ignore[attr-defined]
 
-    def _idle(self) -> None:
-        self.idle_since = self.loop.time()  # type: ignore[attr-defined]
-        self.header_bytes = 0
-        self._cycle_at_idle = self.cycle  # type: ignore[attr-defined]
+    # ---------------------------------------------------------------- closing
 
-    def _progress(self) -> None:
+    def _refused(self, refused: Refused) -> None:
+        if refused.answer:
+            self.cut_off(refused.reason, refused.answer)
+            return
+        # Stop reading; the requests already read are answered, the last one closes.
+        self.flow.held = True
+        self.flow.pause_reading()
+        self.limits.on_closed(refused.reason)
+        self.cycle.keep_alive = False  # type: ignore[attr-defined]
+
+    def cut_off(self, reason: str, answer: bytes = b"", *, abort: bool = False) -> None:
+        """Close for `reason`; `answer` is written first if no answer of the app has started.
+        A request still running sees a disconnected client (its answer is dropped)."""
+        self.idle_since = self.body_since = self.write_since = None
+        self.limits.on_closed(reason)
         cycle = self.cycle  # type: ignore[attr-defined]
-        if self.idle_since is not None:
-            if cycle is not None and cycle is not self._cycle_at_idle:  # headers complete
-                self.idle_since = None
-                self.body_since = self.loop.time() if cycle.more_body else None  # type: ignore[attr-defined]
-        elif self.body_since is not None and not cycle.more_body:
-            self.body_since = None
+        responding = cycle is not None and cycle.response_started and not cycle.response_complete
+        if answer and not abort and not responding and not self.pipeline:  # type: ignore[attr-defined]
+            self.transport.write(answer)  # type: ignore[attr-defined]
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True
+            cycle.message_event.set()
+        if abort or self.transport.is_closing():  # type: ignore[attr-defined]
+            self.transport.abort()  # type: ignore[attr-defined]  # drop what is unsent
+        else:
+            self.transport.close()  # type: ignore[attr-defined]
 
     def has_request_waiting(self) -> bool:
         """Whether complete request headers wait unread in the socket: a request the busy loop
@@ -168,29 +362,30 @@ class LimitedConnection:
         return b"\r\n\r\n" in waiting
 
     def shutdown(self) -> None:
-        """The server stops: a connection whose request already arrived but is not read yet is
-        answered (with `Connection: close`, guard.py) instead of closed under the client."""
+        """The server stops: a request that already arrived but is not read yet is answered
+        (with `Connection: close`, guard.py), and a connection opened a moment ago gets until
+        FRESH_CONNECTION_SECONDS to send its request, instead of being closed under it."""
         cycle = self.cycle  # type: ignore[attr-defined]
-        if (cycle is None or cycle.response_complete) and self.has_request_waiting():
-            return
+        if cycle is None or cycle.response_complete:
+            if self.has_request_waiting():
+                return
+            if self.served == 0:
+                self.drain_deadline = self.opened_at + FRESH_CONNECTION_SECONDS
+                if self.loop.time() < self.drain_deadline:  # type: ignore[attr-defined]
+                    return
         super().shutdown()  # type: ignore[misc]
 
-    def cut_off(self, reason: str, answer: bytes = b"") -> None:
-        """Close for `reason`; `answer` is written first if the app has not started its own."""
-        self.idle_since = self.body_since = None
-        self.limits.on_closed(reason)
-        cycle = self.cycle  # type: ignore[attr-defined]
-        if answer and (cycle is None or cycle.response_complete or not cycle.response_started):
-            if cycle is not None:
-                cycle.response_started = cycle.response_complete = True  # the app's answer is void
-            self.transport.write(answer)  # type: ignore[attr-defined]
-        self.transport.close()  # type: ignore[attr-defined]
-
     def _make_room(self) -> None:
-        idle = [c for c in self.connections if c is not self and c.idle_since is not None]  # type: ignore[attr-defined]
-        idle.sort(key=lambda c: c.idle_since)
-        # Not one whose socket already holds a whole request: that is a client (a probe) the
-        # busy loop has not read yet, not an idle one. A trickle's partial header does not count.
+        others = [c for c in self.connections if c is not self]  # type: ignore[attr-defined]
+        # A client that has not taken its answer for a while holds its slot for nothing.
+        now = self.loop.time()  # type: ignore[attr-defined]
+        stuck = [c for c in others if c.write_since is not None and now - c.write_since >= 1.0]
+        if stuck:
+            min(stuck, key=lambda c: c.write_since).cut_off("idle_evicted", abort=True)
+            return
+        idle = sorted((c for c in others if c.idle_since is not None), key=lambda c: c.idle_since)
+        # Not one whose socket already holds a whole request: that is a client the busy loop
+        # has not read yet, not an idle one. A trickle's partial header does not count.
         victim = next((c for c in idle if not c.has_request_waiting()), None)
         if victim is not None:
             victim.cut_off("idle_evicted")
@@ -201,38 +396,116 @@ class LimitedConnection:
         self.transport.close()  # type: ignore[attr-defined]
 
 
-def connection_cap(wanted: int) -> int:
-    """MAX_CONNECTIONS, lowered to stay under the open-file limit (raised to its hard maximum
-    first, which needs no privilege)."""
+def protocol_class(limits: ConnectionLimits, *, access_log: bool = True) -> type:
+    # httptools (llhttp, C): about twice the requests per second of the pure-Python h11 parser
+    # here (docs/benchmarks.md), and it refuses malformed framing itself.
+    attrs: dict = {"limits": limits}
+    if not access_log:  # uvicorn decides per connection from the (global) access logger
+        attrs["connection_made"] = _without_access_log
+    return type("LimitedHttpTools", (LimitedConnection, HttpToolsProtocol), attrs)
+
+
+def _without_access_log(self, transport) -> None:  # type: ignore[no-untyped-def]
+    LimitedConnection.connection_made(self, transport)
+    self.access_log = False
+
+
+# ---------------------------------------------------------------- file descriptors
+
+
+def raise_open_file_limit() -> int:
+    """Raise the open-file soft limit to the hard limit (no privilege needed); the new soft
+    limit."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if hard == resource.RLIM_INFINITY or hard > soft:
-        target = hard if hard != resource.RLIM_INFINITY else max(soft, wanted + FD_RESERVE)
+    if hard != soft:
+        target = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 20)
         try:
             resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
             soft = target
         except (ValueError, OSError):
             pass
-    cap = min(wanted, max(8, soft - FD_RESERVE))
+    return soft
+
+
+# glibc's mallopt parameter: blocks at least this large are mapped on their own.
+M_MMAP_THRESHOLD = -3
+
+
+def return_large_blocks() -> None:
+    """glibc maps large blocks on their own only below a threshold that it raises each time
+    one is freed; past that, a 1 MB body lands in the heap, and once freed its pages stay
+    with the process (a flood of large requests left ~500 MB behind). A fixed threshold keeps
+    every block over 256 KiB mapped on its own, and returned to the system when freed."""
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to tune
+        ctypes.CDLL(None).mallopt(M_MMAP_THRESHOLD, 256 * 1024)
+
+
+@dataclass(frozen=True)
+class FdBudget:
+    max_connections: int
+    backlog: int  # the listen queue, and the most connections asyncio accepts in one go
+
+
+def fd_budget(wanted: int, open_files: int) -> FdBudget:
+    """MAX_CONNECTIONS and the accept backlog under the open-file limit.
+
+    asyncio accepts up to `backlog` connections per turn of the loop; a connection only meets
+    the cap two turns later, and the descriptor of one it turns away is released a turn after
+    that: up to ACCEPT_BURSTS bursts are open beyond the cap. So cap + ACCEPT_BURSTS x backlog,
+    the same for the probe listener, and FD_RESERVE must fit."""
+    free = open_files - FD_RESERVE - PROBE_CONNECTIONS * (1 + ACCEPT_BURSTS)
+    cap = min(wanted, max(8, free - ACCEPT_BURSTS * 16))
     if cap < wanted:
-        log.warning("MAX_CONNECTIONS lowered to %d: the open-file limit is %d", cap, soft)
-    return cap
+        log.warning("MAX_CONNECTIONS lowered to %d: the open-file limit is %d", cap, open_files)
+    return FdBudget(cap, max(8, min(2048, (free - cap) // ACCEPT_BURSTS)))
 
 
-def protocol_class(limits: ConnectionLimits) -> type:
-    # httptools (llhttp, C): about twice the requests per second of the pure-Python h11 parser
-    # here (docs/benchmarks.md), and it refuses malformed framing itself.
-    return type("LimitedHttpTools", (LimitedConnection, HttpToolsProtocol), {"limits": limits})
+def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
+    """asyncio logs a traceback for every accept() that runs out of descriptors (then retries
+    after a second): one rate-limited line instead."""
+
+    def handler(loop: asyncio.AbstractEventLoop, context: dict) -> None:
+        exc = context.get("exception")
+        if isinstance(exc, OSError) and exc.errno in ACCEPT_RESOURCE_ERRORS:
+            log.warning("accept() failed (%s); retrying in a second", errno.errorcode[exc.errno])
+            return
+        loop.default_exception_handler(context)
+
+    loop.set_exception_handler(handler)
+
+
+# ---------------------------------------------------------------- the server
 
 
 class GracefulServer(uvicorn.Server):
     def __init__(
-        self, config: uvicorn.Config, settings: Settings, on_shutdown: Callable[[], None]
+        self,
+        config: uvicorn.Config,
+        settings: Settings,
+        limits: ConnectionLimits,
+        on_shutdown: Callable[[], None],
+        probes: object,
     ) -> None:
         super().__init__(config)
         self._settings = settings
+        self._limits = limits
         self._on_shutdown = on_shutdown
+        self._probes = probes
         self._draining = False
         self._lock = threading.Lock()
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        loop = asyncio.get_running_loop()
+        quiet_accept_errors(loop)
+        loop.add_signal_handler(signal.SIGHUP, log.info, "SIGHUP ignored (settings are read once)")
+        self._limits.on_sweep()  # the probe listener's liveness check starts from here
+        try:
+            self._probes.start()  # type: ignore[attr-defined]
+        except OSError as exc:
+            log.error("the probe listener cannot start: %s", exc)
+            sys.exit(STARTUP_FAILURE)
+        await super().startup(sockets)
+        self._limits.watch(self.server_state.connections, loop)
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         with self._lock:
@@ -249,18 +522,65 @@ class GracefulServer(uvicorn.Server):
                 return
         super().handle_exit(sig, frame)
 
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await self._accept_waiting()
+        try:
+            await super().shutdown(sockets)
+        finally:
+            self._probes.stop()  # type: ignore[attr-defined]
+
+    async def _accept_waiting(self) -> None:
+        """Accept what waits in the listen queue before the listener closes: closing it would
+        reset connections whose clients may already have sent a request."""
+        loop = asyncio.get_running_loop()
+        factory = functools.partial(
+            self.config.http_protocol_class,
+            config=self.config,
+            server_state=self.server_state,
+            app_state=self.lifespan.state,
+        )
+        accepted = []
+        for server in getattr(self, "servers", []):
+            for tsock in server.sockets:
+                listener = socket.socket(tsock.family, tsock.type, tsock.proto, tsock.fileno())
+                try:
+                    while True:
+                        conn, _ = listener.accept()
+                        conn.setblocking(False)
+                        accepted.append(loop.connect_accepted_socket(factory, conn))
+                except OSError:  # the queue is empty (EAGAIN), or out of descriptors
+                    pass
+                finally:
+                    listener.detach()  # asyncio owns the descriptor
+            server.close()  # at once: a connection queued from here on would be reset
+        if accepted:
+            await asyncio.gather(*accepted, return_exceptions=True)
+
 
 def build(app, settings: Settings) -> GracefulServer:  # type: ignore[no-untyped-def]
-    """The configured server for `app` (a `main.create_app` application)."""
+    """The configured server for `app` (an `app.create_app` application)."""
+    from .probes import ProbeListener
+
     service = app.state.service
-    limits = ConnectionLimits(
-        header_timeout=settings.request_header_timeout_seconds,
-        max_header_bytes=settings.max_header_bytes,
-        body_timeout=settings.request_body_timeout_seconds,
-        max_connections=connection_cap(settings.max_connections),
-        retry_after=settings.retry_after_seconds,
-        on_closed=lambda reason: service.metrics.connections_closed.labels(reason).inc(),
-    )
+    return_large_blocks()
+    budget = fd_budget(settings.max_connections, raise_open_file_limit())
+
+    def closed(reason: str) -> None:
+        service.metrics.connections_closed.labels(reason).inc()
+
+    def limits(max_connections: int, on_sweep: Callable[[], None] = lambda: None):  # type: ignore[no-untyped-def]
+        return ConnectionLimits(
+            header_timeout=settings.request_header_timeout_seconds,
+            max_header_bytes=settings.max_header_bytes,
+            body_timeout=settings.request_body_timeout_seconds,
+            write_timeout=settings.response_write_timeout_seconds,
+            max_connections=max_connections,
+            retry_after=settings.retry_after_seconds,
+            on_closed=closed,
+            on_sweep=on_sweep,
+        )
+
+    main_limits = limits(budget.max_connections, on_sweep=service.heartbeat)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -272,13 +592,21 @@ def build(app, settings: Settings) -> GracefulServer:  # type: ignore[no-untyped
         timeout_graceful_shutdown=settings.shutdown_grace_seconds,  # type: ignore[arg-type]
         lifespan="on",
         loop="asyncio",
-        http=protocol_class(limits),
+        http=protocol_class(main_limits),
         ws="none",
         proxy_headers=False,
         server_header=False,
+        backlog=budget.backlog,
+    )
+    probes = ProbeListener(
+        service,
+        settings.host,
+        settings.probe_port,
+        protocol_class(limits(PROBE_CONNECTIONS), access_log=False),
+        keepalive_timeout=settings.keepalive_timeout_seconds,
     )
 
     def begin_shutdown() -> None:
         service.shutting_down = True
 
-    return GracefulServer(config, settings, begin_shutdown)
+    return GracefulServer(config, settings, main_limits, begin_shutdown, probes)

@@ -16,6 +16,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -25,10 +26,10 @@ from prometheus_client import CollectorRegistry
 from ml_service.model_format import REFERENCE_KEY
 
 from .drift import DriftMonitor
-from .errors import ApiError, too_many_rows
+from .errors import ApiError, InputError, too_many_rows
 from .feedback import Feedback
 from .inference import DriftSink, InferenceEngine, settle
-from .metrics import ServiceMetrics
+from .metrics import ServiceMetrics, render
 from .model import (
     LoadedModel,
     LoadError,
@@ -40,18 +41,21 @@ from .model import (
 )
 from .payload_log import PayloadLog
 from .prediction_ids import request_id
-from .schemas import ModelSchemas
+from .schemas import ModelSchemas, example_row
 from .settings import Settings
 
 log = logging.getLogger("ml_service")
 T = TypeVar("T")
 
+# The probe listener's /health answers 503 when the main event loop has not turned for this long
+# (nothing on it may take more than milliseconds): the kubelet then restarts the pod.
+LOOP_STALL_SECONDS = 10.0
 
-def _warm_up(model: LoadedModel) -> None:
-    try:
-        model.mlflow_schemas  # noqa: B018 - the import and the schema objects are the point
-    finally:
-        gc.freeze()
+
+# MLflow's scoring machinery is loaded at most this many times, a second, then 2, 4, 8 s apart,
+# before the process declares itself broken: an import that failed half-way (out of file
+# descriptors, say) can leave state behind that fails every later import.
+WARM_UP_ATTEMPTS = 5
 
 
 class Service:
@@ -74,8 +78,15 @@ class Service:
         self.load_attempts = 0
         # SIGTERM received: readiness is 503 and every response closes its connection.
         self.shutting_down = False
+        # Set when a part of the process failed for good: liveness and readiness answer 503.
+        self.broken: str | None = None
         self.scratch = Path(tempfile.mkdtemp(prefix="ml-service-"))
         self.on_model_loaded: list[Callable[[LoadedModel], None]] = []
+        # Work that grows with a body (decoding a large body, building a large answer, MLflow's
+        # parsing, rendering /metrics) runs here, one job at a time, never on the event loop.
+        self.bodies = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bodies")
+        self._rendering: asyncio.Future | None = None
+        self._loop_beat = time.monotonic()
         # Ground truth (feedback.py, payload_log.py): None unless PREDICTION_SIGNING_SECRET
         # (and PAYLOAD_LOG_URI) are set, and then nothing of it is registered or answered.
         self.feedback: Feedback | None = None
@@ -89,7 +100,7 @@ class Service:
 
     @property
     def ready(self) -> bool:
-        return self.model is not None and not self.shutting_down
+        return self.model is not None and not self.shutting_down and not self.broken
 
     def unavailable(self) -> ApiError:
         """The 503 for requests that need a model while there is none (or shutdown began)."""
@@ -101,6 +112,51 @@ class Service:
         if self.model is None:
             raise self.unavailable()
         return self.model
+
+    def readiness(self) -> tuple[int, dict[str, Any], dict[str, str]]:
+        """(status, body, headers) of `/ready`, on either listener."""
+        model = self.model
+        if model is not None and self.ready:
+            serving = {"name": model.name, "version": model.version}
+            return 200, {"status": "ready", "model": serving}, {}
+        retry = {"Retry-After": str(self.settings.retry_after_seconds)}
+        if self.broken:
+            return 503, {"status": "failed", "message": self.broken}, retry
+        body: dict[str, Any] = {"status": "shutting_down" if self.shutting_down else "loading"}
+        if not self.shutting_down:
+            # a fixed sentence per reason: never an error text, a URL or a host name
+            body |= {"reason": self.reason.value, "message": self.reason.message}
+        body["attempts"] = self.load_attempts
+        return 503, body, retry
+
+    def heartbeat(self) -> None:
+        """Called by the main event loop twice a second (the connection sweep)."""
+        self._loop_beat = time.monotonic()
+
+    def liveness(self) -> tuple[int, dict[str, str]]:
+        """(status, body) of `/health`: the process serves, its event loop turns and its
+        inference thread runs. Never touches the model or MLflow."""
+        if self.broken:
+            return 503, {"status": "failed", "reason": self.broken}
+        if not self.engine.alive:
+            return 503, {"status": "failed", "reason": "the inference thread stopped"}
+        if time.monotonic() - self._loop_beat > LOOP_STALL_SECONDS:
+            return 503, {"status": "stalled", "reason": "the event loop is blocked"}
+        return 200, {"status": "ok"}
+
+    async def offload(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run `fn(*args)` on the bodies thread (see `bodies`)."""
+        return await asyncio.get_running_loop().run_in_executor(
+            self.bodies, _without_frames, fn, args
+        )
+
+    async def exposition(self) -> tuple[bytes, str]:
+        """The /metrics text, rendered on the bodies thread; scrapes that arrive while one is
+        rendered share it, so scrapers cannot queue up renders."""
+        if self._rendering is None:
+            self._rendering = asyncio.ensure_future(self.offload(render, self.registry))
+            self._rendering.add_done_callback(lambda _: setattr(self, "_rendering", None))
+        return await asyncio.shield(self._rendering)
 
     # ---------------------------------------------------------------- loading
 
@@ -137,7 +193,7 @@ class Service:
 
     def _install(self, model: LoadedModel, started: float) -> None:
         stamp(model, started)
-        example = model.input_example[0].tolist() if len(model.input_example) else None
+        example = example_row(model.reference, model.feature_names)
         self.schemas = ModelSchemas.build(model.feature_names, example)
         self.classes = np.asarray(model.classes, dtype=object)
         self.drift = _drift_sink(model, self.registry)
@@ -157,7 +213,9 @@ class Service:
         # MLflow's scoring machinery (the /invocations fallback) loads off the start-up path; its
         # ~100,000 objects are frozen too once there, or every full collection under load scans
         # them again (measured: 22-27 ms pauses twice a second at c=50, the p99 tail).
-        threading.Thread(target=_warm_up, args=(model,), name="mlflow-warmup", daemon=True).start()
+        threading.Thread(
+            target=self._warm_up, args=(model,), name="mlflow-warmup", daemon=True
+        ).start()
         log.info(
             "model %s version %s (run %s) loaded in %.2fs",
             model.name,
@@ -165,6 +223,30 @@ class Service:
             model.run_id,
             model.load_seconds,
         )
+
+    def _warm_up(self, model: LoadedModel) -> None:
+        """Load what the /invocations fallback needs; retried, and if it keeps failing the
+        process says it is broken (liveness and readiness 503: the kubelet restarts it), never
+        a 500 on every such request behind a 200 `/ready`."""
+        delay = 1.0
+        try:
+            for attempt in range(1, WARM_UP_ATTEMPTS + 1):
+                try:
+                    model.mlflow_schemas  # noqa: B018 - the import and the schema objects
+                    return
+                except Exception as exc:
+                    log.warning(
+                        "loading MLflow's scoring machinery failed (attempt %d of %d): %s",
+                        attempt,
+                        WARM_UP_ATTEMPTS,
+                        describe(exc),
+                    )
+                time.sleep(delay)
+                delay *= 2
+            self.broken = "MLflow's scoring machinery cannot be loaded"
+            log.error("%s: /health and /ready answer 503 so the pod restarts", self.broken)
+        finally:
+            gc.freeze()
 
     # ---------------------------------------------------------------- predicting
 
@@ -213,6 +295,7 @@ class Service:
             drift.submit(features, classes[np.argmax(proba, axis=1)])
 
     async def close(self) -> None:
+        self.bodies.shutdown(wait=False, cancel_futures=True)
         await self.engine.close()
         if self.payload_log is not None:
             await asyncio.to_thread(self.payload_log.close)
@@ -238,6 +321,17 @@ def _drift_sink(model: LoadedModel, registry: CollectorRegistry) -> DriftSink | 
         log.warning("drift reference features differ from the signature; drift monitoring is off")
         return None
     return DriftSink(monitor.observe)
+
+
+def _without_frames(fn: Callable[..., T], args: tuple) -> T:
+    """`fn(*args)`; a refusal (an answer, not a bug) leaves without its traceback. Its frames
+    hold what was parsed of the body (24 MB for 1 MiB of `{}` rows), and the executor keeps
+    the last exception it carried alive until the next one."""
+    try:
+        return fn(*args)
+    except (ApiError, InputError) as exc:
+        fn, args = None, ()  # type: ignore[assignment]  # nor this frame's locals (the body)
+        raise exc.with_traceback(None) from None
 
 
 async def _in_thread(fn: Callable[[], T]) -> T:

@@ -46,6 +46,14 @@ class Settings(BaseSettings):
     )
     host: str = Field("127.0.0.1", description="listen address (the image sets `0.0.0.0`)")
     port: int = Field(8000, ge=0, le=65535, description="listen port")
+    probe_port: int = Field(
+        8081,
+        ge=0,
+        le=65535,
+        description="port of the probe listener: `/health`, `/ready` and `/metrics` for the "
+        "kubelet and Prometheus, on its own thread and connection budget, so no client traffic "
+        "can crowd or delay them (the chart's Service does not expose it)",
+    )
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = Field(
         "info", description="log level: `critical`, `error`, `warning`, `info`, `debug` or `trace`"
     )
@@ -71,6 +79,12 @@ class Settings(BaseSettings):
         15.0,
         gt=0,
         description="the whole request body must arrive within this time (408 and close above)",
+    )
+    response_write_timeout_seconds: float = Field(
+        10.0,
+        gt=0,
+        description="a client must take each response within this time of it being written; "
+        "otherwise the connection is aborted and its slot freed",
     )
     keepalive_timeout_seconds: float = Field(
         5.0, gt=0, description="an idle keep-alive connection is closed after this time"
@@ -172,6 +186,12 @@ class Settings(BaseSettings):
         description="rows waiting to be written at most; beyond it rows are dropped and counted "
         "(`mlservice_payload_log_dropped_rows_total`), the request is never slowed",
     )
+
+    @model_validator(mode="after")
+    def _distinct_ports(self) -> Settings:
+        if self.port and self.port == self.probe_port:
+            raise ValueError("PROBE_PORT must differ from PORT")
+        return self
 
     @field_validator("log_level", mode="before")
     @classmethod

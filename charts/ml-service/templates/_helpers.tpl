@@ -102,6 +102,7 @@ into the pods' environment. */}}
 {{- define "ml-service.configData" -}}
 HOST: "0.0.0.0"
 PORT: "8000"
+PROBE_PORT: "8081"
 {{- with include "ml-service.modelUri" . }}
 MODEL_URI: {{ . | quote }}
 {{- end }}
@@ -122,6 +123,7 @@ REQUEST_HEADER_TIMEOUT_SECONDS: {{ .Values.limits.requestHeaderTimeoutSeconds | 
 MAX_HEADER_BYTES: {{ .Values.limits.maxHeaderBytes | int64 | quote }}
 REQUEST_BODY_TIMEOUT_SECONDS: {{ .Values.limits.requestBodyTimeoutSeconds | quote }}
 KEEPALIVE_TIMEOUT_SECONDS: {{ .Values.limits.keepaliveTimeoutSeconds | quote }}
+RESPONSE_WRITE_TIMEOUT_SECONDS: {{ .Values.limits.responseWriteTimeoutSeconds | quote }}
 MAX_CONNECTIONS: {{ .Values.limits.maxConnections | int64 | quote }}
 {{- with .Values.feedback }}
 {{- if .existingSecret }}
