@@ -50,8 +50,22 @@ venv: $(VENV)/.synced ## create .venv from the lock file
 
 setup: venv $(SETUP_TARGETS) ## install everything the tests need (apt, Go and npm tools, virtualenvs)
 
+# The cluster tier mostly waits on its node (pods starting, Argo CD syncing): it runs beside the
+# tiers that do not measure time, and the timed ones (attacks, benchmarks) run alone once it is
+# done. Its output is printed when it ends. PYTEST_CLUSTER_ARGS: its arguments (PYTEST_ARGS).
+CLUSTER_LOG := $(ROOT)/.local/test-cluster.log
+PYTEST_CLUSTER_ARGS ?= $(PYTEST_ARGS)
+TIMED_TIERS := adversarial or bench
+
 test: setup ## install what the tests need (idempotent: a second run installs nothing), run every tier
-	$(BIN)/pytest $(PYTEST_ARGS)
+	@mkdir -p $(dir $(CLUSTER_LOG))
+	@$(BIN)/pytest -m cluster $(PYTEST_CLUSTER_ARGS) >$(CLUSTER_LOG) 2>&1 & cluster=$$!; \
+	$(BIN)/pytest -m "not cluster and not ($(TIMED_TIERS))" $(PYTEST_ARGS); untimed=$$?; \
+	wait $$cluster; clustered=$$?; \
+	echo "---- the cluster tier, run beside the others ($(CLUSTER_LOG)) ----"; cat $(CLUSTER_LOG); \
+	$(BIN)/pytest -m "$(TIMED_TIERS)" $(PYTEST_ARGS); timed=$$?; \
+	echo "tiers: untimed exit $$untimed, cluster exit $$clustered, timed exit $$timed"; \
+	test $$untimed -eq 0 -a $$clustered -eq 0 -a $$timed -eq 0
 
 test-unit: venv ## the unit tier: seconds, needs only the virtualenv
 	$(BIN)/pytest tests/unit $(PYTEST_ARGS)

@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
-"""Point the Argo CD objects at your repository: `make adopt REPO=<owner>/<name>`.
+"""Point the Argo CD objects and the images at your repository: `make adopt REPO=<owner>/<name>`.
 
 Argo CD reads the repository from the URL `argocd/bootstrap.yaml` names (the Applications'
 repoURL, the AppProjects' sourceRepos, the ApplicationSet's git generator) and Argo CD
 Notifications tells the GitHub repository named in the notification's dispatch path
 (`/repos/<owner>/<name>/dispatches`); the release approvers of .github/CODEOWNERS are a team of the
-repository's owner. `adopt` replaces the URL, the repository and the owner it finds there, whatever
-they are (the template's `OWNER/ml-service` or an earlier adoption), and nothing else;
-the tests read both from the same files, so they keep passing after it
+repository's owner; every image under charts/ and argocd/ is `ghcr.io/<owner>/<name>` in lower case
+or below it: where the release and platform-images workflows push (`ghcr.io/${GITHUB_REPOSITORY,,}`
+and its `/mlflow-*` images). `adopt` replaces the URL, the repository, the owner and the image path
+it finds there, whatever they are (the template's `OWNER/ml-service` or an earlier adoption), and
+nothing else; the tests read them from the same files, so they keep passing after it
 (tests/gitops/test_gitops_adoption.py). Running it again with the same arguments changes nothing
 and succeeds; with other arguments it re-points the objects. Commit, push.
 
@@ -61,6 +63,11 @@ def github_url(repo: str) -> str:
     return f"https://github.com/{repo}.git"
 
 
+def image_path(repo: str) -> str:
+    """Where the workflows push `repo`'s images (GHCR wants lower case)."""
+    return f"ghcr.io/{repo.lower()}"
+
+
 def current(root: Path) -> tuple[str, str]:
     """(the URL Argo CD reads the repository from, the GitHub repository notified) as argocd/
     says now."""
@@ -74,12 +81,14 @@ def current(root: Path) -> tuple[str, str]:
 
 
 def adopt(root: Path, repo: str, url: str) -> list[str]:
-    """Rewrite argocd/ and CODEOWNERS from the current URL and repository to `url` and `repo`;
-    the files changed (none when it already reads `url` and notifies `repo`)."""
+    """Rewrite argocd/, the images under charts/ and CODEOWNERS from the current URL and
+    repository to `url` and `repo`; the files changed (none when already adopted so)."""
     old_url, old_repo = current(root)
     old_owner, owner = old_repo.split("/")[0], repo.split("/")[0]
+    old_image = re.compile(rf"{re.escape(image_path(old_repo))}(?![\w.-])")
     changed = []
-    paths = sorted((root / "argocd").rglob("*.yaml"))
+    paths = [p for top in ("argocd", "charts") for p in sorted((root / top).rglob("*"))
+             if p.suffix in (".yaml", ".md") and p.is_file() and not p.is_symlink()]  # fmt: skip
     for path in [*paths, root / CODEOWNERS]:
         if not path.is_file():
             continue
@@ -87,9 +96,11 @@ def adopt(root: Path, repo: str, url: str) -> list[str]:
         if path.name == CODEOWNERS.name:
             new = re.sub(rf"@{re.escape(old_owner)}/", f"@{owner}/", text)
         else:
-            new = text.replace(old_url, url).replace(
-                f"/repos/{old_repo}/dispatches", f"/repos/{repo}/dispatches"
-            )
+            new = old_image.sub(image_path(repo), text)
+            if path.relative_to(root).parts[0] == "argocd":
+                new = new.replace(old_url, url).replace(
+                    f"/repos/{old_repo}/dispatches", f"/repos/{repo}/dispatches"
+                )
         if new != text:
             path.write_text(new)
             changed.append(str(path.relative_to(root)))

@@ -9,6 +9,7 @@
     gitops.py check --base origin/main --head HEAD      # a release PR's required check
     gitops.py set-alias prod [--version V]                                      # MLflow alias
     gitops.py render dev                                                        # helm template
+    gitops.py pin-platform --image mlflow-server=REF@DIGEST ...                 # platform images
 
 `release` and `promote` never touch the caller's work tree: they check out the base branch in a
 temporary git worktree, write `environments/<env>/release.yaml` there (round-trip, comments and
@@ -489,16 +490,39 @@ def bump(
     commit_body: str,
     before_push=None,
 ) -> str:
-    branch = f"{BRANCH_PREFIX}{t.env}"
-    base = t.base
-    with worktree(repo, branch, base.commit) as wt:
+    def edit(wt: Path) -> None:
         (wt / t.path).parent.mkdir(parents=True, exist_ok=True)
         (wt / t.path).write_text(edit_release_text(t.text, new, t.path, t.env))
         if render_check:
             render(t.env, wt, new, repo)
-        git(wt, "add", t.path)
+
+    return push_change(
+        repo, t.base, f"{BRANCH_PREFIX}{t.env}", t.path, edit,
+        no_pr=no_pr, title=title, body=body, commit_body=commit_body, before_push=before_push,
+    )  # fmt: skip
+
+
+def push_change(
+    repo: Path,
+    base: Base,
+    branch: str,
+    path: str,
+    edit,
+    *,
+    no_pr: bool,
+    title: str,
+    body: str,
+    commit_body: str,
+    before_push=None,
+) -> str:
+    """`edit(worktree)` changes `path` on a fresh `branch` from `base`: commit it, call
+    `before_push()`, force-push the branch and open or update its one pull request (nothing pushed
+    when the remote already holds the same change)."""
+    with worktree(repo, branch, base.commit) as wt:
+        edit(wt)
+        git(wt, "add", path)
         if git_ok(wt, "diff", "--cached", "--quiet"):
-            raise Refused(f"{t.path} unchanged after the edit: nothing to commit")
+            raise Refused(f"{path} unchanged after the edit: nothing to commit")
         git(wt, *identity_args(repo), "commit", "--quiet", "-m", title, "-m", commit_body)
         tree = git(wt, "rev-parse", "HEAD^{tree}")
     if before_push is not None:
@@ -647,6 +671,90 @@ def read_abort_notification(path: Path) -> AbortedCanary:
                              one_line(doc.get("message", "")), tuple(checks))  # fmt: skip
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise GitopsError(f"{path}: not an abort notification ({type(exc).__name__})") from None
+
+
+# --------------------------------------------------------------------------- platform images
+
+PLATFORM_APP = "argocd/apps/mlflow-platform.yaml"
+PLATFORM_CHART = "charts/mlflow-platform"
+# platform.Dockerfile target -> its image block in charts/mlflow-platform's values
+PLATFORM_IMAGES = {"mlflow-server": "mlflow", "postgresql": "postgresql", "minio": "s3"}
+
+
+def parse_image(spec: str) -> tuple[str, str, str, str]:
+    """`TARGET=REPOSITORY:TAG@DIGEST` (what the platform-images workflow pushed)."""
+    target, _, ref = spec.partition("=")
+    if target not in PLATFORM_IMAGES:
+        raise GitopsError(f"--image TARGET=REPOSITORY:TAG@DIGEST: TARGET is one of "
+                          f"{', '.join(PLATFORM_IMAGES)}")  # fmt: skip
+    name, _, digest = ref.partition("@")
+    repository, _, tag = name.rpartition(":")
+    if not (REPOSITORY_RE.match(repository) and TAG_RE.match(tag) and DIGEST_RE.match(digest)):
+        raise GitopsError(f"--image {target}: invalid repository, tag or digest (sha256:<64 hex>)")
+    return target, repository, tag, digest
+
+
+def pin_platform_text(text: str, images: list[tuple[str, str, str, str]]) -> str:
+    """The mlflow-platform Application with each image's tag and digest in its valuesObject (the
+    repository stays the chart's default: check_platform checks the pushed one is it)."""
+    doc = _yaml().load(text)
+    values = doc["spec"]["source"]["helm"].setdefault("valuesObject", {})
+    for target, _repository, tag, digest in images:
+        block = values.setdefault(PLATFORM_IMAGES[target], {}).setdefault("image", {})
+        block["tag"] = _like(block.get("tag"), tag)
+        block["digest"] = _like(block.get("digest"), digest)
+    return dump(doc)
+
+
+def check_platform(wt: Path, images: list[tuple[str, str, str, str]]) -> None:
+    """The images are the chart's defaults (where the workflow pushes for this repository) and
+    the Application still renders with them."""
+    helm = shutil.which("helm")
+    if helm is None:
+        raise GitopsError("helm not found on PATH: run `make setup` (or pass --no-render-check)")
+    defaults = _yaml().load((wt / PLATFORM_CHART / "values.yaml").read_text())
+    for target, repository, _tag, _digest in images:
+        expected = defaults[PLATFORM_IMAGES[target]]["image"]["repository"]
+        if repository != expected:
+            raise GitopsError(
+                f"--image {target}: {repository} is not the chart's image {expected} "
+                "(run `make adopt`, or push where the chart points)"
+            )
+    app = _yaml().load((wt / PLATFORM_APP).read_text())
+    with tempfile.TemporaryDirectory(prefix="gitops-render-") as tmp:
+        values = Path(tmp) / "values-object.yaml"
+        values.write_text(dump(app["spec"]["source"]["helm"]["valuesObject"]))
+        proc = subprocess.run(
+            [helm, "template", "mlflow", str(wt / PLATFORM_CHART), "--namespace", "mlflow",
+             "--values", str(values)],
+            capture_output=True, text=True, check=False,
+        )  # fmt: skip
+    if proc.returncode != 0:
+        raise GitopsError(f"{PLATFORM_APP} does not render: {proc.stderr.strip()[-2000:]}")
+
+
+def cmd_pin_platform(a: argparse.Namespace) -> str:
+    images = [parse_image(spec) for spec in a.image]
+    if len({i[0] for i in images}) != len(images):
+        raise GitopsError("--image names each target once")
+    if a.revision and not REVISION_RE.match(a.revision):
+        raise GitopsError("--revision is a full commit sha")
+    base = resolve_base(a.repo, a.base, a.remote)
+    text = read_at(a.repo, base.ref, PLATFORM_APP)
+
+    def edit(wt: Path) -> None:
+        (wt / PLATFORM_APP).write_text(pin_platform_text(text, images))
+        if a.render_check:
+            check_platform(wt, images)
+
+    lines = "\n".join(f"- `{t}`: `{r}:{g}@{d}`" for t, r, g, d in images)
+    built = f" built from {a.revision}" if a.revision else ""
+    title = "platform images: " + ", ".join(f"{t} {g}@{d[7:19]}" for t, _r, g, d in images)
+    intro = f"Pins the images of charts/mlflow-platform{built}, as pushed by `platform-images`:"
+    return push_change(
+        a.repo, base, f"{BRANCH_PREFIX}platform-images", PLATFORM_APP, edit,
+        no_pr=a.no_pr, title=title, body=f"{intro}\n\n{lines}\n", commit_body=f"{intro}\n{lines}",
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------- quality gate
@@ -1235,6 +1343,17 @@ def parser() -> argparse.ArgumentParser:
         "--version", help="the version the environment serves (must be one it pinned by PR)"
     )
     s.set_defaults(func=cmd_set_alias)
+
+    pp = sub.add_parser("pin-platform", help="pin charts/mlflow-platform's images by digest (PR)")
+    pp.add_argument("--image", action="append", required=True, metavar="TARGET=REF@DIGEST",
+                    help=f"a pushed image; TARGET one of {', '.join(PLATFORM_IMAGES)}")  # fmt: skip
+    pp.add_argument("--revision", help="the commit the images were built from (for the PR)")
+    pp.add_argument("--base", default="main", help="branch the PR targets (default main)")
+    pp.add_argument("--remote", default="origin", help="remote to push to (default origin)")
+    pp.add_argument("--no-pr", action="store_true", help="push the branch, open no PR")
+    pp.add_argument("--no-render-check", dest="render_check", action="store_false",
+                    help="skip the image and `helm template` check")  # fmt: skip
+    pp.set_defaults(func=cmd_pin_platform)
 
     rd = sub.add_parser("render", help="helm template the env as its Argo CD Application would")
     rd.add_argument("env", choices=ENVIRONMENTS)

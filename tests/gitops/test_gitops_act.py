@@ -6,7 +6,9 @@ server and a local bare git remote:
   branch, PR) as written; its `image` job (buildx + push to GHCR) only runs on GitHub, so the
   test runs a copy of the workflow where that one job is a stub emitting the same outputs;
 - promote.yml: `promote` (the environment before `to`, the gate, the PR);
-- champion-alias.yml: `set-alias` on a `repository_dispatch` like Argo CD Notifications sends.
+- champion-alias.yml: `set-alias` on a `repository_dispatch` like Argo CD Notifications sends;
+- platform-images.yml: `pin` (the digests into argocd/apps/mlflow-platform.yaml, PR); its pushes
+  (buildx + GHCR) only run on GitHub and are stubs emitting a digest each.
 
 What cannot run here is replaced, and named so: actions/setup-python and actions/setup-go by
 local stand-ins that check the runner's own Python and Go, actions/create-github-app-token by a
@@ -73,6 +75,9 @@ class ActRepo:
             "ubuntu-24.04=-self-hosted",
             "--no-cache-server",
             "--pull=false",
+            # The checkout copies .venv and .tools too: they are git-ignored links to the shared
+            # ones (copying only what git tracks would rebuild every tool inside each job).
+            "--use-gitignore=false",
             "--defaultbranch",
             "main",
             "-s",
@@ -333,3 +338,41 @@ def test_canary_aborted_workflow_opens_the_revert_pr(story: ActRepo):
     assert pr["title"] == f"revert(dev): canary of model {aborted} aborted"
     assert "| ml-service-5d8f-3-1 | class-share | Failed | 0 | 2 | 0 | [0.1134] |" in pr["body"]
     assert story.release_on("gitops/dev", "dev")["revision"] != dev["revision"]
+
+
+def platform_workflow_without_push(tmp: Path) -> Path:
+    """platform-images.yml with the pushes of its `images` job (buildx + GHCR: GitHub only)
+    replaced by steps emitting a made-up digest each; the job's checkout and its `refs` step (the
+    image names, `make platform-image-refs`) run as written, and so does the `pin` job."""
+    doc = yaml.safe_load((ROOT / ".github/workflows/platform-images.yml").read_text())
+    doc["on"] = doc.pop(True)  # YAML 1.1 reads the key `on` as a boolean
+    images = doc["jobs"]["images"]
+    kept = [s for s in images["steps"]
+            if "actions/checkout@" in s.get("uses", "") or s.get("id") == "refs"]  # fmt: skip
+    pushes = [s["id"] for s in images["steps"] if "build-push-action@" in s.get("uses", "")]
+    images["steps"] = kept + [
+        {"id": step, "run": f'echo "digest=sha256:{i + 1}{"0" * 63}" >> "$GITHUB_OUTPUT"'}
+        for i, step in enumerate(pushes)
+    ]
+    path = tmp / "platform-images-stub-push.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_platform_images_workflow_pins_what_it_pushed(story: ActRepo):
+    """The `pin` job as written: the images' names from the `refs` step, their digests from the
+    (stubbed) pushes, written into argocd/apps/mlflow-platform.yaml on gitops/platform-images and
+    a pull request opened."""
+    workflow = platform_workflow_without_push(story.tmp)
+    code, out = story.act("workflow_dispatch", workflow, "--env",
+                          "GITHUB_REPOSITORY=owner/ml-service", payload={})  # fmt: skip
+    assert code == 0, out[-8000:]
+    (app,) = yaml.safe_load_all(
+        run_git(story.remote, "show", "gitops/platform-images:argocd/apps/mlflow-platform.yaml")
+    )
+    values = app["spec"]["source"]["helm"]["valuesObject"]
+    digests = {block: values[block]["image"]["digest"] for block in ("mlflow", "postgresql", "s3")}
+    assert digests == {"mlflow": f"sha256:1{'0' * 63}", "postgresql": f"sha256:2{'0' * 63}",
+                       "s3": f"sha256:3{'0' * 63}"}  # fmt: skip
+    pr = story.prs()[-1]
+    assert pr["head"] == "gitops/platform-images" and pr["title"].startswith("platform images:")

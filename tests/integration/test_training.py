@@ -22,8 +22,9 @@ from ml_service.training.train import load_dataset
 from support.mlflow import MlflowServer, RegisteredModel, mlflow_env, run_training, train
 
 HYPER_PARAMS = {
-    "seed", "test_size", "learning_rate", "max_iter", "max_leaf_nodes", "max_depth",
-    "min_samples_leaf", "l2_regularization", "class_weight", "drift_bins",
+    "seed", "test_size", "model_seed", "learning_rate", "max_iter", "max_leaf_nodes",
+    "max_depth", "min_samples_leaf", "l2_regularization", "max_features", "class_weight",
+    "drift_bins",
 }  # fmt: skip
 
 

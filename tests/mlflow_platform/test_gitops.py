@@ -1,10 +1,13 @@
 """The repository deploys the platform: argocd/apps/mlflow-platform.yaml renders
 charts/mlflow-platform the way Argo CD's repo-server does, its AppProject admits exactly what it
-renders, and every environment's `mlflow.trackingUri` is that release's Service. (tests/gitops
+renders, every environment's `mlflow.trackingUri` is that release's Service, and the public name CI
+trains through is routed, accepted as Host and admitted by the NetworkPolicy. (tests/gitops
 validates every Argo CD object, this one included, against Argo CD's own CRD schemas.)"""
 
 from __future__ import annotations
 
+import json
+import tempfile
 from functools import cache
 
 import pytest
@@ -37,9 +40,12 @@ def synced() -> tuple[dict, ...]:
     """`helm template` as the repo-server runs it for this Application, minus helm test hooks."""
     app = application()
     src, dest = app["spec"]["source"], app["spec"]["destination"]
-    args = ["template", ".", "--name-template", src["helm"]["releaseName"],
-            "--namespace", dest["namespace"], "--include-crds"]  # fmt: skip
-    proc = kube.run_helm(args, cwd=ROOT / src["path"])
+    with tempfile.NamedTemporaryFile("w", suffix=".json") as values:
+        json.dump(src["helm"].get("valuesObject", {}), values)
+        values.flush()
+        args = ["template", ".", "--name-template", src["helm"]["releaseName"], "--namespace",
+                dest["namespace"], "--values", values.name, "--include-crds"]  # fmt: skip
+        proc = kube.run_helm(args, cwd=ROOT / src["path"])
     assert proc.returncode == 0, proc.stderr
     docs = kube.load_documents(proc.stdout)
     hooks = [d for d in docs if "test" in (d["metadata"].get("annotations") or {}).get(
@@ -57,8 +63,42 @@ def test_application_deploys_the_chart_from_this_repository():
     assert {"server": dest["server"], "namespace": dest["namespace"]} in proj["destinations"]
     assert app["spec"]["syncPolicy"]["automated"] == {"prune": True, "selfHeal": True}
     assert "CreateNamespace=true" in app["spec"]["syncPolicy"]["syncOptions"]
-    # No inline values: credentials and settings live in the chart's defaults and Secrets.
-    assert set(src["helm"]) == {"releaseName"}
+    assert set(src["helm"]) == {"releaseName", "valuesObject"}
+    # GHCR publishes a new package as private: the platform pulls as the environments do.
+    environment = yaml.safe_load((ROOT / "environments" / "prod" / "values.yaml").read_text())
+    assert src["helm"]["valuesObject"]["imagePullSecrets"] == environment["imagePullSecrets"]
+
+
+def test_the_public_name_is_routed_accepted_and_admitted():
+    """docs/gitops.md step 8: the Ingress routes each public name to the Service, MLflow accepts it
+    as Host (else `403 Invalid Host header`), and the NetworkPolicy admits the ingress
+    controller's namespace, over TLS from the issuer prod uses."""
+    values = application()["spec"]["source"]["helm"]["valuesObject"]["expose"]
+    by_kind = {(d["kind"], d["metadata"]["name"]): d for d in synced()}
+    ingress = by_kind[("Ingress", "mlflow")]
+    routed = {
+        r["host"]: r["http"]["paths"][0]["backend"]["service"] for r in ingress["spec"]["rules"]
+    }
+    assert routed == {h: {"name": "mlflow", "port": {"name": "http"}} for h in values["hosts"]}
+    (tls,) = ingress["spec"]["tls"]
+    assert tls["hosts"] == values["hosts"]
+    prod = yaml.safe_load((ROOT / "environments" / "prod" / "values.yaml").read_text())
+    issuer = "cert-manager.io/cluster-issuer"
+    assert ingress["metadata"]["annotations"][issuer] == prod["ingress"]["annotations"][issuer]
+    (server,) = [d for d in synced() if d["kind"] == "Deployment"]
+    env = {
+        e["name"]: e.get("value")
+        for e in server["spec"]["template"]["spec"]["containers"][0]["env"]
+    }
+    allowed = env["MLFLOW_SERVER_ALLOWED_HOSTS"].split(",")
+    for host in values["hosts"]:
+        assert host in allowed and f"{host}:*" in allowed
+    policy = by_kind[("NetworkPolicy", "mlflow")]
+    peers = policy["spec"]["ingress"][0]["from"]
+    admitted = [p["namespaceSelector"]["matchLabels"]["kubernetes.io/metadata.name"]
+                for p in peers if "namespaceSelector" in p]  # fmt: skip
+    assert ingress["spec"]["ingressClassName"] == "nginx" and "ingress-nginx" in admitted
+    assert prod["networkPolicy"]["allowedNamespaces"] == ["ingress-nginx"], "same controller"
 
 
 def test_project_admits_exactly_the_rendered_kinds():

@@ -17,9 +17,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from support.app_server import AppServer, app_server
 from support.mlflow import RegisteredModel
 from support.mlflow_platform import BUCKET, Minio, PlatformServer
+from support.poll import wait_until
+from support.rows import from_app
 
-from .conftest import train_on, wait_for
-from .test_serving import example_rows
+from .conftest import train_on
 
 pytestmark = [pytest.mark.platform, pytest.mark.timeout(900)]
 
@@ -77,7 +78,7 @@ def test_the_bucket_holds_exactly_the_rows_served_through_an_outage(
     labels: dict[str, str] = {}
 
     def traffic(app: AppServer, requests: int) -> None:
-        base = example_rows(app, http, 1)[0]
+        base = from_app(app, 1, http)[0]
         for i in range(requests):
             rows = [{k: v * float(rng.uniform(0.9, 1.1)) for k, v in base.items()}
                     for _ in range(int(rng.integers(1, 8)))]  # fmt: skip
@@ -100,19 +101,22 @@ def test_the_bucket_holds_exactly_the_rows_served_through_an_outage(
         PAYLOAD_LOG_QUEUE_ROWS=400,
         **direct_server.client_env,
     ) as app:
+
+        def rows_accounted(timeout: float, what: str) -> None:
+            """Every row served so far is written or counted as dropped."""
+            wait_until(lambda: accounted(app, http, "predictions") == len(served), timeout, what,
+                       interval=0.5)  # fmt: skip
+
         traffic(app, 60)
-        wait_for(lambda: accounted(app, http, "predictions") == len(served), 60,
-                 what="the first rows written")  # fmt: skip
+        rows_accounted(60, "the first rows written")
         minio.stop()
         try:
             traffic(app, 150)  # the store is gone: requests go on, rows are dropped and counted
-            wait_for(lambda: accounted(app, http, "predictions") == len(served), 120,
-                     what="every row written or dropped")  # fmt: skip
+            rows_accounted(120, "every row written or dropped")
         finally:
             minio.start()
         traffic(app, 60)
-        wait_for(lambda: accounted(app, http, "predictions") == len(served), 60,
-                 what="the rest written")  # fmt: skip
+        rows_accounted(60, "the rest written")
         # labels for a third of the rows, the ones of the outage included, 50 at a time (the
         # small queue of this test holds 400 rows)
         for pid in list(served)[::3]:
@@ -121,8 +125,12 @@ def test_the_bucket_holds_exactly_the_rows_served_through_an_outage(
         for start in range(0, len(items), 50):
             r = http.post(app.url("/feedback"), json={"feedback": items[start : start + 50]})
             assert r.json() == {"accepted": len(items[start : start + 50]), "duplicates": 0}
-        wait_for(lambda: accounted(app, http, "labels") == len(labels), 60,
-                 what="the labels written")  # fmt: skip
+        wait_until(
+            lambda: accounted(app, http, "labels") == len(labels),
+            60,
+            "the labels written",
+            interval=0.5,
+        )
         final = counters(app, http)
         log_text = app.log_tail(1_000_000)
 

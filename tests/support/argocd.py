@@ -8,9 +8,11 @@ which an image would have to carry (nothing is pulled here, so it would be built
 first); as processes they use the binaries already built, reach redis, each other and the git
 server on 127.0.0.1, and the API server at the cluster's own address. This is how Argo CD's own
 developers run it (its Procfile: `ARGOCD_FAKE_IN_CLUSTER=true` makes the in-cluster destination
-`https://kubernetes.default.svc` use KUBECONFIG). What an install adds on top (Deployments,
-Services, RBAC, the API server and UI, dex, notifications) is left out; the CRDs and the
-ConfigMaps/Secret come from the same module (`manifests/crds`, `manifests/base/config`).
+`https://kubernetes.default.svc` use KUBECONFIG). The notifications controller (same binary) runs
+on demand (`start_notifications`) in the node's network namespace: it serves its metrics on every
+address, which there is a namespace the test made. What an install adds on top (Deployments,
+Services, RBAC, the API server and UI, dex) is left out; the CRDs and the ConfigMaps/Secrets come
+from the same module (`manifests/crds`, `manifests/base/config`, `manifests/base/notification`).
 
     with GitDaemon(bare_repos_dir) as git, ArgoCD(cluster, work_dir) as argocd:
         argocd.install()                      # CRDs + argocd-cm & co in namespace argocd
@@ -100,7 +102,7 @@ class ArgoCD:
         self.logs.mkdir(parents=True, exist_ok=True)
         self.procs: dict[str, subprocess.Popen] = {}
         names = ("redis", "repo", "repo-metrics", "controller-metrics", "appset-metrics",
-                 "appset-probe", "appset-webhook")  # fmt: skip
+                 "appset-probe", "appset-webhook", "notifications-metrics")  # fmt: skip
         self.ports = {n: free_port() for n in names}
         self.extra_env = env or {}
 
@@ -117,7 +119,9 @@ class ArgoCD:
             wait_until(lambda crd=crd: self._established(f"crd/{crd}.argoproj.io"), 120,
                        f"CRD {crd}.argoproj.io established", interval=0.5)  # fmt: skip
         docs = []
-        for path in sorted((mod / "manifests" / "base" / "config").glob("argocd-*.yaml")):
+        base = mod / "manifests" / "base"
+        notification = sorted((base / "notification").glob("argocd-notifications-[cs]*.yaml"))
+        for path in [*sorted((base / "config").glob("argocd-*.yaml")), *notification]:
             docs += [d for d in yaml.safe_load_all(path.read_text()) if d]
         self.cluster.apply(docs, namespace=NAMESPACE)
         if config:
@@ -205,6 +209,22 @@ class ArgoCD:
             and _listening(p["appset-probe"]),
             120, "Argo CD processes listening", interval=0.5, diag=self.log_tails,
         )  # fmt: skip
+
+    def start_notifications(self, in_netns) -> None:
+        """The notifications controller (argocd-notifications-cm / -secret of the namespace),
+        its command wrapped by `in_netns` (LocalCluster.in_netns: the node's namespace, where the
+        API server's address is local and the controller's 0.0.0.0 metrics listener stays)."""
+        name = "argocd-notifications"
+        self._spawn(name, in_netns(
+            str(TOOLS_BIN / name), "--namespace", NAMESPACE,
+            # never called here (the templates use no repo.* function), but required
+            "--argocd-repo-server", f"127.0.0.1:{self.ports['repo']}",
+            "--argocd-repo-server-plaintext", "--metrics-port",
+            str(self.ports["notifications-metrics"]), "--loglevel", "info", "--logformat", "text",
+        ))  # fmt: skip
+        wait_until(lambda: self._alive(name) and "loading configuration" in self.log_text(name),
+                   60, "notifications controller started", interval=0.5,
+                   diag=self.log_tails)  # fmt: skip
 
     def _alive(self, name: str) -> bool:
         proc = self.procs[name]

@@ -382,8 +382,10 @@ def platform_mlflow_server(
     auth: bool = True,
     prefix: str | None = None,
     timeout: float = 180.0,
+    extra_env: dict[str, str] | None = None,
 ) -> Iterator[PlatformServer]:
-    """`mlflow server` on PostgreSQL database `database` and s3://mlflow/<prefix>."""
+    """`mlflow server` on PostgreSQL database `database` and s3://mlflow/<prefix>; `extra_env`
+    adds server settings (charts/mlflow-platform's, say)."""
     assert mode in ("proxied", "direct"), mode
     data_dir = Path(data_dir)
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -411,7 +413,7 @@ def platform_mlflow_server(
         cmd += ["--default-artifact-root", artifact_uri, "--no-serve-artifacts"]
     if auth:
         cmd += ["--app-name", "basic-auth"]
-    env = server_env(creds, pg, minio, auth, auth_ini)
+    env = {**server_env(creds, pg, minio, auth, auth_ini), **(extra_env or {})}
     proc = spawn(cmd, log_path=log_path, env=env, cwd=data_dir)
     client_env = dict(creds.mlflow_client_env() if auth else {})
     if mode == "direct":

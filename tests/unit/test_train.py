@@ -63,14 +63,17 @@ def test_fingerprint_sees_any_change(dataset) -> None:
 def test_hyper_parameter_flags_reach_the_estimator() -> None:
     args = train.parse_args(
         ["--learning-rate", "0.05", "--max-iter", "7", "--max-depth", "3", "--class-weight",
-         "balanced", "--seed", "5"]
+         "balanced", "--seed", "5", "--model-seed", "9", "--max-features", "0.8"]
     )  # fmt: skip
     clf = train.build_pipeline(args).named_steps["classifier"]
     assert (clf.learning_rate, clf.max_iter, clf.max_depth) == (0.05, 7, 3)
-    assert clf.class_weight == "balanced" and clf.random_state == 5
+    assert clf.class_weight == "balanced" and clf.max_features == 0.8
+    assert clf.random_state == 9, "the model seed, not the split seed"
     logged = train.hyper_params(args)
     assert logged["learning_rate"] == 0.05 and logged["max_depth"] == 3
-    assert logged["seed"] == 5 and logged["class_weight"] == "balanced"
+    assert (
+        logged["seed"] == 5 and logged["model_seed"] == 9 and logged["class_weight"] == "balanced"
+    )
 
 
 @pytest.mark.parametrize(
@@ -79,6 +82,7 @@ def test_hyper_parameter_flags_reach_the_estimator() -> None:
         ["--test-size", "0.9"],
         ["--drift-bins", "1"],
         ["--class-weight", "heavy"],
+        ["--max-features", "0"],
         ["--served-use", "evaluate"],  # without --served-data
         ["--served-data", "/x", "--served-since", "yesterday"],
     ],

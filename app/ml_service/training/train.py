@@ -1,15 +1,19 @@
 """Train the ml-service classifier, log it to MLflow and register a new model version.
 
-    python -m ml_service.train [--alias champion] [--seed 42] [--learning-rate 0.1] ...
-    python -m ml_service.train --output-dir DIR     # no tracking server: an MLflow model directory
+    python -m ml_service.training [--alias champion] [--seed 42] [--model-seed 42] ...
+    python -m ml_service.training --output-dir DIR   # no tracking server: an MLflow model dir
 
 The tracking server comes from MLFLOW_TRACKING_URI. The alias moves only when --alias is given:
 deployed environments pin an exact version in git, so training never silently changes what
-production serves. --output-dir saves the same model (signature, input example, drift reference
-in its metadata) to a local directory instead, with no run and no registry: the image's demo model.
---served-data adds the rows the service answered and got labels for (its payload log joined with
-the `/feedback` labels by prediction ID) to the training rows, or (--served-use evaluate) scores
-the new model on them too; the held-out split stays the fixed one either way.
+production serves. Two seeds: --seed draws the held-out split (the quality gate scores every
+version on that split, so it must stay the same across versions), --model-seed the estimator's
+randomness (which features each split considers): retraining with another --model-seed gives an
+equivalent model the gate can compare. --output-dir saves the same model (signature, input
+example, drift reference in its metadata) to a local directory instead, with no run and no
+registry: the image's demo model. --served-data adds the rows the service answered and got labels
+for (its payload log joined with the `/feedback` labels by prediction ID) to the training rows, or
+(--served-use evaluate) scores the new model on them too; the held-out split stays the fixed one
+either way.
 """
 
 from __future__ import annotations
@@ -140,8 +144,11 @@ def build_pipeline(args: argparse.Namespace):
         min_samples_leaf=args.min_samples_leaf,
         l2_regularization=args.l2_regularization,
         class_weight=None if args.class_weight == "none" else args.class_weight,
+        # Each split considers a random share of the 30 (strongly correlated) features: a
+        # regularizer, and the randomness --model-seed draws.
+        max_features=args.max_features,
         early_stopping=False,  # the validation split it would draw changes what is trained
-        random_state=args.seed,
+        random_state=args.model_seed,
     )
     return Pipeline([("classifier", clf)])
 
@@ -240,6 +247,7 @@ def training_metadata(data: Dataset, args: argparse.Namespace) -> dict[str, Any]
         "dataset": "sklearn.datasets.load_breast_cancer",
         "seed": args.seed,
         "test_size": args.test_size,
+        "model_seed": args.model_seed,
         "serialization_format": "skops",
     }
 
@@ -272,14 +280,19 @@ def predictions_digest(pred: np.ndarray, proba: np.ndarray) -> str:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        prog="python -m ml_service.train", description=__doc__.split("\n")[0]
+        prog="python -m ml_service.training", description=__doc__.split("\n")[0]
     )
     p.add_argument(
         "--alias", help="point this registered-model alias (e.g. champion) at the new version"
     )
     p.add_argument("--model-name", default=MODEL_NAME, help="registered model name (%(default)s)")
     p.add_argument("--experiment", default=EXPERIMENT, help="MLflow experiment (%(default)s)")
-    p.add_argument("--seed", type=int, default=42, help="split and model seed (%(default)s)")
+    p.add_argument(
+        "--seed", type=int, default=42, help="split seed: which rows are held out (%(default)s)"
+    )
+    p.add_argument(
+        "--model-seed", type=int, default=42, help="the estimator's random_state (%(default)s)"
+    )
     p.add_argument("--test-size", type=float, default=0.25, help="held-out share (%(default)s)")
     p.add_argument("--learning-rate", type=float, default=0.1)
     p.add_argument("--max-iter", type=int, default=200)
@@ -287,6 +300,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-depth", type=int, default=None)
     p.add_argument("--min-samples-leaf", type=int, default=20)
     p.add_argument("--l2-regularization", type=float, default=0.0)
+    p.add_argument(
+        "--max-features", type=float, default=0.5, help="share of features per split (%(default)s)"
+    )
     p.add_argument("--class-weight", choices=["none", "balanced"], default="none")
     p.add_argument("--drift-bins", type=int, default=10, help="quantile bins per feature")
     p.add_argument(
@@ -314,6 +330,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if not 0.05 <= args.test_size <= 0.5:
         p.error("--test-size must be between 0.05 and 0.5")
+    if not 0.0 < args.max_features <= 1.0:
+        p.error("--max-features must be in (0, 1]")
     if args.drift_bins < 2:
         p.error("--drift-bins must be at least 2")
     if args.output_dir and args.alias:
@@ -331,12 +349,14 @@ def hyper_params(args: argparse.Namespace) -> dict[str, Any]:
     keys = (
         "seed",
         "test_size",
+        "model_seed",
         "learning_rate",
         "max_iter",
         "max_leaf_nodes",
         "max_depth",
         "min_samples_leaf",
         "l2_regularization",
+        "max_features",
         "class_weight",
         "drift_bins",
     )

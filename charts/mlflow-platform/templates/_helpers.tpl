@@ -54,12 +54,12 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- printf "s3://%s/%s" .Values.s3.bucket .Values.mlflow.artifactsPrefix | trimSuffix "/" }}
 {{- end }}
 
-{{/* The Host headers MLflow accepts (fnmatch patterns): the Service's DNS names and loopback
-(`kubectl port-forward`), with any port. */}}
+{{/* The Host headers MLflow accepts (fnmatch patterns): the Service's DNS names, loopback
+(`kubectl port-forward`) and the exposed public names, with any port. */}}
 {{- define "mlflow-platform.allowedHosts" -}}
 {{- $svc := include "mlflow-platform.fullname" . }}
 {{- $hosts := list }}
-{{- range list "localhost" "127.0.0.1" $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace) }}
+{{- range concat (list "localhost" "127.0.0.1" $svc (printf "%s.%s" $svc .Release.Namespace) (printf "%s.%s.svc" $svc .Release.Namespace) (printf "%s.%s.svc.cluster.local" $svc .Release.Namespace)) .Values.expose.hosts }}
 {{- $hosts = append $hosts . }}
 {{- $hosts = append $hosts (printf "%s:*" .) }}
 {{- end }}
@@ -109,5 +109,21 @@ app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
 {{- end }}
 {{- if and .Values.s3.minio .Values.s3.endpoint }}
 {{- fail "s3.endpoint is only for an external S3 store: unset it or set s3.minio=false" }}
+{{- end }}
+{{- $expose := .Values.expose }}
+{{- if and (or $expose.ingress.enabled $expose.httpRoute.enabled) (not $expose.hosts) }}
+{{- fail "expose.hosts is required with expose.ingress.enabled or expose.httpRoute.enabled (the public names they route)" }}
+{{- end }}
+{{- if and $expose.httpRoute.enabled (not $expose.httpRoute.parentRefs) }}
+{{- fail "expose.httpRoute.parentRefs is required with expose.httpRoute.enabled (the Gateway to attach to)" }}
+{{- end }}
+{{- if and $expose.httpRoute.enabled (not $expose.httpRoute.gatewayNamespace) }}
+{{- fail "expose.httpRoute.gatewayNamespace is required with expose.httpRoute.enabled (where the gateway's traffic comes from, for the NetworkPolicy)" }}
+{{- end }}
+{{- if and (ne $expose.service.type "ClusterIP") (not $expose.service.sourceRanges) }}
+{{- fail (printf "expose.service.sourceRanges is required with expose.service.type=%s (the client CIDRs admitted from outside the cluster; 0.0.0.0/0 for anyone)" $expose.service.type) }}
+{{- end }}
+{{- if and $expose.service.nodePort (eq $expose.service.type "ClusterIP") }}
+{{- fail "expose.service.nodePort needs expose.service.type NodePort or LoadBalancer" }}
 {{- end }}
 {{- end }}

@@ -166,12 +166,12 @@ def build_addon_images(docker: Docker, bin_dir: Path = DEFAULT_BIN_DIR) -> dict[
 PLATFORM_CHART = ROOT / "charts" / "mlflow-platform"
 
 
-def platform_images() -> dict[str, str]:
-    """platform.Dockerfile target -> the image charts/mlflow-platform runs by default
-    (`<component>.image.repository:<tag or appVersion>`), so the chart and the Argo CD Application
-    that installs it need no image values."""
-    values = yaml.safe_load((PLATFORM_CHART / "values.yaml").read_text())
-    app_version = yaml.safe_load((PLATFORM_CHART / "Chart.yaml").read_text())["appVersion"]
+def platform_images(chart: Path = PLATFORM_CHART) -> dict[str, str]:
+    """platform.Dockerfile target -> the image charts/mlflow-platform (of this checkout, or the
+    chart directory `chart` of another) runs by default (`<component>.image.repository:<tag or
+    appVersion>`): the names the platform-images workflow pushes."""
+    values = yaml.safe_load((chart / "values.yaml").read_text())
+    app_version = yaml.safe_load((chart / "Chart.yaml").read_text())["appVersion"]
 
     def ref(image: dict, default: str) -> str:
         return f"{image['repository']}:{image['tag'] or default}"
@@ -193,8 +193,12 @@ def build_platform_images(docker: Docker) -> tuple[dict[str, str], str]:
     if not minio.exists():
         raise RuntimeError(f"{minio} missing: run `make setup-platform`")
     # The build context takes the binary from build/platform/ (platform.Dockerfile.dockerignore).
-    (ROOT / "build" / "platform").mkdir(parents=True, exist_ok=True)
-    shutil.copy2(minio, ROOT / "build" / "platform" / "minio")
+    # Copied then renamed: the platform tier may build from the same context at the same time.
+    context = ROOT / "build" / "platform"
+    context.mkdir(parents=True, exist_ok=True)
+    partial = context / f".minio.{os.getpid()}"
+    shutil.copy2(minio, partial)
+    partial.replace(context / "minio")
     proc = subprocess.run(
         [str(SCRIPTS / "build-platform-images.sh"), *(f"{t}={r}" for t, r in refs.items())],
         env=docker.env, capture_output=True, text=True, timeout=2400, check=False, cwd=ROOT,

@@ -139,6 +139,11 @@ class LocalCluster(Cluster):
     def _in_netns(self, *argv: str) -> list[str]:
         return ["nsenter", f"--net=/run/netns/{self.config.netns}", "--", *argv]
 
+    def in_netns(self, *argv: str) -> list[str]:
+        """`argv` run in the node's network namespace: the API server is at the node's address,
+        127.0.0.1 is that namespace's own loopback and nothing leaves the machine."""
+        return self._in_netns(*argv)
+
     def _network_up(self) -> None:
         c = self.config
         plen = c.link.prefixlen
@@ -496,6 +501,15 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         for target in (f"{repository}:{tag}", f"{repository}@{digest}"):
             self._ctr("images", "tag", "--force", source, target)
         return digest
+
+    def image_names(self) -> list[str]:
+        """Every name an image has in the node's containerd."""
+        return self._ctr("images", "list", "-q").stdout.split()
+
+    def untag_image(self, ref: str) -> None:
+        """Remove one name of an image (its content stays while another name or a container
+        uses it): what the node holds is then only what was named for it."""
+        self._ctr("images", "rm", ref)
 
     # ------------------------------------------------------------------ add-ons
     def _render(self, name: str, **extra: str) -> str:
