@@ -8,7 +8,9 @@
         calls far more rows malignant, with far less extreme probabilities.
     python tests/cluster/canary_models.py slow [training flags...]
         the same classifier behind SLOW_STEPS identity steps (scikit-learn's FunctionTransformer,
-        validating its input): the same predictions, bit for bit, and each row pays for the steps.
+        validating its input): the same predictions, bit for bit, and each request pays for the
+        steps (about 0.13 ms each on a quiet core: ~100 ms, several times the stable p95, yet one
+        canary pod keeps up with its share of the test's stream).
 
 The training flags are ml_service.training's (e.g. --learning-rate 0.05 --output-json PATH).
 """
@@ -21,7 +23,7 @@ import numpy as np
 from ml_service.training import train
 
 RESAMPLE = {"malignant": 5}
-SLOW_STEPS = 300
+SLOW_STEPS = 800
 
 
 def resampled_split(x, y, test_size, seed):

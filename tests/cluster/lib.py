@@ -357,29 +357,32 @@ class Background:
 
 
 # ---------------------------------------------------------------------------- Argo Rollouts
-# An environment's canary sized for a test: what each step checks, and every threshold not written
-# here, are the environment's own (its values, the chart's defaults).
+# An environment's canary sized for a test (its values, not the defaults users get): two steps, a
+# measurement every 5 s over a 20 s window (four scrapes), two passing measurements pass a step.
+# What each step checks, and every threshold not written here, are the environment's own.
 FAST_CANARY = {
     "serviceMonitor": {"interval": "5s", "scrapeTimeout": "5s"},
     "delivery": {"canary": {
         "weights": [33, 66],  # 3 pods: one canary pod, then two
         "analysis": {
-            "interval": "10s",
-            "window": "30s",  # six scrapes
+            "interval": "5s",
+            "window": "20s",
             "successfulMeasurements": 2,
             # one bad measurement is forgiven (a pod's first seconds), a second one aborts
             "failureLimit": 1,
-            "inconclusiveLimit": 12,
-            "minRows": 300,
-            "minRequests": 60,
+            # 2 minutes without enough samples pause the rollout (a stream too thin: a test bug)
+            "inconclusiveLimit": 24,
+            # the stream below gives one canary pod ~80 requests (~2,400 rows) per window
+            "minRows": 400,
+            "minRequests": 40,
             # thousands of rows per side and window here: a share's noise is about 0.01
             "thresholds": {"classShareDifference": 0.06},
         },
     }},
 }  # fmt: skip
-# The stream canaries are judged on: 40 noisy rows of the data set per request (live traffic
-# unlike the held-out split), 10 requests/s through the Service, for as long as a scenario takes.
-CANARY_LOAD = {"rate": 10, "threads": 4, "rows": 40, "noise": 0.3, "max_seconds": 900}
+# The stream canaries are judged on: 30 noisy rows of the data set per request (live traffic
+# unlike the held-out split), 12 requests/s through the Service, for as long as a scenario takes.
+CANARY_LOAD = {"rate": 12, "threads": 4, "rows": 30, "noise": 0.3, "max_seconds": 900}
 
 
 def has_rollouts(cluster: Cluster) -> bool:
@@ -441,11 +444,11 @@ def abort_under_load(
 ) -> tuple[float, LoadResult, dict, str]:
     """`release()` a version under the canary stream; wait until the controller aborts it and
     every one of the `pods` serves `stable` again. Checks the abort was the analysis' and that no
-    request failed. (seconds from release to abort, the stream, the failed AnalysisRun, the
-    `kubectl argo rollouts get rollout` view)."""
+    request failed. (seconds from the release applied to the abort, the stream, the failed
+    AnalysisRun, the `kubectl argo rollouts get rollout` view)."""
     with InClusterLoad(cluster, ns, image, **CANARY_LOAD) as load:
-        start = time.monotonic()
         release()
+        start = time.monotonic()
         rollout = wait_rollout(cluster, ns, ("Degraded", "Healthy", "Paused"), timeout=720)
         aborted = time.monotonic() - start
         tree = rollout_tree(cluster, ns)
