@@ -402,15 +402,22 @@ def rollout_tree(cluster: Cluster, namespace: str, name: str = RELEASE) -> str:
 
 
 def wait_rollout(
-    cluster: Cluster, namespace: str, phases: tuple[str, ...], timeout: float, name: str = RELEASE
+    cluster: Cluster,
+    namespace: str,
+    phases: tuple[str, ...],
+    timeout: float,
+    name: str = RELEASE,
+    newer_than: int = 0,
 ) -> dict:
-    """The Rollout once the controller has seen its latest spec and its phase is one of `phases`
-    (Healthy: fully promoted; Degraded: aborted; Paused...)."""
+    """The Rollout once its spec is newer than generation `newer_than` (a release applied by
+    someone else, Argo CD, lands later), the controller has seen it, and its phase is one of
+    `phases` (Healthy: fully promoted; Degraded: aborted; Paused...)."""
 
     def reached():
         rollout = get_rollout(cluster, namespace, name)
         status = rollout.get("status") or {}
-        if str(status.get("observedGeneration")) != str(rollout["metadata"]["generation"]):
+        generation = int(rollout["metadata"]["generation"])
+        if generation <= newer_than or str(status.get("observedGeneration")) != str(generation):
             return None
         return rollout if status.get("phase") in phases else None
 
@@ -446,10 +453,12 @@ def abort_under_load(
     every one of the `pods` serves `stable` again. Checks the abort was the analysis' and that no
     request failed. (seconds from the release applied to the abort, the stream, the failed
     AnalysisRun, the `kubectl argo rollouts get rollout` view)."""
+    before = int(get_rollout(cluster, ns)["metadata"]["generation"])
     with InClusterLoad(cluster, ns, image, **CANARY_LOAD) as load:
         release()
         start = time.monotonic()
-        rollout = wait_rollout(cluster, ns, ("Degraded", "Healthy", "Paused"), timeout=720)
+        rollout = wait_rollout(cluster, ns, ("Degraded", "Healthy", "Paused"), timeout=720,
+                               newer_than=before)  # fmt: skip
         aborted = time.monotonic() - start
         tree = rollout_tree(cluster, ns)
 

@@ -29,6 +29,7 @@ from .lib import (
     analysis_runs,
     deployment_pods,
     env_values,
+    get_rollout,
     has_rollouts,
     helm_install,
     measure,
@@ -139,9 +140,11 @@ def test_prod_canary_promotes_a_good_version_step_by_step_under_load(
     100 %; then a pod deleted under the same stream. Not one request fails."""
     ns, _ = prod
     v1, v2 = mlflow_registry.v1.version, mlflow_registry.v2.version
+    before = int(get_rollout(cluster, ns)["metadata"]["generation"])
     with InClusterLoad(cluster, ns, app_image, **CANARY_LOAD) as load:
         start = release(cluster, prod, v2)
-        rollout = wait_rollout(cluster, ns, ("Healthy", "Degraded", "Paused"), timeout=840)
+        rollout = wait_rollout(cluster, ns, ("Healthy", "Degraded", "Paused"), timeout=840,
+                               newer_than=before)  # fmt: skip
         promoted = time.monotonic() - start
         tree = rollout_tree(cluster, ns)
         cluster.kubectl("delete", "pod", sorted(served_versions(cluster, ns))[0], "-n", ns,
