@@ -395,10 +395,26 @@ def get_rollout(cluster: Cluster, namespace: str, name: str = RELEASE) -> dict:
 
 
 def rollout_tree(cluster: Cluster, namespace: str, name: str = RELEASE) -> str:
-    """`kubectl argo rollouts get rollout`: what docs/canary.md tells users to read."""
-    proc = cluster.kubectl("argo", "rollouts", "get", "rollout", name, "-n", namespace,
-                           "--no-color", check=False)  # fmt: skip
-    return proc.stdout + proc.stderr
+    """What `kubectl argo rollouts get rollout` shows, read from the Rollout's status and its
+    ReplicaSets (docs/canary.md, "Reading a canary"): phase and message, step, weights, and the
+    ready pods of each revision."""
+    rollout = get_rollout(cluster, namespace, name)
+    status = rollout.get("status") or {}
+    steps = len(rollout["spec"].get("strategy", {}).get("canary", {}).get("steps") or [])
+    weights = (status.get("canary") or {}).get("weights") or {}
+    lines = [
+        f"Rollout {namespace}/{name}: {status.get('phase')} {status.get('message', '')}".rstrip(),
+        f"step {status.get('currentStepIndex')}/{steps}; canary weight "
+        f"{(weights.get('canary') or {}).get('weight')}; stable {status.get('stableRS')}, "
+        f"canary {status.get('currentPodHash')}, aborted {bool(status.get('abort'))}",
+    ]
+    for rs in cluster.get("replicasets", namespace=namespace)["items"]:
+        labels = rs["metadata"].get("labels") or {}
+        env = rs["spec"]["template"]["spec"]["containers"][0].get("env") or []
+        model = next((e.get("value") for e in env if e["name"] == "MODEL_URI"), "-")
+        ready = f"{rs['status'].get('readyReplicas', 0)}/{rs['spec']['replicas']} ready"
+        lines.append(f"  revision {labels.get('rollouts-pod-template-hash')}: {model}, {ready}")
+    return "\n".join(lines)
 
 
 def wait_rollout(
