@@ -2,10 +2,14 @@
 (its code, its metadata, its held-out split, the registry of MLFLOW_TRACKING_URI) with one change:
 
     python tests/cluster/canary_models.py class-shift [training flags...]
-        trained on a resampled data set: every malignant training row five times (the held-out
-        split untouched). With few boosting rounds (--max-iter 10) it scores as well as the others
-        on the held-out split, so the quality gate passes it; on live traffic unlike that split it
-        calls far more rows malignant, with far less extreme probabilities.
+        trained on a resampled data set: every malignant training row eight times (the held-out
+        split untouched). With few boosting rounds (--max-iter 20) it labels only 4 of the 143
+        held-out rows unlike version 2 (macro F1 no lower; the gate's paired interval of the
+        difference is [-0.029, ...], just inside its 0.03), so the quality gate passes it; on the
+        stream's noisy rows it calls about 0.075 more of them malignant than version 2, with far
+        less extreme probabilities (score PSI about 2.6). More resampling or fewer rounds shift
+        more, and the gate refuses them: a model that labels many held-out rows differently has
+        a wide F1 interval.
     python tests/cluster/canary_models.py slow [training flags...]
         the same classifier behind SLOW_STEPS identity steps (scikit-learn's FunctionTransformer,
         validating its input): the same predictions, bit for bit, and each request pays for the
@@ -22,7 +26,7 @@ import sys
 import numpy as np
 from ml_service.training import train
 
-RESAMPLE = {"malignant": 5}
+RESAMPLE = {"malignant": 8}
 SLOW_STEPS = 800
 
 

@@ -306,8 +306,8 @@ def canary_models(
         mlflow_registry.tracking_uri(cluster) as uri,
     ):
         env = mlflow_env(uri, **mlflow_registry.env(uri))
-        # class-shift: --max-iter 10 (see canary_models.py); slow: the stable version's settings
-        for kind, flags in (("class-shift", ["--max-iter", "10"]),
+        # class-shift: --max-iter 20 (see canary_models.py); slow: the stable version's settings
+        for kind, flags in (("class-shift", ["--max-iter", "20"]),
                             ("slow", ["--learning-rate", "0.05"])):  # fmt: skip
             proc = subprocess.run(
                 [sys.executable, str(script), kind, *flags, "--output-json", str(out / kind)],
