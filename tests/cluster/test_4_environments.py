@@ -4,7 +4,7 @@ controller, its analysis reading the real Prometheus the prometheus-operator run
 in-cluster stream, a good model version goes through every step to 100 % and then loses a pod
 without one failed request; a slower version with the same predictions is aborted by the latency
 check alone, traffic back on the stable pods, without one failed request (a version that shifts
-the class balance is aborted under Argo CD: test_6_canary_gitops.py). staging's HPA
+the class balance is aborted under Argo CD: test_5_canary_gitops.py). staging's HPA
 scales out under load and back in, reading CPU from metrics-server; prod's dashboards carry the
 Grafana sidecar's label."""
 

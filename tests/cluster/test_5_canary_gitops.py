@@ -4,7 +4,9 @@ controller and Prometheus of the tier. staging, delivering by canary with its ow
 Application the real ApplicationSet generates from a clone of this repository served by a
 `git daemon`; only staging is released in the clone (dev and prod would only add their syncs), and
 the AppProjects and the ApplicationSet are applied directly (the platform Applications of
-argocd/bootstrap.yaml are test_5_gitops.py's: the platform is already installed here).
+argocd/bootstrap.yaml are test_5_gitops.py's: the platform is already installed here). It
+runs before test_5_gitops.py, which leaves the tier's images on the node only under the adopted
+names and hands the platform to its own Argo CD.
 
 1. staging runs version 2. A version trained on a resampled data set passes the quality gate
    against it (`scripts/gitops.py release --env staging`: straight to staging, as the tool
