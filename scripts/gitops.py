@@ -603,6 +603,10 @@ def rollout_problems(app: dict, env: str, state: ReleaseState) -> list[str]:
             for r in status.get("resources") or []
             if (r.get("health") or {}).get("status") not in (None, "Healthy")
         ]
+        # Argo CD 3 keeps resource health in the resource tree, not in status.resources: then
+        # the Application's own health message names the resource that degrades it
+        if not why and (status.get("health") or {}).get("message"):
+            why = [status["health"]["message"]]
         problems.append(f"{env} is {health}" + (f" ({'; '.join(why)})" if why else ""))
     return problems
 

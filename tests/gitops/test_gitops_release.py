@@ -352,6 +352,12 @@ def test_rollout_problems_read_the_application(gitops_cli):
         'staging is Degraded (Rollout ml-service: RolloutAborted: Metric "class-share" assessed '
         "Failed)"
     ]
+    # Argo CD 3 (resource health in the resource tree): the Application's own message
+    tree = app(health="Degraded")
+    tree["status"]["health"]["message"] = "Caused by argoproj.io/Rollout:ml-service-staging/x"
+    assert problems(tree, "staging", state) == [
+        "staging is Degraded (Caused by argoproj.io/Rollout:ml-service-staging/x)"
+    ]
     stepping = {"status": "Progressing", "message": "more replicas need to be updated"}
     assert problems(app(health="Progressing", rollout=stepping), "staging", state) == [
         "staging is Progressing (Rollout ml-service: more replicas need to be updated)"
