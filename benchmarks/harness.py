@@ -22,6 +22,7 @@ import platform
 import re
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -32,7 +33,7 @@ from pathlib import Path
 
 from . import HERE, ROOT, BenchError
 from .payloads import body, load_rows, predicted_rows
-from .servers import RUNNING, Server, proc_table, server_pids
+from .servers import CPUS, RUNNING, Server, cpu_time_s, proc_table, server_pids
 
 # An open-loop step is saturated (the server no longer keeps up) when fewer than this share of
 # its requests succeed or complete at the offered rate, or p99 passes SATURATED_P99_MS.
@@ -41,6 +42,11 @@ SATURATED_THROUGHPUT = 0.8
 SATURATED_P99_MS = 2000.0
 # vegeta sent at less than this share of the offered rate: the generator itself was starved.
 LAGGED_RATE = 0.9
+# Past its first saturated step, a server stays on the ladder up to this many times its
+# capacity in that ladder (the highest rate it kept up with): goodput under overload.
+OVERLOAD_FACTOR = 4.0
+# The mixed payload of the overload steps: 1-row and 100-row requests, alternating.
+MIX = "mix"
 
 
 # ---------------------------------------------------------------- machine load
@@ -179,7 +185,8 @@ def check_wrk() -> str:
 
 def wrk(url: str, body_file: Path, connections: int, seconds: float, what: str = "wrk") -> dict:
     """Closed loop: `connections` clients, each sending as soon as its previous answer arrived."""
-    argv = ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s"]
+    argv = [*client_pin(), "wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s"]
+    argv += ["--timeout", "10s"]
     argv += ["-s", str(HERE / "wrk/post.lua"), url]
     env = {**os.environ, "WRK_BODY_FILE": str(body_file)}
     before = probe()
@@ -200,6 +207,16 @@ def wrk(url: str, body_file: Path, connections: int, seconds: float, what: str =
     }
 
 
+# At most this many connections per server from vegeta (0 = as many as it likes): a load
+# balancer's pool of connections to one pod, below the pod's MAX_CONNECTIONS.
+CLIENT = {"max_connections": 0}
+
+
+def client_pin() -> list[str]:
+    """The load generator runs on CPUS["client"], away from the servers' CPUS["server"]."""
+    return ["taskset", "-c", CPUS["client"]] if CPUS["client"] else []
+
+
 def find_vegeta() -> str:
     found = shutil.which("vegeta") or shutil.which("vegeta", path=str(ROOT / ".tools/bin"))
     if not found:
@@ -214,31 +231,42 @@ def vegeta_version(exe: str) -> str:
 
 
 def vegeta(
-    exe: str, url: str, body_file: Path, rate: int, seconds: float, work: Path, what: str = ""
+    exe: str,
+    url: str,
+    body_file: Path | list[Path],
+    rate: int,
+    seconds: float,
+    work: Path,
+    what: str = "",
 ) -> dict:
     """Open loop: `rate` requests per second for `seconds`, sent on schedule whatever the server
-    does (vegeta adds workers and connections as needed); latencies from vegeta's own report."""
+    does (vegeta adds workers and connections as needed); latencies from vegeta's own report.
+    Several body files: the requests take them in turn."""
     targets = work / "vegeta-targets.txt"
-    targets.write_text(f"POST {url}\nContent-Type: application/json\n@{body_file}\n")
+    files = body_file if isinstance(body_file, list) else [body_file]
+    targets.write_text(
+        "\n".join(f"POST {url}\nContent-Type: application/json\n@{f}\n" for f in files)
+    )
     results = work / "vegeta-results.bin"
-    argv = [exe, "attack", f"-rate={rate}/1s", f"-duration={seconds:g}s", "-timeout=10s"]
+    argv = [
+        *client_pin(),
+        exe,
+        "attack",
+        f"-rate={rate}/1s",
+        f"-duration={seconds:g}s",
+        "-timeout=10s",
+    ]
     argv += ["-max-body=0", f"-targets={targets}", f"-output={results}"]
+    if CLIENT["max_connections"]:
+        argv.append(f"-max-connections={CLIENT['max_connections']}")
     before = probe()
     out = subprocess.run(argv, capture_output=True, text=True, timeout=seconds + 60, check=False)
     load = LOAD.measure(what or f"vegeta {rate}/s", before, probe())
     if out.returncode != 0:
         raise BenchError(f"vegeta attack failed ({out.returncode}): {out.stderr[-2000:]}")
-    rep = subprocess.run(
-        [exe, "report", "-type=json", str(results)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    if rep.returncode != 0:
-        raise BenchError(f"vegeta report failed ({rep.returncode}): {rep.stderr[-2000:]}")
-    raw = json.loads(rep.stdout)
+    raw = json.loads(_vegeta_output(exe, "report", "-type=json", str(results)))
     lat = raw["latencies"]
+    outcome = _outcome(exe, results, seconds)
     res = {
         "rate": rate,
         "seconds": round(raw["duration"] / 1e9, 3),
@@ -253,6 +281,7 @@ def vegeta(
         | {"mean": round(lat["mean"] / 1e6, 3), "max": round(lat["max"] / 1e6, 3)},
         "status_codes": raw.get("status_codes") or {},
         "errors": (raw.get("errors") or [])[:5],
+        **outcome,
         **load,
     }
     res["saturated"] = (
@@ -262,6 +291,44 @@ def vegeta(
     )
     res["lagged"] = res["sent_rate"] < LAGGED_RATE * rate
     return res
+
+
+def _vegeta_output(exe: str, command: str, *args: str) -> str:
+    out = subprocess.run(
+        [exe, command, *args], capture_output=True, text=True, timeout=300, check=False
+    )
+    if out.returncode != 0:
+        raise BenchError(f"vegeta {command} failed ({out.returncode}): {out.stderr[-2000:]}")
+    return out.stdout
+
+
+def _outcome(exe: str, results: Path, seconds: float) -> dict:
+    """Goodput (200s per second of the attack), the share refused with 503, the latency of the
+    answered (200) requests alone, and the connections reset, from vegeta's per-request
+    results: under overload, the latency of all answers mixes fast refusals with the
+    requests that were served."""
+    ok: list[float] = []
+    shed = resets = total = 0
+    for line in _vegeta_output(exe, "encode", "-to=json", str(results)).splitlines():
+        hit = json.loads(line)
+        total += 1
+        if hit["code"] == 200:
+            ok.append(hit["latency"] / 1e6)
+        elif hit["code"] == 503:
+            shed += 1
+        elif "reset" in (hit.get("error") or ""):
+            resets += 1
+    ok.sort()
+
+    def pct(q: float) -> float | None:
+        return round(ok[min(len(ok) - 1, int(q * len(ok)))], 3) if ok else None
+
+    return {
+        "goodput": round(len(ok) / seconds, 1),
+        "shed_share": round(shed / total, 4) if total else 0.0,
+        "resets": resets,
+        "admitted_latency_ms": {"p50": pct(0.5), "p99": pct(0.99)},
+    }
 
 
 # ---------------------------------------------------------------- the model
@@ -338,14 +405,20 @@ def open_loop(
     work: Path,
 ) -> list[dict]:
     """Ladders of constant rates (1-row requests), repeated; at every rate each server in turn
-    (the order rotates per repetition). A server leaves a ladder at its first saturated step:
-    higher rates would only pile up a backlog."""
+    (the order rotates per repetition). Past its first saturated step a server stays on the
+    ladder up to OVERLOAD_FACTOR times its capacity in that ladder (the highest rate it kept up
+    with), so goodput and shedding under overload are measured, then leaves it."""
     exe = find_vegeta()
     results = []
     for rep in range(repetitions):
         k = rep % len(servers)
         active = servers[k:] + servers[:k]
+        capacity: dict[str, int | None] = {}
         for rate in rates:
+            for s in list(active):
+                cap = capacity.get(s.spec.key, 0)
+                if cap is None or (cap and rate > OVERLOAD_FACTOR * cap):
+                    active.remove(s)
             for s in list(active):
                 what = f"vegeta {s.spec.key} {rate}/s ladder {rep + 1}"
                 res = vegeta(
@@ -354,19 +427,155 @@ def open_loop(
                 s.requests_sent += res["requests"]
                 results.append({"server": s.spec.key, "repetition": rep + 1, **res})
                 flags = " SATURATED" * res["saturated"] + " (generator lagged)" * res["lagged"]
+                over = (
+                    f"  shed {res['shed_share']:.0%}, 200s p99 "
+                    f"{res['admitted_latency_ms']['p99']} ms, {res['resets']} resets"
+                    if res["saturated"]
+                    else ""
+                )
                 print(
                     f"  {s.spec.key:<22} {rate:>6}/s ladder {rep + 1}: "
                     f"p50 {res['latency_ms']['p50']:8.1f} ms  "
                     f"p99 {res['latency_ms']['p99']:8.1f} ms"
-                    f"  {res['throughput']:8.1f} ok/s{flags}{busy_note(res)}",
+                    f"  {res['goodput']:8.1f} ok/s{flags}{over}{busy_note(res)}",
                     flush=True,
                 )
-                if res["saturated"]:
-                    active.remove(s)
+                if not res["saturated"]:
+                    capacity[s.spec.key] = rate
+                elif not capacity.get(s.spec.key):
+                    capacity[s.spec.key] = None  # saturated at its first step: no capacity
                 time.sleep(pause)  # let the server drain whatever is left before the next step
             if not active:
                 break
     return results
+
+
+def capacities(results: list[dict], server: str) -> dict[str, float]:
+    """A server's capacity per payload: its closed-loop throughput at the most connections
+    (median of the rounds); the mix's from the time per request of each half."""
+    mine = [r for r in results if r["server"] == server]
+    most = max(r["connections"] for r in mine)
+    cap = {
+        str(n): statistics.median(
+            r["rps"] for r in mine if r["rows"] == n and r["connections"] == most
+        )
+        for n in sorted({r["rows"] for r in mine})
+    }
+    if "1" in cap and "100" in cap:
+        cap[MIX] = 2 / (1 / cap["1"] + 1 / cap["100"])
+    return cap
+
+
+def payload_files(files: dict, kind: str, payload: str) -> list[Path]:
+    return [files[kind, 1], files[kind, 100]] if payload == MIX else [files[kind, int(payload)]]
+
+
+def overload(
+    servers: list[Server],
+    files: dict,
+    capacity: dict[str, float],
+    payloads: list[str],
+    factors: list[float],
+    seconds: float,
+    pause: float,
+    work: Path,
+) -> list[dict]:
+    """Open loop past capacity: for each payload, every server offered the same rates, the
+    given multiples of the primary's capacity for that payload (so the HTTP floor at the same
+    rate shows what the generator and the machine manage, and a variant what it changes).
+    Goodput, the share refused with 503, the p99 of the 200s and resets per step."""
+    exe = find_vegeta()
+    results = []
+    for i, (payload, factor) in enumerate((p, f) for p in payloads for f in factors):
+        cap = capacity[payload]
+        rate = max(1, round(factor * cap))
+        k = i % len(servers)
+        for s in servers[k:] + servers[:k]:
+            what = f"overload {s.spec.key} {payload} x{factor:g}"
+            body = payload_files(files, s.spec.kind, payload)
+            res = vegeta(exe, s.url(s.predict_path), body, rate, seconds, work, what)
+            s.requests_sent += res["requests"]
+            res |= {"server": s.spec.key, "payload": payload, "factor": factor, "capacity": cap}
+            res["goodput_vs_capacity"] = round(res["goodput"] / cap, 3)
+            res["drain_s"] = wait_idle(s)
+            results.append(res)
+            print(
+                f"  {s.spec.key:<22} {payload:>4} x{factor:<4g}{rate:>7}/s: "
+                f"{res['goodput']:8.1f} ok/s ({res['goodput_vs_capacity']:.0%} of "
+                f"{cap:,.0f}), shed {res['shed_share']:.0%}, 200s p99 "
+                f"{res['admitted_latency_ms']['p99']} ms, {res['resets']} resets"
+                f"{' (generator lagged)' * res['lagged']}, idle {res['drain_s']:.1f} s later"
+                f"{busy_note(res)}",
+                flush=True,
+            )
+            time.sleep(pause)
+    return results
+
+
+# A server is idle again below this share of a CPU (wait_idle).
+IDLE_CPU = 0.05
+
+
+def wait_idle(server: Server, max_s: float = 30.0, every: float = 0.25) -> float:
+    """Seconds until the server stops working on what an overload step left (a queue that
+    outlives its clients runs on): the servers share CPUs, so the next one measured must not
+    pay for it. Gives up after `max_s`."""
+    t0 = time.monotonic()
+    last = cpu_time_s(server)
+    while time.monotonic() - t0 < max_s:
+        time.sleep(every)
+        now = cpu_time_s(server)
+        if now - last < IDLE_CPU * every:
+            break
+        last = now
+    return round(time.monotonic() - t0, 2)
+
+
+def cpu_per_answer(server: Server, body_file: Path, seconds: float, what: str) -> dict:
+    """Closed loop (wrk, 50 connections): the server's CPU seconds (every process) per answer,
+    split by status (2xx served, the rest refused)."""
+    url = server.url(server.predict_path)
+    wrk(url, body_file, 50, 1, "warm-up")
+    before = cpu_time_s(server)
+    res = wrk(url, body_file, 50, seconds, what)
+    cpu = cpu_time_s(server) - before
+    server.requests_sent += res["requests"]
+    refused = res["errors"]["status"]
+    return {
+        "server": server.spec.key,
+        "requests": res["requests"],
+        "refused": refused,
+        "served": res["requests"] - refused,
+        "cpu_s": round(cpu, 3),
+        "rps": res["rps"],
+        "loadavg_start": res["loadavg_start"],
+        "loadavg_end": res["loadavg_end"],
+    }
+
+
+def answer_costs(
+    primary: Server, refusing: Server, floor: Server | None, files: dict, seconds: float
+) -> dict:
+    """Server CPU time of one answer: a served 1-row and 100-row request (the primary), a
+    refusal (a variant whose limit is 1: nearly every request is refused; the served few are
+    subtracted at the 1-row cost) and, if present, the HTTP floor's hello-world answer."""
+    runs = {
+        "served_1": cpu_per_answer(primary, files[primary.spec.kind, 1], seconds, "cost: 1 row"),
+        "served_100": cpu_per_answer(
+            primary, files[primary.spec.kind, 100], seconds, "cost: 100 rows"
+        ),
+        "refused": cpu_per_answer(
+            refusing, files[refusing.spec.kind, 1], seconds, "cost: refusals"
+        ),
+    }
+    if floor is not None:
+        runs["floor"] = cpu_per_answer(floor, files[floor.spec.kind, 1], seconds, "cost: floor")
+    us = {k: 1e6 * r["cpu_s"] / max(r["requests"], 1) for k, r in runs.items() if k != "refused"}
+    ref = runs["refused"]
+    us["refused"] = (
+        1e6 * (ref["cpu_s"] - ref["served"] * us["served_1"] / 1e6) / max(ref["refused"], 1)
+    )
+    return {"runs": runs, "cpu_us": {k: round(v, 1) for k, v in us.items()}}
 
 
 def rss_growth(server: Server, body_file: Path, total: int, max_seconds: float) -> dict:

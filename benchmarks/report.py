@@ -7,6 +7,7 @@ import math
 import statistics
 from pathlib import Path
 
+from .harness import OVERLOAD_FACTOR
 from .servers import label
 
 BEGIN, END = "<!-- bench:begin -->", "<!-- bench:end -->"
@@ -101,6 +102,11 @@ def _step_values(results: list[dict], server: str, rate: int, reps: int) -> list
                     "saturated": sat,
                     "lagged": step["lagged"],
                     "busy": step["busy"],
+                    "skipped": False,
+                    "goodput": step.get("goodput", step["throughput"]),
+                    "shed_share": step.get("shed_share", 0.0),
+                    "admitted_p99": (step.get("admitted_latency_ms") or {}).get("p99"),
+                    "resets": step.get("resets", 0),
                 }
             )
         elif any(r["saturated"] and r["rate"] < rate for r in mine):
@@ -113,6 +119,11 @@ def _step_values(results: list[dict], server: str, rate: int, reps: int) -> list
                     "saturated": True,
                     "lagged": False,
                     "busy": False,
+                    "skipped": True,
+                    "goodput": 0.0,
+                    "shed_share": 0.0,
+                    "admitted_p99": None,
+                    "resets": 0,
                 }
             )
     return out
@@ -137,6 +148,8 @@ def open_loop_summary(results: list[dict], servers: list[str], params: dict) -> 
             if not vals:
                 broken_median = broken_every = True
                 continue
+            if all(v["skipped"] for v in vals):
+                break  # it left every ladder below this rate: nothing more was measured
             p99s = [v["p99"] for v in vals]
             med = statistics.median(p99s)
             steps.append(
@@ -154,14 +167,16 @@ def open_loop_summary(results: list[dict], servers: list[str], params: dict) -> 
                     "p99_min": min(v["p99_seen"] for v in vals),
                     "p99_max": max(v["p99_seen"] for v in vals),
                     "throughput_median": statistics.median(v["throughput"] for v in vals),
+                    "goodput_median": statistics.median(v["goodput"] for v in vals),
+                    "shed_share_median": statistics.median(v["shed_share"] for v in vals),
+                    "admitted_p99_median": _median_or_none(v["admitted_p99"] for v in vals),
+                    "resets": sum(v["resets"] for v in vals),
                 }
             )
             broken_median = broken_median or not med < slo
             broken_every = broken_every or not all(p < slo for p in p99s)
             ok_median = ok_median if broken_median else rate
             ok_every = ok_every if broken_every else rate
-            if all(v["saturated"] for v in vals):
-                break  # saturated in every ladder: higher rates would only repeat it
         mine = [s for s in steps if s["server"] == server]
         limits.append(
             {
@@ -175,7 +190,48 @@ def open_loop_summary(results: list[dict], servers: list[str], params: dict) -> 
                 ),
             }
         )
-    return {"steps": _finite(steps), "limits": limits}
+    finite = _finite(steps)
+    return {"steps": finite, "limits": limits, "overload": overload_summary(finite)}
+
+
+def _median_or_none(values) -> float | None:  # type: ignore[no-untyped-def]
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def overload_summary(steps: list[dict]) -> list[dict]:
+    """Per server, its capacity (the highest rate it kept up with in most ladders, and the
+    goodput there) and every step beyond it: goodput against capacity, the share refused with
+    503, the p99 of the answered requests, connection resets."""
+    out = []
+    for server in dict.fromkeys(s["server"] for s in steps):
+        mine = [s for s in steps if s["server"] == server]
+        kept = [s for s in mine if s["saturated"] * 2 <= s["ladders"]]
+        if not kept:
+            continue
+        cap = max(kept, key=lambda s: s["rate"])
+        for s in mine:
+            if s["rate"] <= cap["rate"]:
+                continue
+            out.append(
+                {
+                    "server": server,
+                    "capacity": cap["rate"],
+                    "capacity_goodput": cap["goodput_median"],
+                    "capacity_p99": cap["p99_median"],
+                    "rate": s["rate"],
+                    "load_factor": round(s["rate"] / cap["rate"], 2),
+                    "goodput": s["goodput_median"],
+                    "goodput_vs_capacity": round(
+                        s["goodput_median"] / max(cap["goodput_median"], 1e-9), 3
+                    ),
+                    "shed_share": s["shed_share_median"],
+                    "admitted_p99": s["admitted_p99_median"],
+                    "resets": s["resets"],
+                    "lagged": s["lagged"],
+                }
+            )
+    return out
 
 
 def _finite(rows: list[dict]) -> list[dict]:
@@ -447,7 +503,7 @@ def plot(report: dict, path: Path) -> None:
     servers = [s["key"] for s in report["servers"]]
     colors = {s: f"C{i}" for i, s in enumerate(servers)}
     ol = report.get("open_loop")
-    rows = 2 if ol else 1
+    rows = 3 if ol else 1
     fig, axes = plt.subplots(
         rows, 2, figsize=(13, 5 * rows), constrained_layout=True, squeeze=False
     )
@@ -500,6 +556,7 @@ def plot(report: dict, path: Path) -> None:
             )
             ax.grid(which="both", alpha=0.3)
         axes[0][0].legend(fontsize=8)
+        _plot_goodput(axes[1], ol["steps"], servers, colors, label)
     agg = report["aggregate"]
     scen = sorted({(a["rows"], a["connections"]) for a in agg})
     width = 0.8 / max(1, len(servers))
@@ -546,6 +603,35 @@ def plot(report: dict, path: Path) -> None:
 
 
 # ---------------------------------------------------------------- markdown
+
+
+def _plot_goodput(axes, steps, servers, colors, name) -> None:  # type: ignore[no-untyped-def]
+    """Goodput (200s per second) and the 200s' p99 against offered load, past saturation."""
+    for s in servers:
+        st = [x for x in steps if x["server"] == s]
+        if not st:
+            continue
+        rates = [x["rate"] for x in st]
+        axes[0].plot(rates, [x["goodput_median"] for x in st], "o-", color=colors[s], label=name(s))
+        p99 = [x for x in st if x["admitted_p99_median"] is not None]
+        axes[1].plot(
+            [x["rate"] for x in p99],
+            [x["admitted_p99_median"] for x in p99],
+            "o-",
+            color=colors[s],
+            label=name(s),
+        )
+    top = max((x["rate"] for x in steps), default=1)
+    axes[0].plot([0, top], [0, top], color="grey", linestyle=":", linewidth=1, label="offered")
+    axes[0].set_title("open loop: goodput (200s/s) vs offered rate (median of ladders)", fontsize=9)
+    axes[0].set_ylabel("goodput (req/s answered 200)")
+    axes[1].set_yscale("log")
+    axes[1].set_title("open loop: p99 of the 200 answers only (ms)", fontsize=9)
+    axes[1].set_ylabel("p99 of 200s (ms)")
+    for ax in axes:
+        ax.set_xlabel("offered rate (req/s, constant, 1-row requests)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
 
 
 def table(headers: list[str], rows: list[list]) -> str:
@@ -599,9 +685,10 @@ def _open_loop_md(report: dict) -> list[str]:
         f"### Latency against offered load (open loop, 1 row, {p['repetitions']} ladders)",
         "",
         f"vegeta at a constant rate, {p['step_s']:g} s per step; at every rate the servers run one "
-        "after the other (the order rotates per ladder), and a server leaves a ladder at its first "
-        "saturated step (under 99 % success, under 80 % of the offered rate completed, or p99 over "
-        "2 s); later steps of that ladder count as saturated.",
+        "after the other (the order rotates per ladder). A step is saturated under 99 % success, "
+        "under 80 % of the offered rate completed, or with p99 over 2 s; past its first saturated "
+        f"step a server stays on the ladder up to {OVERLOAD_FACTOR:g}x its capacity in that ladder "
+        "(the highest rate it kept up with), then leaves it: later steps count as saturated.",
         "",
         table(
             [
@@ -633,6 +720,161 @@ def _open_loop_md(report: dict) -> list[str]:
             rows,
         ),
         "",
+        *_overload_md(ol.get("overload") or []),
+    ]
+
+
+def _overload_md(over: list[dict]) -> list[str]:
+    if not over:
+        return []
+    rows = [
+        [
+            label(o["server"]),
+            f"{o['capacity']:,} ({o['capacity_goodput']:,.0f} ok/s, p99 "
+            f"{_fmt_ms(o['capacity_p99'])} ms)",
+            f"{o['rate']:,} ({o['load_factor']:g}x)",
+            f"{o['goodput']:,.0f}",
+            f"{o['goodput_vs_capacity']:.0%}",
+            f"{o['shed_share']:.0%}",
+            _fmt_ms(o["admitted_p99"]),
+            f"{o['resets']:,}" + (" (generator lagged)" if o["lagged"] else ""),
+        ]
+        for o in over
+    ]
+    return [
+        "### Past saturation: goodput under overload (open loop, 1 row)",
+        "",
+        "Goodput is the 200 answers per second; capacity is the highest rate a server kept up "
+        "with in most ladders. Under overload a server should keep serving its capacity, refuse "
+        "the rest quickly (503), keep its served requests' p99 near the one at capacity, and "
+        "reset no connection.",
+        "",
+        table(
+            [
+                "server",
+                "capacity req/s",
+                "offered req/s",
+                "goodput (median)",
+                "goodput / capacity's",
+                "refused (503)",
+                "200s p99 ms",
+                "connection resets",
+            ],
+            rows,
+        ),
+        "",
+    ]
+
+
+def goodput_ceiling(cost_us: dict, payload: str, factor: float) -> float | None:
+    """The most goodput, as a share of capacity, one server CPU allows when offered `factor`
+    times its capacity C = 1/b: refusing the excess costs a each, serving costs b, so
+    a (f C - S) + b S <= 1 s per second gives S / C <= (1 - f r) / (1 - r), r = a / b."""
+    served = {"1": cost_us.get("served_1"), "100": cost_us.get("served_100")}
+    if served["1"] and served["100"]:
+        served["mix"] = (served["1"] + served["100"]) / 2
+    b, a = served.get(payload), cost_us.get("refused")
+    if not b or a is None or a >= b:
+        return None
+    r = max(a, 0.0) / b
+    return min(1.0, max(0.0, (1 - factor * r) / (1 - r)))
+
+
+def _answer_cost_md(cost: dict) -> list[str]:
+    us, runs = cost["cpu_us"], cost["runs"]
+    names = {
+        "served_1": "served, 1 row",
+        "served_100": "served, 100 rows",
+        "refused": "refused (503 + Retry-After, before the body)",
+        "floor": "HTTP floor, hello world",
+    }
+    rows = [
+        [
+            names[k],
+            f"{us[k]:,.1f}",
+            f"{runs[k]['served']:,} / {runs[k]['refused']:,}",
+            f"{runs[k]['cpu_s']:.2f}",
+            f"{runs[k]['loadavg_start']}-{runs[k]['loadavg_end']}",
+        ]
+        for k in names
+        if k in us
+    ]
+    return [
+        "### Server CPU per answer",
+        "",
+        "Every process of the server, CPU seconds over answers, wrk at 50 connections on the "
+        "client CPUs. Refusals: a variant whose limit is 1, so nearly every request is refused; "
+        "its few served requests are counted at the 1-row cost and subtracted.",
+        "",
+        table(["answer", "server CPU µs", "served / refused", "CPU s", "load average"], rows),
+        "",
+    ]
+
+
+def _overload_steps_md(report: dict) -> list[str]:
+    steps, cap = report.get("overload_results") or [], report.get("capacity") or {}
+    if not steps:
+        return []
+    cost = (report.get("answer_cost") or {}).get("cpu_us") or {}
+    p = report["params"]
+    pinned = (
+        f"Servers pinned to CPU {p['server_cpus']} and the load generator to CPU "
+        f"{p['client_cpus']}: a pod with a 1-CPU limit, its client on another node."
+        if p.get("server_cpus")
+        else "Servers and load generator unpinned (they share the CPUs)."
+    ) + (
+        f" vegeta opens at most {p['client_connections']} connections to a server, as a load "
+        "balancer's pool to one pod."
+        if p.get("client_connections")
+        else " vegeta opens as many connections as it likes."
+    )
+    rows = []
+    for s in steps:
+        ceiling = goodput_ceiling(cost, s["payload"], s["factor"])
+        rows.append(
+            [
+                label(s["server"]),
+                s["payload"],
+                f"{s['rate']:,} ({s['factor']:g}x)",
+                f"{s['goodput']:,.0f}",
+                f"{s['goodput_vs_capacity']:.0%}",
+                "-" if ceiling is None else f"{ceiling:.0%}",
+                f"{s['shed_share']:.0%}",
+                _fmt_ms(s["admitted_latency_ms"]["p99"]),
+                f"{s['resets']:,}" + (" (generator lagged)" if s["lagged"] else ""),
+                f"{s['loadavg_start']}-{s['loadavg_end']}",
+            ]
+        )
+    caps = ", ".join(
+        f"{k} rows {v:,.0f}" if k != "mix" else f"mix {v:,.0f}" for k, v in cap.items()
+    )
+    return [
+        "### Overload: goodput at 1.5x, 2x and 4x capacity (open loop)",
+        "",
+        f"{pinned} Capacity is ml-service's closed-loop throughput at the most connections "
+        f"(req/s: {caps}; the mix, half 1-row and half 100-row requests, from the time per "
+        "request of each). Every server is offered the same rates, multiples of that capacity, "
+        "so the HTTP floor shows what the generator and the machine manage at that rate. "
+        "Goodput is 200 answers per second; the ceiling is what one CPU allows at the measured "
+        "costs of a refusal and a served request (below).",
+        "",
+        table(
+            [
+                "server",
+                "rows",
+                "offered req/s",
+                "goodput",
+                "/ capacity",
+                "one-CPU ceiling",
+                "refused (503)",
+                "200s p99 ms",
+                "connection resets",
+                "load average",
+            ],
+            rows,
+        ),
+        "",
+        *(_answer_cost_md(report["answer_cost"]) if report.get("answer_cost") else []),
     ]
 
 
@@ -674,6 +916,7 @@ def markdown(report: dict, png_name: str) -> str:
     ]
     if report.get("open_loop"):
         out += _open_loop_md(report)
+    out += _overload_steps_md(report)
     out += [
         "### Throughput and latency, closed loop (mean over rounds)",
         "",

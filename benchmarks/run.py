@@ -3,7 +3,8 @@
 Steps: train (or reuse) the model and download it to a plain directory; start every server one at
 a time (time from process start to ready, RSS at ready); drive them with wrk, interleaved ABC ABC
 per scenario (payload rows x connections) so that machine noise hits all of them alike; then
-vegeta at constant rates, a ladder up to saturation repeated and interleaved the same way; RSS
+vegeta at constant rates, a ladder up to saturation and on to 4x each server's capacity (goodput
+under overload), repeated and interleaved the same way; RSS
 growth of ml-service over N requests; the in-process floor; a py-spy profile of ml-service under
 load. Writes JSON, a PNG plot and the generated part of docs/benchmarks.md.
 
@@ -62,10 +63,15 @@ PRESETS = {
             3200,
             3600,
             4000,
+            4800,
+            6400,
+            8000,
         ],
         "open_loop_step": 10.0,
         "open_loop_repetitions": 3,
         "open_loop_pause": 1.0,
+        "overload_step": 10.0,
+        "cost_seconds": 10.0,
     },
     "quick": {
         "rows": [1, 100],
@@ -76,12 +82,25 @@ PRESETS = {
         "rss_requests": 0,
         "profile_seconds": 0.0,
         "floor_seconds": 1.0,
-        "open_loop_rates": [50, 200, 800, 1600, 3200],
+        "open_loop_rates": [50, 200, 800, 1600, 3200, 4800, 6400],
         "open_loop_step": 2.0,
         "open_loop_repetitions": 2,
         "open_loop_pause": 0.5,
+        "overload_step": 4.0,
+        "cost_seconds": 3.0,
     },
 }
+
+
+def default_cpus() -> tuple[str, str]:
+    """Servers on the first CPU, the load generator on the others: a pod with a 1-CPU limit
+    and its client on another node, so the generator never takes the server's CPU (past
+    capacity it would: refusing costs the server little, sending costs the generator more).
+    One CPU: both unpinned."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "", ""
+    return str(cpus[0]), ",".join(map(str, cpus[1:]))
 
 
 def csv(kind):
@@ -159,6 +178,49 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--open-loop-pause", type=float, help=f"seconds between steps {preset('open_loop_pause')}"
     )
     g.add_argument("--slo-ms", type=float, default=50.0, help="the p99 bound of the report (50)")
+    g = p.add_argument_group("overload (vegeta past each payload's capacity)")
+    g.add_argument(
+        "--overload-payloads",
+        type=csv(str),
+        default=["1", "100", harness.MIX],
+        help="rows per request (each one of --rows), or 'mix' (1 and 100 alternating); '' = "
+        "no overload steps (1,100,mix)",
+    )
+    g.add_argument(
+        "--overload-factors",
+        type=csv(float),
+        default=[1.5, 2.0, 4.0],
+        help="offered rates as multiples of ml-service's closed-loop capacity (1.5,2,4)",
+    )
+    g.add_argument(
+        "--overload-step", type=float, help=f"seconds per step {preset('overload_step')}"
+    )
+    g.add_argument(
+        "--cost-seconds",
+        type=float,
+        help="seconds per run measuring server CPU per answer, served and refused "
+        f"(0 = not measured) {preset('cost_seconds')}",
+    )
+    g.add_argument(
+        "--client-connections",
+        type=int,
+        default=256,
+        help="at most this many connections from vegeta to a server, as a load balancer's pool "
+        "to one pod, below its MAX_CONNECTIONS (0 = unbounded: past capacity vegeta opens a "
+        "connection per waiting request; default 256)",
+    )
+    server_cpus, client_cpus = default_cpus()
+    g = p.add_argument_group("CPUs")
+    g.add_argument(
+        "--server-cpus",
+        default=server_cpus,
+        help=f"taskset CPU list of every server ('' = unpinned; default {server_cpus!r})",
+    )
+    g.add_argument(
+        "--client-cpus",
+        default=client_cpus,
+        help=f"taskset CPU list of wrk and vegeta ('' = unpinned; default {client_cpus!r})",
+    )
     g = p.add_argument_group("other measurements")
     g.add_argument("--rss-requests", type=int, help=f"{preset('rss_requests')}")
     g.add_argument("--rss-max-seconds", type=float, default=480.0)
@@ -259,9 +321,28 @@ def specs(args: argparse.Namespace) -> list[ServerSpec]:
     return out
 
 
+def answer_costs(args, live, files, model_dir, work) -> dict:  # type: ignore[no-untyped-def]
+    """The primary serving, a variant of it that refuses nearly everything (its limit is 1),
+    and the first HTTP floor, if any: server CPU per answer (harness.answer_costs)."""
+    primary = live[0]
+    refuse = ServerSpec(
+        "ml-service limit=1",
+        "ml-service",
+        {**primary.spec.env, "ADMISSION_MIN_CONCURRENCY": "1", "ADMISSION_MAX_CONCURRENCY": "1"},
+    )
+    floor = next((s for s in live if s.spec.kind == "http-floor"), None)
+    refusing = servers.start(refuse, model_dir, work, args.tools_dir, args.startup_timeout)
+    try:
+        return harness.answer_costs(primary, refusing, floor, files, args.cost_seconds)
+    finally:
+        servers.stop(refusing)
+
+
 def main(argv: list[str]) -> int:
     args = parse(argv)
     LOAD.threshold, LOAD.cpu_threshold = args.busy_loadavg, args.busy_cpu
+    servers.CPUS.update(server=args.server_cpus, client=args.client_cpus)
+    harness.CLIENT["max_connections"] = args.client_connections
     generators = {"wrk": harness.check_wrk()}
     if args.open_loop_rates:
         generators["vegeta"] = harness.vegeta_version(harness.find_vegeta())
@@ -295,6 +376,9 @@ def main(argv: list[str]) -> int:
             "rounds": args.rounds,
             "servers": [s.key for s in specs],
             "ml_service_default_microbatch_wait_ms": harness.default_microbatch(),
+            "server_cpus": args.server_cpus,
+            "client_cpus": args.client_cpus,
+            "client_connections": args.client_connections,
         },
     }
     if args.open_loop_rates:
@@ -323,6 +407,22 @@ def main(argv: list[str]) -> int:
                 work,
             )
         ml = live[0]
+        if args.overload_payloads and args.overload_factors:
+            print("overload (vegeta past capacity) ...", flush=True)
+            rep["capacity"] = harness.capacities(results, primary)
+            rep["overload_results"] = harness.overload(
+                live,
+                files,
+                rep["capacity"],
+                [p for p in args.overload_payloads if p in rep["capacity"]],
+                args.overload_factors,
+                args.overload_step,
+                args.open_loop_pause,
+                work,
+            )
+        if args.cost_seconds > 0:
+            print("server CPU per answer, served and refused ...", flush=True)
+            rep["answer_cost"] = answer_costs(args, live, files, model_dir, work)
         if args.rss_requests > 0:
             print(f"RSS: {args.rss_requests:,} requests to {ml.spec.key} ...", flush=True)
             rep["rss_growth"] = harness.rss_growth(

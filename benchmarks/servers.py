@@ -173,6 +173,15 @@ class Server:
 
 # Servers started and not yet stopped (the harness counts their CPU as the benchmark's own).
 RUNNING: list[Server] = []
+# The CPUs every server under test runs on (`taskset -c`), e.g. "0": a pod with a 1-CPU limit,
+# the load generator on another node; "" = wherever the kernel puts it.
+CPUS = {"server": ""}
+
+
+def cpu_time_s(server: Server) -> float:
+    """CPU seconds used so far by every process of a server."""
+    table = proc_table()
+    return sum(table[p][2] for p in server_pids(server.proc.pid, table)) / os.sysconf("SC_CLK_TCK")
 
 
 def stop(server: Server) -> None:
@@ -262,7 +271,9 @@ def start(spec: ServerSpec, model_dir: Path, work: Path, tools: Path, timeout: f
     log_path = work / f"{re.sub(r'[^a-z0-9]+', '-', spec.key.lower()).strip('-')}.log"
     log_path.unlink(missing_ok=True)
     t0 = time.monotonic()
-    proc = spawn([exe, *launch.argv[1:]], log_path=log_path, cwd=launch.cwd, env=launch.env)
+    pin = ["taskset", "-c", CPUS["server"]] if CPUS["server"] else []  # execs: same pid
+    argv = [*pin, exe, *launch.argv[1:]]
+    proc = spawn(argv, log_path=log_path, cwd=launch.cwd, env=launch.env)
     server = Server(spec, port, proc, log_path, launch.ready_path, launch.predict_path)
     RUNNING.append(server)
     try:

@@ -1,16 +1,29 @@
 # Chart tier: Helm 3 and 4, helm-unittest, helm-docs, schema + PSS helpers, kubernetes-validate,
 # checkov and the prometheus-operator CRDs. Everything is pinned and lands under $(TOOLS).
-HELM3_VERSION         := v3.22.0
-HELM4_VERSION         := v4.3.1
-HELM_UNITTEST_VERSION := v1.1.2
-HELM_DOCS_VERSION     := v1.14.2
-PROM_OPERATOR_VERSION := v0.85.0
-# Helm 3 reads its default Kubernetes version from ldflags (upstream derives it from client-go).
-HELM3_KUBE_MINOR      := 37
-
+#
+# The Go tools are built from one module, tests/chart/tools: its go.mod's `tool` block pins helm 3 and
+# 4, helm-unittest and helm-docs beside its own psacheck and valuesschema, so they share one version
+# of every library (Kubernetes' client libraries above all) and each package compiles once instead of
+# once per tool (the cold setup of CI's first job). Each tool is its release's code, on the highest
+# patch of a shared library any of them asks for. Move one with `go get -tool <package>@<version>`
+# in that directory; the versions below are read from its go.mod.
 CHART_DIR   := charts/ml-service
 CHART_TOOLS := tests/chart/tools
 CHART_STAMP := $(TOOLS)/.stamps
+chart_module_version = $(shell awk '$$1 == "$(1)" { print $$2 }' $(CHART_TOOLS)/go.mod)
+HELM3_VERSION         := $(call chart_module_version,helm.sh/helm/v3)
+HELM4_VERSION         := $(call chart_module_version,helm.sh/helm/v4)
+HELM_UNITTEST_VERSION := $(call chart_module_version,github.com/helm-unittest/helm-unittest)
+HELM_DOCS_VERSION     := $(call chart_module_version,github.com/norwoodj/helm-docs)
+PROM_OPERATOR_VERSION := v0.85.0
+# Helm 3 reads its default Kubernetes version from ldflags (upstream derives it from client-go).
+HELM3_KUBE_MINOR      := 37
+CHART_MODULE   := $(CHART_TOOLS)/go.mod $(CHART_TOOLS)/go.sum
+CHART_GO_BUILD := mkdir -p $(TOOLS)/bin && cd $(CHART_TOOLS) && go build -trimpath
+# The other Go tools build after helm 3 (order only), which compiles the libraries they share: under
+# `make -j` two builds would each compile them at once (Go's build cache does not share work in flight).
+HELM3_FIRST    := | $(CHART_STAMP)/helm3-$(HELM3_VERSION)
+
 # helm keeps plugins and state here, never in ~/.config or ~/.local (tests/support/kube.py agrees).
 export HELM_PLUGINS     := $(TOOLS)/helm/plugins
 export HELM_DATA_HOME   := $(TOOLS)/helm/data
@@ -24,29 +37,27 @@ HELM3_LDFLAGS := -s -w -X helm.sh/helm/v3/internal/version.version=$(HELM3_VERSI
   -X helm.sh/helm/v3/internal/version.gitTreeState=clean \
   $(foreach p,pkg/lint/rules pkg/chartutil,-X helm.sh/helm/v3/$(p).k8sVersionMajor=1 -X helm.sh/helm/v3/$(p).k8sVersionMinor=$(HELM3_KUBE_MINOR))
 
-$(CHART_STAMP)/helm3-$(HELM3_VERSION):
-	nice go install -trimpath -ldflags '$(HELM3_LDFLAGS)' helm.sh/helm/v3/cmd/helm@$(HELM3_VERSION)
+$(CHART_STAMP)/helm3-$(HELM3_VERSION): $(CHART_MODULE)
+	$(CHART_GO_BUILD) -ldflags '$(HELM3_LDFLAGS)' -o $(TOOLS)/bin/helm helm.sh/helm/v3/cmd/helm
 	@mkdir -p $(@D) && touch $@
 
 # Helm 4 is only here to prove the chart works with it: installed as `helm4`.
-$(CHART_STAMP)/helm4-$(HELM4_VERSION):
-	GOBIN=$(TOOLS)/helm4/bin nice go install -trimpath \
+$(CHART_STAMP)/helm4-$(HELM4_VERSION): $(CHART_MODULE) $(HELM3_FIRST)
+	$(CHART_GO_BUILD) -o $(TOOLS)/helm4/bin/helm \
 	  -ldflags '-s -w -X helm.sh/helm/v4/internal/version.version=$(HELM4_VERSION) -X helm.sh/helm/v4/internal/version.gitTreeState=clean' \
-	  helm.sh/helm/v4/cmd/helm@$(HELM4_VERSION)
+	  helm.sh/helm/v4/cmd/helm
 	ln -sfn ../helm4/bin/helm $(TOOLS)/bin/helm4
 	@mkdir -p $(@D) && touch $@
 
-$(CHART_STAMP)/helm-docs-$(HELM_DOCS_VERSION):
-	nice go install -trimpath -ldflags '-s -w' github.com/norwoodj/helm-docs/cmd/helm-docs@$(HELM_DOCS_VERSION)
+$(CHART_STAMP)/helm-docs-$(HELM_DOCS_VERSION): $(CHART_MODULE) $(HELM3_FIRST)
+	$(CHART_GO_BUILD) -ldflags '-s -w' -o $(TOOLS)/bin/helm-docs github.com/norwoodj/helm-docs/cmd/helm-docs
 	@mkdir -p $(@D) && touch $@
 
-# helm-unittest built from its module (its go.mod has a replace directive, so `go install pkg@v`
-# refuses it: build inside the downloaded module instead), then registered as a plugin from a local
-# directory (its own plugin.yaml would download a release binary in an install hook).
+# helm-unittest (its go.mod's replace directive is repeated in ours: a replace applies only in the
+# main module), registered as a plugin from a local directory (its own plugin.yaml would download a
+# release binary in an install hook).
 $(CHART_STAMP)/helm-unittest-$(HELM_UNITTEST_VERSION): $(CHART_STAMP)/helm3-$(HELM3_VERSION)
-	dir=$$(go mod download -json github.com/helm-unittest/helm-unittest@$(HELM_UNITTEST_VERSION) \
-	  | python3 -c 'import json,sys; print(json.load(sys.stdin)["Dir"])') && \
-	  cd $$dir && nice go build -trimpath -ldflags '-s -w' -o $(TOOLS)/bin/helm-unittest ./cmd/helm-unittest
+	$(CHART_GO_BUILD) -ldflags '-s -w' -o $(TOOLS)/bin/helm-unittest github.com/helm-unittest/helm-unittest/cmd/helm-unittest
 	rm -rf $(TOOLS)/helm/unittest-plugin && mkdir -p $(TOOLS)/helm/unittest-plugin $(HELM_PLUGINS)
 	ln -s ../../bin/helm-unittest $(TOOLS)/helm/unittest-plugin/untt
 	printf '%s\n' 'name: "unittest"' 'version: "$(HELM_UNITTEST_VERSION:v%=%)"' \
@@ -57,8 +68,8 @@ $(CHART_STAMP)/helm-unittest-$(HELM_UNITTEST_VERSION): $(CHART_STAMP)/helm3-$(HE
 	@mkdir -p $(@D) && touch $@
 
 # psacheck (upstream Pod Security Standards evaluator) and valuesschema (values.schema.json generator).
-$(CHART_STAMP)/charttools: $(CHART_TOOLS)/go.mod $(CHART_TOOLS)/go.sum $(wildcard $(CHART_TOOLS)/*/main.go)
-	cd $(CHART_TOOLS) && nice go build -trimpath -o $(TOOLS)/bin/ ./psacheck ./valuesschema
+$(CHART_STAMP)/charttools: $(CHART_MODULE) $(wildcard $(CHART_TOOLS)/*/main.go) $(HELM3_FIRST)
+	$(CHART_GO_BUILD) -o $(TOOLS)/bin/ ./psacheck ./valuesschema
 	@mkdir -p $(@D) && touch $@
 
 # The CRD YAML that prometheus-operator itself ships, read from the Go module cache.

@@ -1,7 +1,9 @@
-# GitOps tier: actionlint for the workflows; Argo CD built from its Go module (argocd: application-
+# GitOps tier: actionlint (+ shellcheck) for the workflows (`setup-workflows`: all that CI's first job
+# needs, with zizmor from the virtualenv); Argo CD built from its Go module (argocd: application-
 # controller, repo-server, applicationset-controller... by binary name; the cluster tier runs it) and
 # appset-render (the ApplicationSet controller's own generator + template code, tests/gitops/argocd), in
-# ONE `go build` so they share every compiled package; act (runs the workflows' jobs locally).
+# ONE `go build` so they share every compiled package, for the tests marked `argocd`; act (runs the
+# workflows' jobs locally).
 ACTIONLINT_VERSION := v1.7.12
 ACT_VERSION := v0.2.89
 ARGOCD_VERSION := v3.6.1
@@ -18,15 +20,21 @@ ARGOCD_COMMANDS := argocd-server argocd-application-controller argocd-repo-serve
 ARGOCD_LDFLAGS := -s -w -X $(ARGOCD_MODULE)/common.version=$(ARGOCD_VERSION:v%=%) \
   -X $(ARGOCD_MODULE)/common.gitTag=$(ARGOCD_VERSION) -X $(ARGOCD_MODULE)/common.gitTreeState=clean
 
-.PHONY: setup-gitops release-dry-run argocd adopt
+.PHONY: setup-gitops setup-workflows release-dry-run argocd adopt
 SETUP_TARGETS += setup-gitops
 
-setup-gitops: $(TOOLS)/bin/actionlint-$(ACTIONLINT_VERSION) $(ARGOCD_DIR)/.built $(TOOLS)/bin/act-$(ACT_VERSION) ## actionlint (+shellcheck), Argo CD + appset-render, act
-	@# actionlint runs shellcheck on every `run:` script when it is on PATH; the cluster tier runs
-	@# Argo CD with Debian's redis-server (tests/support/argocd.py).
-	@{ command -v shellcheck && command -v redis-server; } >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
-	  apt-get -o DPkg::Lock::Timeout=600 update -qq; \
-	  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends shellcheck redis-server >/dev/null; }
+# apt-get install of a Debian package unless its command (of the same name) is on PATH already.
+apt_install = command -v $(1) >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+  apt-get -o DPkg::Lock::Timeout=600 update -qq; \
+  apt-get -o DPkg::Lock::Timeout=600 install -y -qq --no-install-recommends $(1) >/dev/null; }
+
+setup-workflows: $(TOOLS)/bin/actionlint-$(ACTIONLINT_VERSION) ## actionlint + shellcheck: the gitops tests not marked `argocd` or `server`
+	@# actionlint runs shellcheck on every `run:` script when it is on PATH.
+	@$(call apt_install,shellcheck)
+
+setup-gitops: setup-workflows $(ARGOCD_DIR)/.built $(TOOLS)/bin/act-$(ACT_VERSION) ## setup-workflows, Argo CD + appset-render, act, redis-server
+	@# The cluster tier runs Argo CD with Debian's redis-server (tests/support/argocd.py).
+	@$(call apt_install,redis-server)
 
 $(TOOLS)/bin/actionlint-$(ACTIONLINT_VERSION):
 	mkdir -p $(TOOLS)/bin
@@ -58,8 +66,8 @@ test-gitops: setup-gitops ## run the gitops tier (actionlint, act, Argo CD's App
 release-dry-run: venv ## local end-to-end: train -> register (local MLflow) -> make image -> dev release branch -> render
 	$(BIN)/python scripts/release_dry_run.py
 
-adopt: ## point argocd/ at your repository: make adopt REPO=<owner>/<name> [REPO_URL=<URL Argo CD reads it from>]
-	$(PYTHON) scripts/adopt.py "$(REPO)" $(if $(REPO_URL),--repo-url "$(REPO_URL)")
+adopt: ## point argocd/ at your repository: make adopt REPO=<owner>/<name> [REPO_URL=<URL Argo CD reads it from>] [CODE_OWNERS="@you ..."]
+	$(PYTHON) scripts/adopt.py "$(REPO)" $(if $(REPO_URL),--repo-url "$(REPO_URL)") $(if $(CODE_OWNERS),--code-owners "$(CODE_OWNERS)")
 
 # The release/promote workflows only need helm for their render check: not the whole chart tier.
 # (HELM3_VERSION and CHART_STAMP come from mk/chart.mk, included before this file.)

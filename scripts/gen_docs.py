@@ -51,7 +51,8 @@ class _Values:
 # charts/ml-service/templates/_rules.tpl, in its order.
 ALERT_ROWS = {
     "MLServiceErrorBudgetBurn": (
-        "5xx ratio > factor × budget over both windows: {burn_rates}; objective "  # noqa: RUF001
+        "error ratio (5xx + admission 503s) > factor × budget over both windows: {burn_rates}; "  # noqa: RUF001
+        "objective "
         "{availability.objective}%",
         "{burn_severities}",
     ),
@@ -79,6 +80,11 @@ ALERT_ROWS = {
     "MLServiceMemoryGrowing": (
         "working set slope (`deriv` over {memoryGrowth.window}) > {growth_mib} MiB/h for "
         "{memoryGrowth.for}",
+        "warning",
+    ),
+    "MLServiceShedding": (
+        "admission control refuses > {shedding.ratio:.0%} of inference requests over "
+        "{shedding.window}, for {shedding.for}",
         "warning",
     ),
     "MLServicePodRestarting": (

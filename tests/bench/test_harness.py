@@ -44,6 +44,8 @@ def smoke(local_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> di
         "--open-loop-rates", ",".join(map(str, RATES)),
         "--open-loop-step", "0.5", "--open-loop-repetitions", str(LADDERS),
         "--open-loop-pause", "0",
+        "--overload-payloads", "1,mix", "--overload-factors", "1.5", "--overload-step", "0.5",
+        "--cost-seconds", "1",
         "--rss-requests", "300", "--profile-seconds", "0", "--floor-seconds", "0.3",
         "--work-dir", str(out / "work"),
         "--out-json", str(out / "report.json"),
@@ -147,6 +149,13 @@ def test_open_loop_ladders_are_interleaved_and_summarised(smoke):
         assert r["requests"] > 0 and r["sent_rate"] > 0, r
         assert 0 < r["latency_ms"]["p50"] <= r["latency_ms"]["p99"], r
         assert r["loadavg_start"] >= 0 and r["loadavg_end"] >= 0
+        # goodput and the latency of the 200s alone, from vegeta's per-request results
+        assert 0 <= r["goodput"] <= r["requests"] / 0.5 + 1, r
+        assert 0 <= r["shed_share"] <= 1 and r["resets"] >= 0, r
+        p99_ok = r["admitted_latency_ms"]["p99"]
+        assert p99_ok is None or p99_ok <= r["latency_ms"]["max"] + 1e-3, r
+    ml = [r for r in results if r["server"] == "ml-service" and not r["saturated"]]
+    assert ml and all(r["goodput"] > 0 and r["shed_share"] == 0 for r in ml)
     steps = {(s["server"], s["rate"]): s for s in rep["open_loop"]["steps"]}
     for server in SERVERS:
         s = steps[server, RATES[0]]
@@ -160,6 +169,46 @@ def test_open_loop_ladders_are_interleaved_and_summarised(smoke):
         every = x["max_rate_under_slo_every_ladder"]
         assert every is None or every <= x["max_rate_under_slo"]
     assert rep["versions"]["vegeta"] == "vegeta v12.13.0"
+
+
+def test_overload_steps_offer_every_server_the_same_multiple_of_capacity(smoke):
+    rep = smoke["report"]
+    cap = rep["capacity"]
+    assert set(cap) == {"1", "100", "mix"}
+    assert cap["1"] > cap["mix"] > cap["100"] > 0  # the mix from the time per request of each
+    steps = rep["overload_results"]
+    assert {(s["server"], s["payload"]) for s in steps} == {
+        (server, payload) for server in SERVERS for payload in ("1", "mix")
+    }
+    for s in steps:
+        assert s["factor"] == 1.5 and s["rate"] == max(1, round(1.5 * cap[s["payload"]])), s
+        assert s["goodput_vs_capacity"] == round(s["goodput"] / cap[s["payload"]], 3), s
+        assert 0 <= s["shed_share"] <= 1 and s["resets"] >= 0, s
+    # both servers pinned, to different CPUs (the machine has two or more)
+    assert rep["params"]["server_cpus"] and rep["params"]["client_cpus"]
+    assert rep["params"]["server_cpus"] not in rep["params"]["client_cpus"].split(",")
+    assert "### Overload: goodput at 1.5x, 2x and 4x capacity" in smoke["md"]
+
+
+def test_a_refusal_and_a_served_request_are_costed_in_server_cpu(smoke):
+    cost = smoke["report"]["answer_cost"]
+    runs = cost["runs"]
+    assert runs["refused"]["refused"] > runs["refused"]["served"]  # a limit of 1 at 50 connections
+    assert runs["served_1"]["refused"] == 0 and runs["served_100"]["refused"] == 0
+    assert runs["floor"]["served"] > 0
+    for key in ("served_1", "served_100", "floor"):
+        assert cost["cpu_us"][key] > 0, cost
+    assert "### Server CPU per answer" in smoke["md"]
+
+
+def test_goodput_ceiling_follows_from_the_costs():
+    cost = {"served_1": 300.0, "served_100": 1000.0, "refused": 30.0}
+    # r = 0.1: (1 - 4 x 0.1) / 0.9
+    assert report.goodput_ceiling(cost, "1", 4) == pytest.approx(0.6 / 0.9)
+    assert report.goodput_ceiling(cost, "100", 2) == pytest.approx(0.94 / 0.97)
+    assert report.goodput_ceiling(cost, "mix", 1) == 1.0
+    assert report.goodput_ceiling(cost | {"refused": 300.0}, "1", 2) is None
+    assert report.goodput_ceiling({"served_1": 300.0}, "1", 2) is None
 
 
 def test_ratios_are_paired_per_scenario(smoke):
@@ -337,7 +386,36 @@ def test_open_loop_limit_is_the_highest_rate_under_the_slo_at_and_below_it():
     assert steps["a", 200]["p99_median"] == 25 and steps["a", 200]["p99_max"] == 900
     assert steps["a", 800]["p99_median"] is None  # 2 of 3 ladders saturated: no median
     assert steps["b", 200] == steps["b", 200] | {"ladders": 3, "saturated": 3, "p99_median": None}
-    assert ("b", 400) not in steps  # saturated in every ladder at 200/s: no more rows
+    assert ("b", 400) not in steps  # left every ladder after 200/s: no more rows
+
+
+def test_overload_steps_report_goodput_against_capacity():
+    def step(rep, rate, goodput, shed, p99_ok, saturated):
+        return {"server": "a", "repetition": rep, "rate": rate, "throughput": rate,
+                "saturated": saturated, "lagged": False, "busy": False,
+                "latency_ms": {"p50": 1.0, "p99": 5.0 if not saturated else 3000},
+                "goodput": goodput, "shed_share": shed, "resets": 0,
+                "admitted_latency_ms": {"p50": 1.0, "p99": p99_ok}}  # fmt: skip
+
+    results = [
+        x
+        for k in (1, 2)
+        for x in (
+            step(k, 100, 100, 0.0, 5.0, False),
+            step(k, 200, 200, 0.0, 6.0, False),
+            step(k, 400, 190, 0.5, 8.0, True),
+            step(k, 800, 180, 0.75, 9.0, True),
+        )
+    ]
+    params = {"rates": [100, 200, 400, 800], "repetitions": 2, "slo_ms": 50}
+    summary = report.open_loop_summary(results, ["a"], params)
+    over = {o["rate"]: o for o in summary["overload"]}
+    assert set(over) == {400, 800}  # the steps past capacity (200/s), not skipped
+    assert over[800]["load_factor"] == 4 and over[800]["capacity"] == 200
+    assert over[800]["goodput_vs_capacity"] == 0.9
+    assert over[400]["shed_share"] == 0.5 and over[400]["admitted_p99"] == 8.0
+    md = "\n".join(report._overload_md(summary["overload"]))
+    assert "| 800 (4x) | 180 | 90% | 75% | 9.0 | 0 |" in md
 
 
 def test_goals_say_by_how_much_they_are_missed():

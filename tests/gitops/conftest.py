@@ -1,6 +1,11 @@
 """Fixtures of the gitops tier: the repository's Argo CD objects, the Applications the
 ApplicationSet generates (computed by Argo CD's own ApplicationSet code, tests/gitops/argocd), the
-Argo CD CRDs (from the argo-cd Go module) and the release tool."""
+Argo CD CRDs (from the argo-cd Go module) and the release tool.
+
+What Argo CD's build provides (`make argocd`: appset-render, the argocd binary, the module's
+CRDs) is only for tests marked `argocd`: CI's first job runs the tier without that build, so a
+test that reaches for it unmarked fails here, naming the marker, instead of failing or being
+skipped there."""
 
 from __future__ import annotations
 
@@ -24,11 +29,35 @@ APPSET = APPS_DIR / "applicationset.yaml"
 PROJECTS = APPS_DIR / "projects.yaml"
 ENVIRONMENTS = ("dev", "staging", "prod")
 SETUP_HINT = "run `make setup` (or `make setup-gitops`)"
+ARGOCD_BUILD = ("appset-render", "argocd")
+_running: dict[str, pytest.Item] = {}
 IMAGE_REPOSITORY = "ghcr.io/owner/ml-service"
 DIGEST = "sha256:" + "d" * 64
 
 
-tool = functools.partial(tools.tool, setup="setup-gitops")
+_tool = functools.partial(tools.tool, setup="setup-gitops")
+
+
+@pytest.hookimpl(tryfirst=True)  # before the fixtures it needs are set up
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    _running["item"] = item
+
+
+def needs_argocd_build(what: str) -> None:
+    """Fail the running test unless it carries the `argocd` marker."""
+    item = _running.get("item")
+    if item is not None and item.get_closest_marker("argocd") is None:
+        pytest.fail(
+            f"{item.nodeid} uses {what} from Argo CD's build: mark it `@pytest.mark.argocd` "
+            "(CI's first job runs `-m 'not argocd'` without that build)",
+            pytrace=False,
+        )
+
+
+def tool(name: str) -> Path:
+    if name in ARGOCD_BUILD:
+        needs_argocd_build(name)
+    return _tool(name)
 
 
 def argocd_version() -> str:
@@ -93,6 +122,7 @@ def released_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def argocd_crd_dir() -> Path:
     """manifests/crds of the pinned argo-cd Go module, read from the module cache
     (`make setup-gitops` downloads it)."""
+    needs_argocd_build("the Argo CD CRDs")
     gomodcache = subprocess.run(
         ["go", "env", "GOMODCACHE"], capture_output=True, text=True, check=True
     ).stdout.strip()

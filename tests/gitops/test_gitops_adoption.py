@@ -28,6 +28,7 @@ def adopt_module():
     return module
 
 
+@pytest.mark.argocd
 def test_adoption_keeps_the_argocd_tests_green(tmp_path: Path):
     """`make adopt` on a copy of this work tree, whatever it reads now (the template's
     placeholder or an earlier adoption), then the copy's own Argo CD tests."""
@@ -80,7 +81,7 @@ def test_adopt_is_idempotent_and_can_re_point(tmp_path: Path):
     assert proc.returncode == 0, proc.stdout + proc.stderr
     files = {p: p.read_bytes() for p in (copy / "argocd").rglob("*.yaml")}
     files[copy / ".github" / "CODEOWNERS"] = (copy / ".github" / "CODEOWNERS").read_bytes()
-    assert b"@acme-corp/release-approvers" in files[copy / ".github" / "CODEOWNERS"]
+    assert code_owners(copy) == code_owners(ROOT, "@acme-corp")
     places = b" ".join(files.values()).count(b"https://github.com/acme-corp/fraud-model.git")
     assert places >= 5
     again = run_adopt(copy, "acme-corp/fraud-model")
@@ -99,8 +100,55 @@ def test_adopt_is_idempotent_and_can_re_point(tmp_path: Path):
         text = " ".join(p.read_text() for p in (copy / "argocd").rglob("*.yaml"))
         assert text.count(url) == places and previous not in text
         previous = url
-    codeowners = (copy / ".github" / "CODEOWNERS").read_text()
-    assert "@other-org/release-approvers" in codeowners and "@acme-corp/" not in codeowners
+    assert code_owners(copy) == code_owners(ROOT, "@other-org")
+
+
+def rules(codeowners: Path) -> dict[str, list[str]]:
+    """pattern -> its code owners."""
+    lines = [ln.split() for ln in codeowners.read_text().splitlines()]
+    return {words[0]: words[1:] for words in lines if words and not words[0].startswith("#")}
+
+
+def code_owners(tree: Path, owner: str = "") -> set[str]:
+    """Every code owner `tree`'s CODEOWNERS names, its teams moved to `owner` if given (what
+    adopting a repository of `owner` makes of them: users stay)."""
+    who = {w for ws in rules(tree / ".github" / "CODEOWNERS").values() for w in ws}
+    return {f"{owner}/{w.split('/')[1]}" if owner and "/" in w else w for w in who}
+
+
+def test_adopt_names_the_code_owners_of_a_personal_account(tmp_path: Path):
+    """A personal account has no teams: `make adopt ... CODE_OWNERS=...` makes the users it names
+    the owners of every rule, idempotently; a later adoption without it keeps them."""
+    make = subprocess.run(["make", "-n", "adopt", "REPO=alice/fm", "CODE_OWNERS=@alice @bob-2"],
+                          cwd=ROOT, capture_output=True, text=True, check=True)  # fmt: skip
+    assert '--code-owners "@alice @bob-2"' in make.stdout
+    proc, copy = adopt_copy(tmp_path, "alice/fraud-model", "--code-owners", "@alice @bob-2")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    codeowners = copy / ".github" / "CODEOWNERS"
+    template = rules(ROOT / ".github" / "CODEOWNERS")
+    assert rules(codeowners) == {pattern: ["@alice", "@bob-2"] for pattern in template}
+    before = codeowners.read_bytes()
+    again = run_adopt(copy, "alice/fraud-model", "--code-owners", "@alice @bob-2")
+    assert again.returncode == 0 and "already adopted" in again.stdout
+    assert codeowners.read_bytes() == before
+    moved = run_adopt(copy, "alice/fraud", "--code-owners", "@alice,@alice/approvers")
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    assert set(map(tuple, rules(codeowners).values())) == {("@alice", "@alice/approvers")}
+    assert run_adopt(copy, "bob-2/fraud").returncode == 0
+    assert set(map(tuple, rules(codeowners).values())) == {("@alice", "@bob-2/approvers")}
+
+
+@pytest.mark.parametrize(
+    "bad", ["alice", "@", "@-x", "@alice/", "@acme-corp/approvers", "@a;rm", ""]
+)
+def test_adopt_refuses_bad_code_owners(tmp_path: Path, bad: str):
+    """Users, or teams of the repository's owner (a team of another organisation owns nothing
+    here): a usage error, and nothing changed."""
+    proc, copy = adopt_copy(tmp_path, "alice/fraud-model", "--code-owners", bad)
+    assert proc.returncode == 2 and proc.stderr.startswith("usage: --code-owners")
+    assert (copy / ".github" / "CODEOWNERS").read_bytes() == (
+        ROOT / ".github" / "CODEOWNERS"
+    ).read_bytes()
 
 
 @pytest.mark.parametrize("bad", ["acme", "acme/ml-service.git", "-x/y", "acme/ml service", "a/b/c"])
@@ -150,8 +198,9 @@ def test_branch_protection_requires_every_check_that_runs_on_a_pull_request():
 @pytest.mark.repo_state
 def test_reviews_guard_what_runs_and_admins_can_bypass():
     """Nobody merges their own push to a release file: the last push needs someone else's
-    approval, and a release approver's (CODEOWNERS) for environments/ and the workflows. Admins
-    can bypass the ruleset (a repository that nobody can merge into is a dead end)."""
+    approval, and a release approver's (CODEOWNERS: users, or teams of the repository's owner) for
+    environments/ and the workflows. Admins can bypass the ruleset (a repository that nobody can
+    merge into is a dead end)."""
     rs = ruleset()
     (pr,) = [r["parameters"] for r in rs["rules"] if r["type"] == "pull_request"]
     assert pr["required_approving_review_count"] >= 1
@@ -162,16 +211,13 @@ def test_reviews_guard_what_runs_and_admins_can_bypass():
     assert rs["bypass_actors"] == [
         {"actor_id": 5, "actor_type": "RepositoryRole", "bypass_mode": "always"}
     ]
-    owners = {}
-    for line in (ROOT / ".github" / "CODEOWNERS").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            pattern, *who = line.split()
-            owners[pattern] = who
+    owners = rules(ROOT / ".github" / "CODEOWNERS")
     assert {"/environments/", "/.github/"} <= set(owners)
     _, repo = adopt_module().current(ROOT)
     for who in owners.values():
         assert who and all(re.fullmatch(r"@[\w-]+(/[\w.-]+)?", w) for w in who), who
-        assert all(w.startswith(f"@{repo.split('/')[0]}/") for w in who), "the repository's owner"
+        teams = [w for w in who if "/" in w]
+        assert all(w.startswith(f"@{repo.split('/')[0]}/") for w in teams), "the owner's teams"
 
 
 def run_adopt(copy: Path, *args: str) -> subprocess.CompletedProcess:

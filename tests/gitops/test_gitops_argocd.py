@@ -24,6 +24,7 @@ from .conftest import (
     release_text,
     run_git,
     snapshot_repo,
+    tool,
 )
 
 ARGOCD_FILES = sorted(ARGOCD_DIR.rglob("*.yaml"))
@@ -74,6 +75,7 @@ def test_every_object_reads_the_repository_bootstrap_names():
         assert repo == github[1], "a GitHub URL names the repository that is notified"
 
 
+@pytest.mark.argocd
 def test_one_application_per_released_environment(generated_apps, released_repo: Path):
     assert sorted(generated_apps) == sorted(ENVIRONMENTS)
     commit = run_git(released_repo, "rev-parse", "HEAD^")
@@ -104,6 +106,7 @@ def test_one_application_per_released_environment(generated_apps, released_repo:
         assert app["metadata"]["annotations"]["ml-service.io/model-version"] == "3"
 
 
+@pytest.mark.argocd
 @pytest.mark.repo_state
 def test_one_application_per_released_environment_only(tmp_path: Path):
     """An environment without release.yaml gets no Application, so nothing pulls an image that
@@ -125,6 +128,7 @@ def test_one_application_per_released_environment_only(tmp_path: Path):
     assert sorted(generate(repo)) == ["dev"]
 
 
+@pytest.mark.argocd
 @pytest.mark.parametrize(("env", "automated"), [("dev", True), ("staging", True), ("prod", False)])
 def test_sync_policy(generated_apps: dict[str, dict], env: str, automated: bool):
     policy = generated_apps[env]["spec"]["syncPolicy"]
@@ -135,6 +139,7 @@ def test_sync_policy(generated_apps: dict[str, dict], env: str, automated: bool)
     assert {"CreateNamespace=true", "ServerSideApply=true"} <= set(policy["syncOptions"])
 
 
+@pytest.mark.argocd
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_first_sync_survives_missing_crds(generated_apps: dict[str, dict], env: str):
     """On a new cluster the monitoring CRDs arrive with the platform Application. The dry
@@ -167,6 +172,7 @@ def test_sync_waves_put_projects_then_platform_then_environments():
     assert "obj.status.health.status" in lua
 
 
+@pytest.mark.argocd
 def test_applicationset_uses_go_templates_with_missingkey_error(tmp_path: Path, released_repo):
     appset = load_all(APPSET)[0]
     assert appset["spec"]["goTemplate"] is True
@@ -183,6 +189,7 @@ def test_applicationset_uses_go_templates_with_missingkey_error(tmp_path: Path, 
     assert 'map has no entry for key "autoSync"' in proc.stderr
 
 
+@pytest.mark.argocd
 def test_renderer_refuses_an_unknown_project(tmp_path: Path, released_repo):
     """An Application must name an existing AppProject. With a git generator Argo CD already
     fails while generating (it reads the project's source-integrity policy first)."""
@@ -197,6 +204,7 @@ def test_renderer_refuses_an_unknown_project(tmp_path: Path, released_repo):
     )
 
 
+@pytest.mark.argocd
 def test_only_prod_notifies_github(generated_apps: dict[str, dict]):
     """champion moves when prod is synced and healthy (Argo CD Notifications), not on merge."""
     key = "notifications.argoproj.io/subscribe.on-ml-service-deployed.github-dispatch"
@@ -215,6 +223,7 @@ def test_only_prod_notifies_github(generated_apps: dict[str, dict]):
     assert "$github-dispatch-token" in data["service.webhook.github-dispatch"]
 
 
+@pytest.mark.argocd
 def test_project_admits_exactly_the_generated_applications(generated_apps: dict[str, dict]):
     proj = project("ml-service")["spec"]
     assert proj["sourceRepos"] == [REPO_URL]
@@ -229,6 +238,7 @@ def test_project_admits_exactly_the_generated_applications(generated_apps: dict[
     assert proj["clusterResourceWhitelist"] == [{"group": "", "kind": "Namespace"}]
 
 
+@pytest.mark.argocd
 def test_prod_is_gated_by_a_sync_window(generated_apps: dict[str, dict]):
     windows = project("ml-service")["spec"]["syncWindows"]
     gating = [
@@ -280,6 +290,7 @@ def test_bootstrap_is_one_app_of_apps():
     assert kinds == ["AppProject"] * 3 + ["Application"] * 2 + ["ApplicationSet"]
 
 
+@pytest.mark.argocd
 def test_renderer_is_argo_cds_own_code():
     """Appset-render imports the ApplicationSet controller's packages from the argo-cd
     module at the version mk/gitops.mk pins; no imitation (sprig, hand-written merges) left."""
@@ -293,7 +304,7 @@ def test_renderer_is_argo_cds_own_code():
     assert re.search(r"^\s*github.com/argoproj/argo-cd/v3 v3\.6\.1$", gomod, re.M)
     assert not (ROOT / "tests" / "gitops" / "appsetrender").exists()
     version = subprocess.run(
-        [str(ROOT / ".tools" / "bin" / "argocd"), "version", "--client", "--short"],
+        [tool("argocd"), "version", "--client", "--short"],
         capture_output=True,
         text=True,
         check=False,

@@ -100,6 +100,7 @@ def deployed(docs: list[dict]) -> list[dict]:
     ]
 
 
+@pytest.mark.argocd
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_environment_renders_and_validates_strictly(rendered, env: str):
     for version in kube_versions():
@@ -109,6 +110,7 @@ def test_environment_renders_and_validates_strictly(rendered, env: str):
         assert not findings, "\n".join(map(str, findings))
 
 
+@pytest.mark.argocd
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_rendered_kinds_are_allowed_by_the_project(rendered, env: str):
     (proj,) = [
@@ -120,6 +122,7 @@ def test_rendered_kinds_are_allowed_by_the_project(rendered, env: str):
     assert kinds <= allowed, f"not allowed by AppProject ml-service: {sorted(kinds - allowed)}"
 
 
+@pytest.mark.argocd
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_release_file_drives_image_and_model(rendered, released_repo: Path, env: str):
     release = yaml.safe_load((released_repo / "environments" / env / "release.yaml").read_text())
@@ -144,6 +147,7 @@ def test_release_file_drives_image_and_model(rendered, released_repo: Path, env:
     assert all(d["metadata"].get("namespace") in (None, f"ml-service-{env}") for d in docs)
 
 
+@pytest.mark.argocd
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_release_tool_renders_like_the_repo_server(
     generated_apps, released_repo: Path, gitops_cli, tmp_path: Path, env: str
@@ -168,6 +172,7 @@ def test_release_tool_renders_like_the_repo_server(
     assert (args, cwd) == (kept, chart)
 
 
+@pytest.mark.argocd
 @pytest.mark.repo_state
 def test_every_released_environment_renders_as_pinned(tmp_path: Path):
     """What this repository releases now (none, some or every environment; any commit, image and
@@ -198,6 +203,7 @@ def test_every_released_environment_renders_as_pinned(tmp_path: Path):
         )
 
 
+@pytest.mark.argocd
 def test_argocd_objects_match_the_crds(generated_apps, argocd_crd_files):
     files = [ARGOCD_DIR / "bootstrap.yaml", *sorted(APPS_DIR.glob("*.yaml"))]
     docs = [o for f in files for o in load_all(f)]
@@ -207,6 +213,7 @@ def test_argocd_objects_match_the_crds(generated_apps, argocd_crd_files):
     assert not findings, "\n".join(map(str, findings))
 
 
+@pytest.mark.argocd
 def test_crd_validation_catches_a_typo(argocd_crd_files):
     """The closed schemas are live: an unknown field in an Application is a finding."""
     (boot,) = load_all(ARGOCD_DIR / "bootstrap.yaml")

@@ -189,6 +189,7 @@ def adopted_copy(tmp: Path) -> Path:
     return tree
 
 
+@pytest.mark.argocd
 @pytest.mark.parametrize("state", ["as it is", "adopted"])
 def test_every_image_argocd_runs_is_published_by_a_workflow(state, tmp_path: Path, gitops_cli):
     tool("appset-render")
@@ -214,6 +215,7 @@ def test_every_image_argocd_runs_is_published_by_a_workflow(state, tmp_path: Pat
         assert image.startswith(f"ghcr.io/{repository.lower()}"), image
 
 
+@pytest.mark.argocd
 def test_the_check_catches_an_image_nobody_publishes(tmp_path: Path, gitops_cli):
     """A tag the platform-images workflow does not push (the chart's MinIO tag behind
     mk/platform.mk's MINIO_VERSION) is reported."""

@@ -35,7 +35,7 @@ from support.gitrepo import forget_releases
 
 from .conftest import ROOT, TOOLS_BIN, run_git, snapshot_repo, tool
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.argocd]
 
 GITOPS = "scripts/gitops.py"
 REPO = "acme-corp/fraud-model"

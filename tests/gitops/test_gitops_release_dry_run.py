@@ -11,7 +11,7 @@ import pytest
 
 from .conftest import ROOT, tool
 
-pytestmark = pytest.mark.server
+pytestmark = [pytest.mark.server, pytest.mark.argocd]
 
 
 def test_release_dry_run():

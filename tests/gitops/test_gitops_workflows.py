@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -213,11 +215,30 @@ def test_dependabot_covers_actions_pip_and_docker():
     assert {"github-actions", "pip", "docker"} <= ecosystems
 
 
+def pytest_args(run: str) -> list[str]:
+    """The arguments of the one pytest command in a step's `run` script."""
+    words = shlex.split(run.replace("\\\n", " "))
+    (at,) = [i for i, word in enumerate(words) if Path(word).name == "pytest"]
+    return words[at + 1 :]
+
+
+def collected(args: list[str]) -> list[str]:
+    """The test ids `pytest args` selects (collection only)."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTEST_ADDOPTS"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", *args],
+        cwd=ROOT, env=env, capture_output=True, text=True, check=False, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"pytest {shlex.join(args)}:\n{proc.stdout[-3000:]}{proc.stderr}"
+    return [line for line in proc.stdout.splitlines() if "::" in line]
+
+
 def test_ci_splits_the_suite_and_a_release_pr_skips_it():
-    """Every tier of .ci/run runs in some job of ci.yml (the first signal: lint, unit, and the
-    chart and gitops tests that start no server; every other tier; cluster), each job only when
-    the pull request changes more than release files, and nightly; the Go and uv caches are keyed
-    by the files that pin what they hold."""
+    """ci.yml's jobs run every test of .ci/run (`make test`: the whole suite) exactly once: the
+    first signal (lint, unit, and the chart and gitops tests that start no server and need no
+    Argo CD build), every other tier, cluster; pytest itself collects each job's selection. Each
+    job runs only when the pull request changes more than release files, and nightly; the Go and
+    uv caches are keyed by the files that pin what they hold."""
     ci = workflow(ROOT / ".github/workflows/ci.yml")
     jobs = ci["jobs"]
     assert "schedule" in ci["on"], "nightly, on main as it is"
@@ -228,10 +249,17 @@ def test_ci_splits_the_suite_and_a_release_pr_skips_it():
             assert job["needs"] == "changes" and "needs.changes.outputs.code == 'true'" in job["if"]
     runs = {name: " ".join(s.get("run", "") for s in job["steps"]) for name, job in jobs.items()}
     assert "make lint" in runs["lint-unit-chart-gitops"]
-    assert 'tests/unit tests/chart tests/gitops -m "not server"' in runs["lint-unit-chart-gitops"]
-    assert '-m "not cluster and (server or not (chart or gitops))"' in runs["integration"]
-    assert "--ignore=tests/unit" in runs["integration"]
-    assert "pytest -m cluster" in runs["cluster"]
+    testing = {name: pytest_args(run) for name, run in runs.items() if "pytest" in run}
+    assert sorted(testing) == ["cluster", "integration", "lint-unit-chart-gitops"]
+    with ThreadPoolExecutor() as pool:
+        whole = pool.submit(collected, [])
+        per_job = dict(zip(testing, pool.map(collected, testing.values()), strict=True))
+    runs_in: dict[str, list[str]] = {}
+    for name, ids in per_job.items():
+        for test in ids:
+            runs_in.setdefault(test, []).append(name)
+    assert not {t: n for t, n in runs_in.items() if len(n) > 1}, "a test runs in two jobs"
+    assert set(runs_in) == set(whole.result()), "every test runs in some job"
     for name in ("lint-unit-chart-gitops", "integration", "cluster"):
         (cache,) = [
             s for s in jobs[name]["steps"] if s.get("uses", "").startswith("actions/cache@")
@@ -239,6 +267,22 @@ def test_ci_splits_the_suite_and_a_release_pr_skips_it():
         paths = set(cache["with"]["path"].split())
         assert {ci["env"]["GOCACHE"], ci["env"]["GOMODCACHE"], ci["env"]["UV_CACHE_DIR"]} <= paths
         assert "hashFiles(" in cache["with"]["key"]
+
+
+def test_the_first_signal_builds_no_argo_cd():
+    """CI's first job sets up what its tests use and not Argo CD (the longest build of all): the
+    tests that need it are marked `argocd` and run in the integration job."""
+    steps = workflow(ROOT / ".github/workflows/ci.yml")["jobs"]["lint-unit-chart-gitops"]["steps"]
+    (setup,) = [shlex.split(s["run"]) for s in steps if "setup-" in s.get("run", "")]
+    targets = setup[setup.index("make") + 1 :]
+    assert "setup-workflows" in targets and "setup-chart" in targets
+
+    def dry_run(*targets: str) -> str:  # every command, as if nothing were built yet
+        return subprocess.run(["make", "-nB", *targets], cwd=ROOT, capture_output=True, text=True,
+                              check=True).stdout  # fmt: skip
+
+    assert "github.com/argoproj/argo-cd" in dry_run("setup-gitops")
+    assert "github.com/argoproj/argo-cd" not in dry_run(*targets)
 
 
 def test_release_check_runs_on_every_pull_request():

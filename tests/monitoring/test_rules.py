@@ -84,6 +84,8 @@ def test_promtool_unit_tests_of_canary_delivery(tmp_path):
         {"prometheusRule.modelNotLoadedFor": "1h"},
         {"prometheusRule.memoryGrowth.bytesPerHour": 1073741824},
         {"prometheusRule.restarts.max": 20},
+        {"prometheusRule.shedding.ratio": 0.5},
+        {"prometheusRule.shedding.for": "1h"},
         {"prometheusRule.drift.classShareDeviation": 0.9},
         {"prometheusRule.drift.featurePsi": 0.9},
         {"prometheusRule.drift.minRows": 0},

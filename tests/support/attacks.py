@@ -247,6 +247,7 @@ def pipeline_flood(port: int, seconds: float, request: bytes | None = None) -> i
 @dataclass
 class FloodResult:
     statuses: Counter = field(default_factory=Counter)
+    label_statuses: dict[str, Counter] = field(default_factory=dict)
     latencies: dict[str, list[float]] = field(default_factory=dict)
     errors: Counter = field(default_factory=Counter)
 
@@ -286,6 +287,7 @@ async def _client(
             await reader.readexactly(length)
             lat.append(time.monotonic() - started)
             result.statuses[status] += 1
+            result.label_statuses.setdefault(label, Counter())[status] += 1
             if close:
                 writer.close()
                 reader = writer = None

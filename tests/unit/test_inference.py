@@ -187,3 +187,37 @@ print(json.dumps(asyncio.run(main())))
     info = json.loads(out.stdout.strip().splitlines()[-1])
     assert any(pool["user_api"] == "openmp" for pool in info), info
     assert all(pool["num_threads"] == 1 for pool in info), info
+
+
+@pytest.mark.parametrize("wait_ms", [0.0, 2.0])
+def test_rows_of_a_client_that_has_gone_never_run(wait_ms: float) -> None:
+    from starlette.requests import ClientDisconnect
+
+    model = Model()
+    abandoned: list[int] = []
+    rows = np.random.default_rng(1).normal(size=(2, 3))
+
+    async def main() -> list:
+        engine = InferenceEngine(
+            numeric_threads=1,
+            microbatch_wait_ms=wait_ms,
+            microbatch_max_rows=256,
+            observe_duration=lambda s: None,
+            on_abandoned=abandoned.append,
+        )
+        engine.start()
+        try:
+            return await asyncio.gather(
+                engine.predict_proba(model, rows[:1], lambda: True),  # its client left
+                engine.predict_proba(model, rows[1:], lambda: False),
+                return_exceptions=True,
+            )
+        finally:
+            await engine.close()
+
+    gone, served = asyncio.run(main())
+    assert isinstance(gone, ClientDisconnect)
+    assert isinstance(served, np.ndarray) and served.shape == (1, 2)
+    assert sum(abandoned) == 1
+    ran = np.concatenate([x for x, _ in model.seen])
+    assert not (ran == rows[0]).all(axis=1).any()  # the gone client's row never reached it

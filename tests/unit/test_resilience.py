@@ -16,6 +16,7 @@ from ml_service.serving.schemas import example_row
 from ml_service.serving.server import (
     ACCEPT_BURSTS,
     FD_RESERVE,
+    LINGERING_CONNECTIONS,
     PROBE_CONNECTIONS,
     fd_budget,
     quiet_accept_errors,
@@ -73,10 +74,12 @@ def test_the_openapi_example_is_made_up_from_the_reference_statistics(model_dir:
 def test_the_connection_budget_fits_under_the_open_file_limit(open_files: int) -> None:
     budget = fd_budget(512, open_files)
     bursts = ACCEPT_BURSTS * (budget.backlog + PROBE_CONNECTIONS)
-    used = budget.max_connections + PROBE_CONNECTIONS + bursts + FD_RESERVE
+    used = budget.max_connections + PROBE_CONNECTIONS + bursts + budget.lingering + FD_RESERVE
     assert used <= open_files
     assert budget.max_connections == 512 or open_files < 1024
     assert budget.backlog >= 8
+    # connections turned away at the cap linger (not reset) within the budget
+    assert 0 < budget.lingering <= LINGERING_CONNECTIONS
 
 
 def test_accept_running_out_of_descriptors_is_one_line_without_a_traceback(

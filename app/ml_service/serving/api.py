@@ -16,6 +16,7 @@ from starlette.datastructures import Headers
 from .body import OFF_LOOP_BYTES, read_body, require_json
 from .deps import ModelDep, ServiceDep, service_of
 from .errors import ERROR_RESPONSES, json_response
+from .inference import client_gone
 from .model import LoadedModel
 from .schemas import FeedbackResponse, PredictResponse
 from .service import Service
@@ -100,7 +101,7 @@ async def predict(request: Request) -> Response:
         features = await svc.offload(schemas.parse_predict, body, max_rows)
     else:
         features = schemas.parse_predict(body, max_rows)
-    proba = await svc.predict_proba(model, features)
+    proba = await svc.predict_proba(model, features, client_gone(request.scope))
     labels = svc.labels(model, proba)
     if len(labels) > OFF_LOOP_ROWS:
         return await svc.offload(_answer, svc, request.headers, model, features, labels, proba)

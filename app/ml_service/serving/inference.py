@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from starlette.requests import ClientDisconnect
 from threadpoolctl import threadpool_limits
 
 from .model import LoadedModel
@@ -46,11 +47,21 @@ def _limit_numeric_threads(n: int) -> bool:
     return True
 
 
+# The ASGI scope extension (set by server.py) that tells whether a request's client has gone:
+# a callable, true once the connection is closed before its answer.
+CLIENT_GONE = "ml_service.client_gone"
+
+
+def client_gone(scope: dict) -> Callable[[], bool] | None:
+    return scope.get("extensions", {}).get(CLIENT_GONE)
+
+
 @dataclass
 class _Pending:
     model: LoadedModel
     features: np.ndarray
     future: asyncio.Future
+    gone: Callable[[], bool] | None = None
 
 
 class _Call:
@@ -101,6 +112,7 @@ class InferenceEngine:
         microbatch_max_rows: int,
         observe_duration: Callable[[float], None],
         on_batch: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        on_abandoned: Callable[[int], None] = lambda n: None,
     ) -> None:
         self._numeric_threads = numeric_threads
         self._wait = microbatch_wait_ms / 1000.0
@@ -108,6 +120,8 @@ class InferenceEngine:
         self._observe = observe_duration
         # Runs on the inference thread once per predict call (drift statistics per batch).
         self.on_batch = on_batch
+        # Counts requests never run because their clients had gone (on the inference thread).
+        self._on_abandoned = on_abandoned
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -157,10 +171,17 @@ class InferenceEngine:
         self._submit(_Call(fn, args, future))
         return await future
 
-    async def predict_proba(self, model: LoadedModel, features: np.ndarray) -> np.ndarray:
+    async def predict_proba(
+        self,
+        model: LoadedModel,
+        features: np.ndarray,
+        gone: Callable[[], bool] | None = None,
+    ) -> np.ndarray:
+        """`gone`, when given, is asked right before the rows run: a request whose client has
+        gone is never run (it raises ClientDisconnect)."""
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        pending = _Pending(model, features, future)
+        pending = _Pending(model, features, future, gone)
         if not self.microbatching:
             self._submit([pending])
             return await future
@@ -252,9 +273,20 @@ class InferenceEngine:
             yield chunk
 
     def _predict_chunk(self, chunk: list[_Pending]) -> list:
-        live = [p for p in chunk if not p.future.done()]  # clients that went away
+        # Work whose client went away (a cancelled awaiter, a closed connection) is not run.
+        live: list[_Pending] = []
+        gone: list = []
+        for p in chunk:
+            if p.future.done():
+                continue
+            if p.gone is not None and p.gone():
+                gone.append((p.future, None, ClientDisconnect()))
+            else:
+                live.append(p)
+        if gone:
+            self._on_abandoned(len(gone))
         if not live:
-            return []
+            return gone
         features = (
             live[0].features
             if len(live) == 1
@@ -265,15 +297,15 @@ class InferenceEngine:
             proba = live[0].model.predict_proba(features)
             self._observe(time.perf_counter() - started)
         except Exception as exc:
-            return [(p.future, None, exc) for p in live]
+            return gone + [(p.future, None, exc) for p in live]
         if self.on_batch is not None:
             try:
                 self.on_batch(features, proba)
             except Exception:
                 log.exception("on_batch hook failed")
         if len(live) == 1:
-            return [(live[0].future, proba, None)]
-        results, start = [], 0
+            return [*gone, (live[0].future, proba, None)]
+        results, start = gone, 0
         for p in live:
             end = start + p.features.shape[0]
             results.append((p.future, proba[start:end], None))

@@ -144,11 +144,37 @@ class ServiceMetrics:
             "mlservice_connections_closed_total",
             "Connections the server closed to protect itself: header_timeout, header_too_large "
             "(431), body_timeout (408), write_timeout, pipeline_full, invalid_request (400), "
-            "idle_evicted (at MAX_CONNECTIONS), over_capacity (503)",
+            "idle_evicted (at MAX_CONNECTIONS), over_capacity (503), overloaded (a refused "
+            "request whose body was not read: 503)",
             ["reason"],
             registry=registry,
         )
+        self.shed = Counter(
+            "mlservice_requests_shed",
+            "Requests refused or dropped under load, by reason: concurrency_limit (a 503 with "
+            "Retry-After before the body was read), client_gone (admitted, but its client left "
+            "before its prediction ran: never run)",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in self.SHED_REASONS:
+            self.shed.labels(reason)
         self.model_loaded.set(0)
+
+    SHED_REASONS = ("concurrency_limit", "client_gone")
+
+    def watch_admission(self, limiter, registry: CollectorRegistry) -> None:  # type: ignore[no-untyped-def]
+        """Gauges read from the admission limiter at scrape time (admission.py)."""
+        for name, doc, read in (
+            ("mlservice_admission_limit", "Current adaptive concurrency limit of POST requests",
+             lambda: limiter.current),
+            ("mlservice_admission_in_flight", "POST requests admitted and not yet answered",
+             lambda: limiter.in_flight),
+            ("mlservice_admission_queue_delay_seconds",
+             "The last window's mean latency minus the baseline (latency without queueing)",
+             lambda: limiter.queue_delay),
+        ):  # fmt: skip
+            Gauge(name, doc, registry=registry, multiprocess_mode="livesum").set_function(read)
 
     def mark_loaded(
         self, name: str, version: str, run_id: str, load_seconds: float, classes: Sequence[str]

@@ -27,11 +27,13 @@ import msgspec
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from starlette.requests import ClientDisconnect
 
 from .body import OFF_LOOP_BYTES, read_body
 from .deps import service_of
 from .errors import ApiError, MlflowError, MlflowErrorBody, json_response, too_many_rows
 from .feedback import invocation_headers
+from .inference import client_gone
 from .model import LoadedModel
 from .schemas import FiniteFloatMsgspec, ModelSchemas
 from .service import Service
@@ -390,8 +392,8 @@ async def _answer(
     svc: Service, model: LoadedModel, features: np.ndarray, request: Request
 ) -> Response:
     try:
-        proba = await svc.predict_proba(model, features)
-    except ApiError:
+        proba = await svc.predict_proba(model, features, client_gone(request.scope))
+    except (ApiError, ClientDisconnect):
         raise
     except Exception:
         # MLflow answers a model that fails on the input with 400 (e.g. an unseen category);

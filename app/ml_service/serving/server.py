@@ -23,7 +23,13 @@ rate-limited (redact.py), so no client can fill the log. The kubelet and Prometh
 probe listener (probes.py), which has budgets, a thread and an event loop of its own.
 
 Every request passes `ConnectionLimits.admit` once its headers are complete, before the app
-or its body: the one place where a policy that refuses requests cheaply plugs in.
+or its body. On the main listener a POST (the work: predictions, scoring, feedback) must also fit
+under the adaptive concurrency limit (admission.py); one that does not gets a canned 503 with
+`Retry-After` from here, without a task, the app or its body being parsed: its body (up to
+SHED_READ_BYTES) is skipped by the parser and the connection stays open; a larger or chunked
+body is not read at all (503 and close). A request pipelined behind one in flight gets its 503
+in order, through a tiny ASGI app. Each refusal is counted in
+`mlservice_requests_shed_total{reason}`.
 
 Shutdown sequence on SIGTERM:
 1. readiness turns 503 at once and every response says `Connection: close` (guard.py);
@@ -41,6 +47,7 @@ settings are read once, at start): a terminal hang-up or a stray reload signal n
 from __future__ import annotations
 
 import asyncio
+import collections
 import ctypes
 import errno
 import fcntl
@@ -64,6 +71,8 @@ from uvicorn.config import STARTUP_FAILURE
 from uvicorn.protocols.http.flow_control import FlowControl
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from .admission import AdaptiveLimit
+from .inference import CLIENT_GONE
 from .settings import Settings
 
 log = logging.getLogger("ml_service")
@@ -76,6 +85,12 @@ FD_RESERVE = 64
 PROBE_CONNECTIONS = 16
 # Accept bursts that can be open at once beyond a listener's cap (fd_budget).
 ACCEPT_BURSTS = 4
+# Connections turned away at the cap that may linger at once (answer, FIN, up to
+# FRESH_CONNECTION_SECONDS to read what the client still sends, so it is not reset): their
+# descriptors are in fd_budget (at most an eighth of what is free); beyond, one closes at once.
+LINGERING_CONNECTIONS = 1024
+# A connection whose client has not taken its answer for this long may be evicted at the cap.
+STUCK_SECONDS = 1.0
 # At most this many requests wait, fully read, behind the one being answered on a connection.
 PIPELINE_DEPTH = 8
 # Most header fields per request: each one is a parser callback and a list entry.
@@ -88,6 +103,14 @@ PEEK_BYTES = 16384
 # At shutdown, a connection this young that has not sent a request yet gets until this age to
 # send one (it is answered with `Connection: close`) instead of being closed under it.
 FRESH_CONNECTION_SECONDS = 1.0
+# A refused request's body up to this size is skipped by the parser, so the connection stays
+# open for the client's next request; a larger (or chunked) one is never read: 503 and close.
+# A client that sends its body anyway makes the lingering close read it too, and then opens a
+# new connection: at 64 KiB, refusing 80 KB (100-row) requests at 4x capacity cost more than
+# serving them.
+SHED_READ_BYTES = 1024 * 1024
+# `Retry-After` of a refusal under load: a burst is over, or another replica answers, by then.
+SHED_RETRY_AFTER_SECONDS = 1
 # accept() errors that mean "out of descriptors or memory": asyncio retries after a second.
 ACCEPT_RESOURCE_ERRORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
 
@@ -112,6 +135,23 @@ BODY_TIMEOUT = _canned(
     b"408 Request Timeout", b"request body not received in time (REQUEST_BODY_TIMEOUT_SECONDS)"
 )
 BAD_REQUEST = _canned(b"400 Bad Request", b"invalid HTTP request")
+_SHED_BODY = b'{"detail":"overloaded, retry later"}'
+_SHED_HEAD = b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\n" + (
+    b"retry-after: %d\r\ncontent-length: %d\r\n" % (SHED_RETRY_AFTER_SECONDS, len(_SHED_BODY))
+)
+SHED_KEEP_OPEN = _SHED_HEAD + b"\r\n" + _SHED_BODY
+SHED_CLOSE = _SHED_HEAD + b"connection: close\r\n\r\n" + _SHED_BODY
+
+
+async def _shed_app(scope, receive, send) -> None:  # type: ignore[no-untyped-def]
+    """The 503 of a refused request pipelined behind one in flight (answered in order)."""
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"retry-after", b"%d" % SHED_RETRY_AFTER_SECONDS),
+        (b"content-length", b"%d" % len(_SHED_BODY)),
+    ]
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
+    await send({"type": "http.response.body", "body": _SHED_BODY})
 
 
 class Refused(Exception):
@@ -137,16 +177,52 @@ class ConnectionLimits:
     on_closed: Callable[[str], None]
     # Runs on every sweep: the main loop's heartbeat for the probe listener's liveness check.
     on_sweep: Callable[[], None] = lambda: None
+    # The adaptive concurrency limit of POST requests (none on the probe listener), and what
+    # counts each refusal by reason.
+    limiter: AdaptiveLimit | None = None
+    on_shed: Callable[[str], None] = lambda reason: None
     connections: set = field(default_factory=set)
+    # The idle connections, longest idle first, and those whose client has not taken an answer
+    # for STUCK_SECONDS (found by the sweep): making room at the cap takes the first of either
+    # instead of scanning every connection for each one that arrives.
+    idle: dict = field(default_factory=dict)
+    stuck: list = field(default_factory=list)
+    no_victim_until: float = 0.0  # (loop time) the last look at the cap found none to evict
+    # Stops (True) and restarts (False) accepting on the listener: at the cap with nothing to
+    # evict, new connections wait in the kernel's listen queue instead of being accepted only
+    # to be turned away (a client that reconnects at once made that churn cost all the CPU).
+    pause_accepting: Callable[[bool], None] | None = None
+    accepting_paused: bool = False
+    max_lingering: int = 0  # connections turned away at the cap that may linger (fd_budget)
+    lingering: int = 0
 
     def overload_response(self) -> bytes:
         retry = b"retry-after: %d\r\n" % self.retry_after
         return _canned(b"503 Service Unavailable", b"too many connections", retry)
 
-    def admit(self, conn: LimitedConnection) -> None:
-        """Every request's headers are complete, its body not read yet, the app not called:
-        raise `Refused` with a canned answer to turn it away here. No policy beyond the
-        connection cap is installed today; this is where admission control plugs in."""
+    def limited(self, method: bytes) -> bool:
+        """Whether a request counts against the concurrency limit: every POST on a listener
+        that has one (the work; GETs are probes, the model's description, the docs)."""
+        return self.limiter is not None and method == b"POST"
+
+    def admit(self) -> bool:
+        """A limited request's headers are complete, its body not read yet, the app not
+        called: False turns it away (the connection answers 503); True admits it, and
+        `release` must follow once it is answered or its client is gone."""
+        assert self.limiter is not None
+        if self.limiter.try_acquire():
+            return True
+        self.on_shed("concurrency_limit")
+        return False
+
+    def release(self, started: float, now: float) -> None:
+        assert self.limiter is not None
+        self.limiter.release(now - started)
+
+    def resume_accepting(self) -> None:
+        if self.accepting_paused and len(self.connections) < self.max_connections:
+            self.accepting_paused = False
+            self.pause_accepting(False)  # type: ignore[misc]
 
     def watch(self, connections: set, loop: asyncio.AbstractEventLoop) -> None:
         """Start the deadline sweep over a server's connections."""
@@ -156,6 +232,8 @@ class ConnectionLimits:
     def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
         now = loop.time()
         self.on_sweep()
+        self.resume_accepting()
+        stuck = []
         for conn in list(self.connections):
             if conn.transport.is_closing():  # only its unsent bytes keep it: the write deadline
                 pass
@@ -167,6 +245,9 @@ class ConnectionLimits:
             elif conn.body_since is not None and now - conn.body_since > self.body_timeout:
                 conn.cut_off("body_timeout", BODY_TIMEOUT)
             self._write_deadline(conn, now)
+            if conn.write_since is not None and now - conn.write_since >= STUCK_SECONDS:
+                stuck.append(conn)
+        self.stuck = stuck
         loop.call_later(SWEEP_SECONDS, self._sweep, loop)
 
     def _write_deadline(self, conn: LimitedConnection, now: float) -> None:
@@ -229,7 +310,7 @@ class LimitedConnection:
     """
 
     limits: ConnectionLimits
-    idle_since: float | None = None
+    _idle_since: float | None = None
     body_since: float | None = None
     write_since: float | None = None  # response bytes outstanding since (seen by the sweep)
     write_mark: int = 0  # bytes written when that clock started
@@ -242,10 +323,29 @@ class LimitedConnection:
     spanned_bytes: int = 0
     header_fields: int = 0
     in_headers: bool = False
+    # When each admitted request still unanswered on this connection was admitted, in order
+    # (None for one refused in order behind another); a refused request's body being skipped.
+    admitted: collections.deque
+    shedding: bool = False
+    lingers: bool = False  # turned away at the cap, lingering: counted in limits.lingering
+
+    @property
+    def idle_since(self) -> float | None:
+        return self._idle_since
+
+    @idle_since.setter
+    def idle_since(self, value: float | None) -> None:
+        # Kept in limits.idle too, in the order connections became idle (longest idle first).
+        self._idle_since = value
+        idle = self.limits.idle
+        idle.pop(self, None)
+        if value is not None:
+            idle[self] = None
 
     def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
         super().connection_made(_CountingTransport(transport))  # type: ignore[misc]
         self.flow = _Flow(transport)
+        self.admitted = collections.deque()
         self.opened_at = self.idle_since = self.loop.time()  # type: ignore[attr-defined]
         if len(self.connections) > self.limits.max_connections:  # type: ignore[attr-defined]
             self._make_room()
@@ -302,20 +402,103 @@ class LimitedConnection:
     def on_headers_complete(self) -> None:
         self.in_headers = False
         self.idle_since = None
-        self.limits.admit(self)
+        now = self.body_since = self.loop.time()  # type: ignore[attr-defined]
+        if self.limits.limited(self.parser.get_method()):  # type: ignore[attr-defined]
+            if not self.limits.admit():
+                self._shed()
+                return
+            self.admitted.append(now)
         super().on_headers_complete()  # type: ignore[misc]
-        self.body_since = self.loop.time()  # type: ignore[attr-defined]
+        cycle = self.cycle  # type: ignore[attr-defined]
+        if cycle is not None:  # (none for an upgrade request)
+            # The inference engine skips the work of a client that has gone (inference.py).
+            self.scope.setdefault("extensions", {})[CLIENT_GONE] = lambda: cycle.disconnected  # type: ignore[attr-defined]
+
+    def _shed(self) -> None:
+        """Answer a refused request with a canned 503, in order, at the least cost: its body is
+        skipped by the parser (small) or never read (large, chunked: close)."""
+        cycle = self.cycle  # type: ignore[attr-defined]
+        if cycle is not None and not cycle.response_complete:  # behind one in flight
+            self.admitted.append(None)
+            app, self.app = self.app, _shed_app  # type: ignore[attr-defined]
+            try:
+                super().on_headers_complete()  # type: ignore[misc]
+            finally:
+                self.app = app
+            return
+        length = None
+        for name, value in self.headers:  # type: ignore[attr-defined]
+            if name == b"transfer-encoding":
+                length = None
+                break
+            if name == b"content-length" and value.isdigit():
+                length = int(value)
+        if length is None or length > SHED_READ_BYTES or self.expect_100_continue:  # type: ignore[attr-defined]
+            self._refuse_unread()
+            return
+        self.shedding = True
+
+    def _refuse_unread(self) -> None:
+        """503 and close without reading the body. Closing a socket with unread bytes makes the
+        kernel reset the connection (the client may lose the 503 with it), so this is a
+        lingering close: the answer and a FIN go out, what the client still sends is read and
+        dropped, and the connection closes once the client closes it, or a second later."""
+        self.limits.on_closed("overloaded")
+        self._linger(SHED_CLOSE)
+
+    def _linger(self, answer: bytes) -> None:
+        self.transport.write(answer)  # type: ignore[attr-defined]
+        self.transport.write_eof()  # type: ignore[attr-defined]
+        self.flow.held = True  # data_received drops everything from here on
+        now = self.loop.time()  # type: ignore[attr-defined]
+        self.body_since, self.idle_since = None, now
+        self.drain_deadline = now + FRESH_CONNECTION_SECONDS
+
+    def on_body(self, body: bytes) -> None:
+        if not (self.shedding or self.flow.held):
+            super().on_body(body)  # type: ignore[misc]
 
     def on_message_complete(self) -> None:
+        if self.flow.held:  # refused unread: the rest of the chunk is dropped
+            return
         self.body_since = None
-        super().on_message_complete()  # type: ignore[misc]
+        if not self.shedding:
+            super().on_message_complete()  # type: ignore[misc]
+            return
+        self.shedding = False
+        if self.parser.should_keep_alive():  # type: ignore[attr-defined]
+            self.transport.write(SHED_KEEP_OPEN)  # type: ignore[attr-defined]
+            self._answered()
+        else:
+            self.transport.write(SHED_CLOSE)  # type: ignore[attr-defined]
+            self.transport.close()  # type: ignore[attr-defined]
 
     def on_response_complete(self) -> None:
+        if self.admitted:
+            started = self.admitted.popleft()
+            if started is not None:
+                self.limits.release(started, self.loop.time())  # type: ignore[attr-defined]
+        self._answered()
+
+    def _answered(self) -> None:
         self.served += 1
         super().on_response_complete()  # type: ignore[misc]  # starts a queued request, if any
         cycle = self.cycle  # type: ignore[attr-defined]  # the last request read
         if cycle is None or cycle.response_complete:
             self.idle_since = self.loop.time()  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        # Requests whose answers will never be sent: their clients waited this long for nothing.
+        now = self.loop.time()  # type: ignore[attr-defined]
+        while self.admitted:
+            started = self.admitted.popleft()
+            if started is not None:
+                self.limits.release(started, now)
+        if self.lingers:
+            self.limits.lingering -= 1
+        self.idle_since = None
+        super().connection_lost(exc)  # type: ignore[misc]
+        self.limits.resume_accepting()
 
     # ---------------------------------------------------------------- closing
 
@@ -376,23 +559,46 @@ class LimitedConnection:
         super().shutdown()  # type: ignore[misc]
 
     def _make_room(self) -> None:
-        others = [c for c in self.connections if c is not self]  # type: ignore[attr-defined]
-        # A client that has not taken its answer for a while holds its slot for nothing.
+        limits, limiter = self.limits, self.limits.limiter
         now = self.loop.time()  # type: ignore[attr-defined]
-        stuck = [c for c in others if c.write_since is not None and now - c.write_since >= 1.0]
-        if stuck:
-            min(stuck, key=lambda c: c.write_since).cut_off("idle_evicted", abort=True)
-            return
-        idle = sorted((c for c in others if c.idle_since is not None), key=lambda c: c.idle_since)
-        # Not one whose socket already holds a whole request: that is a client the busy loop
-        # has not read yet, not an idle one. A trickle's partial header does not count.
-        victim = next((c for c in idle if not c.has_request_waiting()), None)
-        if victim is not None:
-            victim.cut_off("idle_evicted")
+        # Refusing work already: making room would only admit one more request to refuse. And
+        # after a look found no connection to evict, none is looked for until the next sweep:
+        # under overload every idle connection holds a request the loop has not read yet, and
+        # looking again for each connection that arrives would cost more than serving.
+        refusing = limiter is not None and limiter.in_flight >= limiter.current
+        if not refusing and now >= limits.no_victim_until:
+            # A client that has not taken its answer for a while holds its slot for nothing.
+            stuck = [c for c in limits.stuck if c.write_since is not None and c is not self]
+            stuck = [c for c in stuck if not c.transport.is_closing()]
+            if stuck:
+                min(stuck, key=lambda c: c.write_since).cut_off("idle_evicted", abort=True)
+                return
+            # The longest idle, but not one whose socket already holds a whole request: that
+            # is a client the busy loop has not read yet. A trickle's partial header does not
+            # count; one turned away and lingering is not idle.
+            idle = (c for c in limits.idle if c is not self and not c.flow.held)
+            victim = next((c for c in idle if not c.has_request_waiting()), None)
+            if victim is not None:
+                victim.cut_off("idle_evicted")
+                return
+            limits.no_victim_until = now + SWEEP_SECONDS
+        self._turn_away()
+
+    def _turn_away(self) -> None:
+        """503 and close. Its request may already be in the socket: a lingering close (within
+        the descriptor budget), so the 503 is not reset away."""
+        limits = self.limits
+        limits.on_closed("over_capacity")
+        if limits.pause_accepting is not None and not limits.accepting_paused:
+            limits.accepting_paused = True
+            limits.pause_accepting(True)
+        if limits.lingering < limits.max_lingering:
+            limits.lingering += 1
+            self.lingers = True
+            self._linger(limits.overload_response())
             return
         self.idle_since = None
-        self.limits.on_closed("over_capacity")
-        self.transport.write(self.limits.overload_response())  # type: ignore[attr-defined]
+        self.transport.write(limits.overload_response())  # type: ignore[attr-defined]
         self.transport.close()  # type: ignore[attr-defined]
 
 
@@ -456,6 +662,7 @@ def return_freed_memory() -> None:
 class FdBudget:
     max_connections: int
     backlog: int  # the listen queue, and the most connections asyncio accepts in one go
+    lingering: int = 0  # connections turned away at the cap that may linger at once
 
 
 def fd_budget(wanted: int, open_files: int) -> FdBudget:
@@ -464,12 +671,15 @@ def fd_budget(wanted: int, open_files: int) -> FdBudget:
     asyncio accepts up to `backlog` connections per turn of the loop; a connection only meets
     the cap two turns later, and the descriptor of one it turns away is released a turn after
     that: up to ACCEPT_BURSTS bursts are open beyond the cap. So cap + ACCEPT_BURSTS x backlog,
-    the same for the probe listener, and FD_RESERVE must fit."""
+    the same for the probe listener, the LINGERING_CONNECTIONS turned away at the cap and
+    FD_RESERVE must fit."""
     free = open_files - FD_RESERVE - PROBE_CONNECTIONS * (1 + ACCEPT_BURSTS)
+    lingering = max(0, min(LINGERING_CONNECTIONS, free // 8))
+    free -= lingering
     cap = min(wanted, max(8, free - ACCEPT_BURSTS * 16))
     if cap < wanted:
         log.warning("MAX_CONNECTIONS lowered to %d: the open-file limit is %d", cap, open_files)
-    return FdBudget(cap, max(8, min(2048, (free - cap) // ACCEPT_BURSTS)))
+    return FdBudget(cap, max(8, min(2048, (free - cap) // ACCEPT_BURSTS)), lingering)
 
 
 def quiet_accept_errors(loop: asyncio.AbstractEventLoop) -> None:
@@ -518,6 +728,30 @@ class GracefulServer(uvicorn.Server):
             sys.exit(STARTUP_FAILURE)
         await super().startup(sockets)
         self._limits.watch(self.server_state.connections, loop)
+        self._limits.pause_accepting = self._accepting_switch(loop)
+
+    def _accepting_switch(self, loop: asyncio.AbstractEventLoop) -> Callable[[bool], None] | None:
+        """pause(True) stops reading the listening sockets, pause(False) reads them again,
+        through the selector event loop's reader of each (asyncio has no public pause); None
+        if the loop is not one."""
+        readers = []
+        for server in getattr(self, "servers", []):
+            for tsock in server.sockets:
+                try:
+                    handle = loop._selector.get_key(tsock.fileno()).data[0]  # type: ignore[attr-defined]
+                except (AttributeError, KeyError, ValueError):
+                    return None
+                # (copied: removing a reader cancels its handle, which clears them)
+                readers.append((tsock.fileno(), handle._callback, handle._args))
+
+        def pause(paused: bool) -> None:
+            for fd, callback, args in readers:
+                if paused:
+                    loop.remove_reader(fd)
+                elif not self.should_exit:
+                    loop._add_reader(fd, callback, *args)  # type: ignore[attr-defined]
+
+        return pause if readers else None
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         with self._lock:
@@ -580,7 +814,12 @@ def build(app, settings: Settings) -> GracefulServer:  # type: ignore[no-untyped
     def closed(reason: str) -> None:
         service.metrics.connections_closed.labels(reason).inc()
 
-    def limits(max_connections: int, on_sweep: Callable[[], None] = lambda: None):  # type: ignore[no-untyped-def]
+    shed_counts = {r: service.metrics.shed.labels(r) for r in service.metrics.SHED_REASONS}
+
+    def shed(reason: str) -> None:  # once per refusal: no label lookup
+        shed_counts[reason].inc()
+
+    def limits(max_connections: int, on_sweep: Callable[[], None] = lambda: None, limiter=None):  # type: ignore[no-untyped-def]
         return ConnectionLimits(
             header_timeout=settings.request_header_timeout_seconds,
             max_header_bytes=settings.max_header_bytes,
@@ -590,9 +829,14 @@ def build(app, settings: Settings) -> GracefulServer:  # type: ignore[no-untyped
             retry_after=settings.retry_after_seconds,
             on_closed=closed,
             on_sweep=on_sweep,
+            limiter=limiter,
+            on_shed=shed,
         )
 
-    main_limits = limits(budget.max_connections, on_sweep=service.heartbeat)
+    main_limits = limits(
+        budget.max_connections, on_sweep=service.heartbeat, limiter=service.admission
+    )
+    main_limits.max_lingering = budget.lingering
     config = uvicorn.Config(
         app,
         host=settings.host,

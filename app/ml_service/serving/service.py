@@ -25,6 +25,7 @@ from prometheus_client import CollectorRegistry
 
 from ml_service.model_format import REFERENCE_KEY
 
+from .admission import AdaptiveLimit
 from .drift import DriftMonitor
 from .errors import ApiError, InputError, too_many_rows
 from .feedback import Feedback
@@ -69,7 +70,19 @@ class Service:
             microbatch_max_rows=settings.microbatch_max_rows,
             observe_duration=self.metrics.inference_duration.observe,
             on_batch=self._observe_drift,
+            on_abandoned=self._abandoned,
         )
+        # The concurrency limit of POST requests, enforced by the server (server.py).
+        self.admission: AdaptiveLimit | None = None
+        if settings.admission_max_concurrency > 0:
+            self.admission = AdaptiveLimit(
+                initial=settings.admission_min_concurrency,
+                min_limit=settings.admission_min_concurrency,
+                max_limit=settings.admission_max_concurrency,
+                tolerance=settings.admission_tolerance,
+                window=settings.admission_window,
+            )
+            self.metrics.watch_admission(self.admission, registry)
         self.model: LoadedModel | None = None
         self.schemas: ModelSchemas | None = None
         self.classes: np.ndarray | None = None
@@ -128,6 +141,9 @@ class Service:
             body |= {"reason": self.reason.value, "message": self.reason.message}
         body["attempts"] = self.load_attempts
         return 503, body, retry
+
+    def _abandoned(self, n: int) -> None:
+        self.metrics.shed.labels("client_gone").inc(n)
 
     def heartbeat(self) -> None:
         """Called by the main event loop twice a second (the connection sweep)."""
@@ -254,9 +270,11 @@ class Service:
         if rows > self.settings.max_batch_rows:
             raise too_many_rows(self.settings.max_batch_rows)
 
-    async def predict_proba(self, model: LoadedModel, features: np.ndarray) -> np.ndarray:
+    async def predict_proba(
+        self, model: LoadedModel, features: np.ndarray, gone: Callable[[], bool] | None = None
+    ) -> np.ndarray:
         self.check_rows(features.shape[0])
-        return await self.engine.predict_proba(model, features)
+        return await self.engine.predict_proba(model, features, gone)
 
     def labels(self, model: LoadedModel, proba: np.ndarray) -> list[str]:
         """Most probable class per row, counted in the prediction metrics."""

@@ -95,6 +95,31 @@ class Settings(BaseSettings):
         description="open connections at most (also kept below the open-file limit); a new "
         "connection beyond it closes the longest-idle one, or gets 503 if none is idle",
     )
+    admission_min_concurrency: int = Field(
+        64,
+        ge=1,
+        description="adaptive admission: the concurrency limit of POST requests (in flight "
+        "from headers to answer) never goes below this; up to it, concurrent clients are "
+        "queued, never refused",
+    )
+    admission_max_concurrency: int = Field(
+        512,
+        ge=0,
+        description="adaptive admission: the outer bound of the limit, however fast answers "
+        "come; beyond the limit a POST gets a 503 with `Retry-After` before its body is read; "
+        "`0` turns admission control off",
+    )
+    admission_tolerance: float = Field(
+        3.0,
+        gt=1,
+        le=100,
+        description="adaptive admission: the limit shrinks while the mean latency of a window "
+        "exceeds this many times the latency without queueing (the baseline), and grows "
+        "while it stays below",
+    )
+    admission_window: int = Field(
+        50, ge=1, le=100_000, description="adaptive admission: answered requests per window"
+    )
     model_load_backoff_initial_seconds: float = Field(
         0.5, gt=0, description="first retry delay while the model cannot be loaded"
     )
@@ -204,6 +229,15 @@ class Settings(BaseSettings):
         if value:
             parse_uri(value)  # ValueError: "must be s3://<bucket>/<prefix> or a local directory"
         return value or None
+
+    @model_validator(mode="after")
+    def _admission_bounds(self) -> Settings:
+        if 0 < self.admission_max_concurrency < self.admission_min_concurrency:
+            raise ValueError(
+                "ADMISSION_MIN_CONCURRENCY must not exceed ADMISSION_MAX_CONCURRENCY "
+                "(0 turns admission control off)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _backoff_order(self) -> Settings:

@@ -33,6 +33,19 @@ runbook_url: {{ printf "%s#%s" . (index $ 0) | quote }}
 {{- end }}
 {{- end }}
 
+{{- /* Requests refused by admission control (503 before the app saw them) in window [2] per
+       namespace and job, 0 where none are counted yet: (list selector handlers window). */ -}}
+{{- define "ml-service.rules.refused" -}}
+{{- $sel := index . 0 -}}
+{{- $handlers := index . 1 -}}
+{{- $w := index . 2 -}}
+(
+  sum by (namespace, job) (rate(mlservice_requests_shed_total{ {{- $sel }}, reason="concurrency_limit"}[{{ $w }}]))
+  or
+  0 * sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}}[{{ $w }}]))
+)
+{{- end -}}
+
 {{- define "ml-service.rules" -}}
 {{- $r := .Values.prometheusRule -}}
 {{- $job := include "ml-service.fullname" . -}}
@@ -60,16 +73,26 @@ runbook_url: {{ printf "%s#%s" . (index $ 0) | quote }}
   rules:
 {{- range ($windows | uniq) }}
     - record: namespace_job:mlservice_slo_errors_per_request:ratio_rate{{ . }}
+      # Errors are the 5xx answers plus the requests admission control refused with 503 before
+      # the app saw them (not in http_requests_total): a shedding pod fails its users too.
       # `or 0 * ...`: a 5xx series exists only after the first 5xx; without it the ratio would be
       # absent (not 0) while everything is fine.
       expr: |-
         (
-          sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}, status="5xx"}[{{ . }}]))
-          or
-          0 * sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}}[{{ . }}]))
+          (
+            sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}, status="5xx"}[{{ . }}]))
+            or
+            0 * sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}}[{{ . }}]))
+          )
+          +
+          {{ include "ml-service.rules.refused" (list $sel $handlers .) | nindent 10 | trim }}
         )
         /
-        sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}}[{{ . }}]))
+        (
+          sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}}[{{ . }}]))
+          +
+          {{ include "ml-service.rules.refused" (list $sel $handlers .) | nindent 10 | trim }}
+        )
 {{- end }}
     - record: namespace_job:mlservice_slo_error_budget:ratio
       expr: vector({{ $budget }})
@@ -191,6 +214,25 @@ runbook_url: {{ printf "%s#%s" . (index $ 0) | quote }}
         description: >-
           {{`{{ $labels.namespace }}/{{ $labels.pod }} working set grows by {{ $value | humanize1024 }}B per hour`}} (threshold {{ int64 $r.memoryGrowth.bytesPerHour }} B/h over {{ $r.memoryGrowth.window }}).
         {{- include "ml-service.rules.runbook" (list "mlservicememorygrowing" $runbook) | nindent 8 }}
+    - alert: MLServiceShedding
+      expr: |-
+        sum by (namespace, job) (rate(mlservice_requests_shed_total{ {{- $sel }}, reason="concurrency_limit"}[{{ $r.shedding.window }}]))
+        /
+        (
+          sum by (namespace, job) (rate(mlservice_requests_shed_total{ {{- $sel }}, reason="concurrency_limit"}[{{ $r.shedding.window }}]))
+          +
+          sum by (namespace, job) (rate(http_requests_total{ {{- $sel }}, {{ $handlers }}}[{{ $r.shedding.window }}]))
+        )
+        > {{ $r.shedding.ratio }}
+      for: {{ $r.shedding.for }}
+      labels:
+        {{- include "ml-service.rules.labels" (list "warning" $extra) | nindent 8 }}
+      annotations:
+        summary: >-
+          ml-service refuses inference requests under sustained overload
+        description: >-
+          {{`{{ $labels.namespace }}/{{ $labels.job }}: {{ $value | humanizePercentage }} of inference requests refused with 503 by admission control`}} over {{ $r.shedding.window }} (threshold {{ $r.shedding.ratio }}).
+        {{- include "ml-service.rules.runbook" (list "mlserviceshedding" $runbook) | nindent 8 }}
     - alert: MLServicePodRestarting
       expr: increase(kube_pod_container_status_restarts_total{ {{- $pods }}}[{{ $r.restarts.window }}]) > {{ $r.restarts.max }}
       labels:
