@@ -374,7 +374,11 @@ def test_the_abort_notification_opens_the_revert_pull_request(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     pr = story.prs()[-1]
     assert pr["title"] == f"revert({ENV}): canary of model ml-service v{shifted} aborted"
-    # the analysis results (the notification's Rollout message may predate the abort)
+    # why (the failed AnalysisRun's message: the Rollout the controller sends predates the abort)
+    # and the analysis results
+    assert any(f'Metric "{check}" assessed Failed' in payload["message"] for check in failed)
+    first = pr["body"].splitlines()[0]
+    assert payload["message"] in first and "replicas" not in first, first
     for check in failed:
         assert f"| {check} | Failed |" in pr["body"], pr["body"]
     story.git("fetch", "--quiet", "origin")

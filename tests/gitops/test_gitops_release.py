@@ -578,6 +578,63 @@ def test_abort_notification_is_read_field_by_field(gitops_cli, tmp_path: Path):
             gitops_cli.read_abort_notification(path)
 
 
+NOTIFICATION_CM = ROOT / "argocd" / "install" / "argo-rollouts-notification-cm.yaml"
+
+
+def render_abort_notification(tmp_path: Path, analysis_runs: list[dict]) -> dict:
+    """The canary-aborted notification's body as the controller renders it at the abort: Argo
+    Rollouts' notifications run the template with Go's text/template and sprig, as helm's `tpl`
+    does (helm renders it here; the cluster tier checks the real controller's). The Rollout is the
+    one the controller sends: as it was before the abort, its message still about progress."""
+    data = yaml.safe_load(NOTIFICATION_CM.read_text())["data"]
+    body = yaml.safe_load(data["template.ml-service-canary-aborted"])["webhook"]["github-dispatch"]
+    rollout = {
+        "metadata": {"name": "ml-service", "namespace": "ml-service-staging"},
+        "spec": {"template": {"spec": {"containers": [{
+            "name": "ml-service", "image": f"{REPOSITORY}:{'a' * 40}@{DIGEST_A}",
+            "env": [{"name": "LOG_LEVEL", "value": "info"},
+                    {"name": "MODEL_URI", "value": "models:/ml-service/7"}],
+        }]}}},
+        "status": {"phase": "Progressing", "message": "more replicas need to be updated"},
+    }  # fmt: skip
+    chart = tmp_path / "render"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: render\nversion: 0.0.0\n")
+    (chart / "templates" / "body.yaml").write_text("{{ tpl .Values.body .Values.vars }}\n")
+    values = {"body": body["body"], "vars": {"rollout": rollout, "analysisRuns": analysis_runs}}
+    (chart / "values.yaml").write_text(json.dumps(values))
+    out = subprocess.run([tool("helm"), "template", "r", str(chart)], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    return json.loads(out.split("\n", 2)[2])["client_payload"]
+
+
+def analysis_run(name: str, phase: str, message: str, metric_phase: str) -> dict:
+    return {"metadata": {"name": name}, "status": {"phase": phase, "message": message,
+            "metricResults": [{"name": "class-share", "phase": metric_phase, "successful": 1,
+                               "failed": 2 if metric_phase == "Failed" else 0,
+                               "measurements": [{"value": "[0.1134]"}]}]}}  # fmt: skip
+
+
+def test_abort_notification_names_the_failed_check(tmp_path: Path, gitops_cli):
+    """The reason the revert pull request gives is the failed AnalysisRun's (the Rollout the
+    controller sends predates the abort), and what the template renders is what rollback reads."""
+    failed = 'Metric "class-share" assessed Failed due to failed (2) > failureLimit (1)'
+    runs = [analysis_run("ml-service-5d8f-3-2", "Failed", failed, "Failed"),
+            analysis_run("ml-service-5d8f-3-1", "Successful", "", "Successful")]  # fmt: skip
+    payload = render_abort_notification(tmp_path, runs)
+    assert payload["message"] == failed
+    assert payload["model"] == "models:/ml-service/7" and payload["image"].endswith(DIGEST_A)
+    path = tmp_path / "aborted.json"
+    path.write_text(json.dumps(payload))
+    aborted = gitops_cli.read_abort_notification(path)
+    assert aborted.env == "staging" and aborted.message == failed
+    assert "| ml-service-5d8f-3-2 | class-share | Failed | 1 | 2 | 0 | [0.1134] |" in (
+        aborted.markdown()
+    )
+    by_hand = render_abort_notification(tmp_path / "by-hand", runs[1:])
+    assert by_hand["message"].startswith("no analysis run of this revision failed")
+
+
 def test_an_aborted_canary_is_reverted_by_pull_request(sandbox: Sandbox, tmp_path: Path):
     """What the canary-aborted workflow runs: the environment back on the state it ran before,
     the analysis results in the pull request; refused when it pins another release by now."""
