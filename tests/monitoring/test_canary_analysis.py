@@ -52,10 +52,11 @@ def counter(name: str, revision: str, per_minute: float, **labels: str) -> dict:
 
 
 def side(revision: str, classes: dict[str, float], requests: float, status: dict[str, float],
-         latency: float) -> list[dict]:  # fmt: skip
+         latency: float, refused: float = 0) -> list[dict]:  # fmt: skip
     """A revision's series: rows per minute by class (each class's probability in the top bin for
-    its own rows, the bottom bin otherwise), inference requests by status class, and every
-    request taking `latency` seconds."""
+    its own rows, the bottom bin otherwise), inference requests by status class, every request
+    taking `latency` seconds, and `refused` requests per minute shed by admission control (503
+    before the app saw them: not in http_requests_total)."""
     rows = sum(classes.values())
     series = [counter("mlservice_predictions_total", revision, n, model_version="1", **{"class": c})
               for c, n in classes.items()]  # fmt: skip
@@ -64,6 +65,9 @@ def side(revision: str, classes: dict[str, float], requests: float, status: dict
             series.append(counter("mlservice_prediction_score_bin_total", revision, count,
                                   bin=b, **{"class": c}))  # fmt: skip
     predict = {"handler": "/predict", "method": "POST"}
+    if refused:
+        series.append(counter("mlservice_requests_shed_total", revision, refused,
+                              reason="concurrency_limit"))  # fmt: skip
     for s, share in status.items():
         series.append(counter("http_requests_total", revision, requests * share, status=s,
                               **predict))  # fmt: skip
@@ -101,10 +105,11 @@ CASES = {
     ),
     "different": (
         side(CANARY, {"benign": 20, "malignant": 80}, 100,
-             {"2xx": 0.85, "4xx": 0.1, "5xx": 0.05}, 0.06)
+             {"2xx": 0.85, "4xx": 0.1, "5xx": 0.05}, 0.06, refused=10)
         + side(STABLE, {"benign": 60, "malignant": 40}, 100, OK, 0.004),
+        # errors as the SLO counts them: 5 answered 5xx and 10 refused of 110 a minute
         {"class-share": 0.4, "score-psi": psi([0.2, 0.8], [0.6, 0.4]), "rejected-share": 0.1,
-         "error-share": 0.05, "latency-p95": p95(0.06) / FLOOR},
+         "error-share": 15 / 110, "latency-p95": p95(0.06) / FLOOR},
     ),
     "too few samples on the canary": (
         side(CANARY, {"benign": 1, "malignant": 0}, 1, OK, 0.004)

@@ -52,11 +52,15 @@ strategy:
 {{- $sb := printf $bins $s $w $s $w }}
 {{- /* share of inference requests answered with a status class, per side (0 when none was) */}}
 {{- $status := "(sum(increase(http_requests_total{%s, %s, status=%q}[%s])) or vector(0)) / sum(increase(http_requests_total{%s, %s}[%s]))" }}
+{{- /* errors, as the SLO counts them: 5xx answers plus the requests admission control refused with
+       503 before the app saw them (not in http_requests_total), per side */}}
+{{- $refused := "(sum(increase(mlservice_requests_shed_total{%s, reason=\"concurrency_limit\"}[%s])) or vector(0))" }}
+{{- $errors := printf "((sum(increase(http_requests_total{%%s, %%s, status=\"5xx\"}[%%s])) or vector(0)) + %s) / (sum(increase(http_requests_total{%%s, %%s}[%%s])) + %s)" $refused $refused }}
 {{- $p95 := "histogram_quantile(0.95, sum by (le) (rate(http_request_duration_seconds_bucket{%s, %s}[%s])))" }}
 class-share: {{ list (printf "max(abs((%s - %s) or %s or %s))" $cs $ss $cs $ss) $t.classShareDifference "rows" | toJson }}
 score-psi: {{ list (printf "max(sum by (class) ((%s - %s) * ln(%s / %s)))" $cb $sb $cb $sb) $t.scorePsi "rows" | toJson }}
 rejected-share: {{ list (printf "%s - %s" (printf $status $c $h "4xx" $w $c $h $w) (printf $status $s $h "4xx" $w $s $h $w)) $t.rejectedRateIncrease "requests" | toJson }}
-error-share: {{ list (printf "%s - %s" (printf $status $c $h "5xx" $w $c $h $w) (printf $status $s $h "5xx" $w $s $h $w)) $t.errorRateIncrease "requests" | toJson }}
+error-share: {{ list (printf "%s - %s" (printf $errors $c $h $w $c $w $c $h $w $c $w) (printf $errors $s $h $w $s $w $s $h $w $s $w)) $t.errorRateIncrease "requests" | toJson }}
 latency-p95: {{ list (printf "%s / clamp_min(%s, %v)" (printf $p95 $c $h $w) (printf $p95 $s $h $w) $t.latencyFloorSeconds) $t.latencyP95Ratio "requests" | toJson }}
 {{- end }}
 
