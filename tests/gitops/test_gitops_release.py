@@ -631,8 +631,13 @@ def test_abort_notification_names_the_failed_check(tmp_path: Path, gitops_cli):
     assert "| ml-service-5d8f-3-2 | class-share | Failed | 1 | 2 | 0 | [0.1134] |" in (
         aborted.markdown()
     )
-    by_hand = render_abort_notification(tmp_path / "by-hand", runs[1:])
+    # no run failed, and one the controller has not given a status yet
+    fresh = {"metadata": {"name": "ml-service-5d8f-3-3"}}
+    by_hand = render_abort_notification(tmp_path / "by-hand", [fresh, *runs[1:]])
     assert by_hand["message"].startswith("no analysis run of this revision failed")
+    path.write_text(json.dumps(by_hand))
+    table = gitops_cli.read_abort_notification(path).markdown()
+    assert "| ml-service-5d8f-3-1 | class-share | Successful | 1 | 0 | 0 | [0.1134] |" in table
 
 
 def test_an_aborted_canary_is_reverted_by_pull_request(sandbox: Sandbox, tmp_path: Path):
