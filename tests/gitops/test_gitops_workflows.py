@@ -269,6 +269,19 @@ def test_ci_splits_the_suite_and_a_release_pr_skips_it():
         assert "hashFiles(" in cache["with"]["key"]
 
 
+def test_cluster_job_cache_follows_every_pin_of_make_setup():
+    """The cluster job runs the whole `make setup` (Kubernetes, Argo CD, Argo Rollouts... from
+    their Go modules): its cache key hashes every mk file and every Go module's go.sum."""
+    job = workflow(ROOT / ".github/workflows/ci.yml")["jobs"]["cluster"]
+    assert any(s.get("run", "").endswith("make setup") for s in job["steps"])
+    (cache,) = [s for s in job["steps"] if s.get("uses", "").startswith("actions/cache@")]
+    patterns = re.findall(r"'([^']+)'", cache["with"]["key"])
+    hashed = {path for pattern in patterns for path in ROOT.glob(pattern)}
+    pins = {*ROOT.glob("mk/*.mk"), *ROOT.glob("tests/**/go.sum")}
+    assert ROOT / "tests/cluster/gobuild/rollouts/go.sum" in pins
+    assert not pins - hashed, sorted(str(p.relative_to(ROOT)) for p in pins - hashed)
+
+
 def test_the_first_signal_builds_no_argo_cd():
     """CI's first job sets up what its tests use and not Argo CD (the longest build of all): the
     tests that need it are marked `argocd` and run in the integration job."""
