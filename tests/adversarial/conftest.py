@@ -41,12 +41,16 @@ def warm_up(app: AppServer, model_dir: Path) -> None:
     assert r.status_code == 200, r.text
 
 
-def closed_count(app: AppServer, reason: str) -> float:
-    """`mlservice_connections_closed_total{reason}`, read on the probe listener."""
-    prefix = f'mlservice_connections_closed_total{{reason="{reason}"}} '
+def series_value(app: AppServer, series: str) -> float:
+    """One series' value (`name{labels}` as exposed), read on the probe listener; 0 if absent."""
     text = httpx.get(app.probe_url("/metrics"), timeout=5).text
-    lines = [line for line in text.splitlines() if line.startswith(prefix)]
+    lines = [line for line in text.splitlines() if line.startswith(series + " ")]
     return float(lines[0].split()[-1]) if lines else 0.0
+
+
+def closed_count(app: AppServer, reason: str) -> float:
+    """`mlservice_connections_closed_total{reason}`."""
+    return series_value(app, f'mlservice_connections_closed_total{{reason="{reason}"}}')
 
 
 def main_port_health(app: AppServer) -> ProbeWatch:

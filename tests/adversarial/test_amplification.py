@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 from support.app_server import AppServer, app_server
-from support.attacks import rss_kib
+from support.attacks import lasting_growth_kib, rss_kib
 
 from .conftest import main_port_health, warm_up
 
@@ -68,10 +68,11 @@ def assert_cheap(app: AppServer, path: str, body: bytes, content_type: str, labe
             assert 400 <= r.status_code < 500, (r.status_code, r.text[:300])
             assert took < 2.0, f"{label} on {path} took {took:.2f}s"
     health.check()
-    rss_after, peak_after = rss_kib(app.process.pid)
+    _, peak_after = rss_kib(app.process.pid)
     # peak: the transient cost of one request; current: what stays
     assert peak_after - peak_before < 64 * 1024, (label, peak_before, peak_after)
-    assert rss_after - rss_before < 16 * 1024, (label, rss_before, rss_after)
+    growth = lasting_growth_kib(app.process.pid, rss_before, 16 * 1024)
+    assert growth < 16 * 1024, (label, rss_before, growth)
     assert "Traceback" not in app.log_tail(20_000)
 
 

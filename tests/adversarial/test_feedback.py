@@ -19,7 +19,7 @@ import pytest
 from ml_service.serving.prediction_ids import Signer
 from prometheus_client.parser import text_string_to_metric_families
 from support.app_server import AppServer, app_server
-from support.attacks import rss_kib
+from support.attacks import lasting_growth_kib, rss_kib
 
 from .conftest import probes
 
@@ -149,8 +149,8 @@ def test_oversized_batches_are_cheap_refusals(app: AppServer, body, status: int)
             assert time.monotonic() - started < 2.0
             assert len(r.content) < 4096  # refusals say what, never repeat the input
     health.check()
-    rss_after, _ = rss_kib(app.process.pid)
-    assert rss_after - rss_before < 16 * 1024, (rss_before, rss_after)
+    growth = lasting_growth_kib(app.process.pid, rss_before, 16 * 1024)
+    assert growth < 16 * 1024, (rss_before, growth)
 
 
 def test_a_flood_of_valid_feedback_is_counted_once_in_flat_memory(app: AppServer) -> None:

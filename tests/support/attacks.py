@@ -29,6 +29,20 @@ def rss_kib(pid: int) -> tuple[int, int]:
     return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
 
 
+def lasting_growth_kib(pid: int, rss_before: int, limit_kib: int) -> int:
+    """RSS growth over `rss_before` that stays: freed heap pages go back to the system only at
+    the server's periodic trim (TRIM_INTERVAL_SECONDS), so the growth is read until it is under
+    `limit_kib` or two trims have passed, and the last reading is returned."""
+    from ml_service.serving.server import TRIM_INTERVAL_SECONDS
+
+    deadline = time.monotonic() + 2 * TRIM_INTERVAL_SECONDS + 1
+    while True:
+        growth = rss_kib(pid)[0] - rss_before
+        if growth < limit_kib or time.monotonic() > deadline:
+            return growth
+        time.sleep(0.5)
+
+
 def percentile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")

@@ -46,7 +46,7 @@ MIN_GRADIENT = 0.5
 @dataclass
 class AdaptiveLimit:
     """A gradient concurrency limit. `try_acquire` admits or refuses one request; every admitted
-    request must be released once, with its latency (or `gave_up=True`)."""
+    request must be released once, with its latency (a client that left: its whole wait)."""
 
     initial: int
     min_limit: int

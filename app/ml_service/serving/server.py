@@ -568,8 +568,11 @@ class LimitedConnection:
         refusing = limiter is not None and limiter.in_flight >= limiter.current
         if not refusing and now >= limits.no_victim_until:
             # A client that has not taken its answer for a while holds its slot for nothing.
-            stuck = [c for c in limits.stuck if c.write_since is not None and c is not self]
-            stuck = [c for c in stuck if not c.transport.is_closing()]
+            stuck = [
+                c
+                for c in limits.stuck
+                if c is not self and c.write_since is not None and not c.transport.is_closing()
+            ]
             if stuck:
                 min(stuck, key=lambda c: c.write_since).cut_off("idle_evicted", abort=True)
                 return
