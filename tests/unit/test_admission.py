@@ -36,6 +36,32 @@ def test_admits_up_to_the_limit_and_refuses_beyond_it() -> None:
     assert not lim.try_acquire()
 
 
+def test_a_request_costs_one_plus_one_per_64_kib_of_body_and_chunked_as_the_largest() -> None:
+    lim = limiter(largest_body=1_048_576)
+    assert [lim.cost(n) for n in (0, 65535, 65536, 1_048_576)] == [1, 1, 2, 17]
+    assert lim.cost(None) == lim.cost(1_048_576)
+
+
+def test_at_the_limit_a_cheap_request_fits_where_a_costly_one_does_not() -> None:
+    """A 1,000-row request's freed room is not all taken by the next large one: small ones fit
+    into what is left (with one count each, a flood of large requests starved small ones)."""
+    lim = limiter(initial=16)
+    assert lim.try_acquire(10)
+    assert not lim.try_acquire(10)
+    assert [lim.try_acquire(1) for _ in range(7)] == [True] * 6 + [False]
+    lim.release(0.001, 10)
+    assert lim.in_flight == 6
+    assert lim.try_acquire(10)
+
+
+def test_a_request_costlier_than_the_limit_is_admitted_alone() -> None:
+    lim = limiter(initial=4, min_limit=4)
+    assert lim.try_acquire(17)
+    assert not lim.try_acquire(1)
+    lim.release(0.001, 17)
+    assert lim.in_flight == 0
+
+
 def test_latency_far_above_the_baseline_shrinks_the_limit_to_its_floor_and_no_further() -> None:
     lim = limiter(initial=32)
     run(lim, 0.001, offered=1)  # the baseline: 1 ms

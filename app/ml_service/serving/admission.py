@@ -21,6 +21,13 @@ and Netflix's gradient limiter do:
 - a client that went away before its answer counts as a window sample at its full wait (it was
   the queue's victim).
 
+Requests are counted by their cost, not one each: 1 plus one per COST_BYTES of declared body (a
+body of unknown length, chunked, costs as much as the largest allowed). At the limit a cheap
+request fits into room a large one left, but a large one needs room for all of its cost: one-row
+requests are not starved by a flood of 1,000-row ones (with one count each, whoever retried first
+took every freed place, and the large ones did), and a server at capacity serves more answers.
+A request always fits into an empty server, whatever its cost.
+
 ADMISSION_MIN_CONCURRENCY and ADMISSION_MAX_CONCURRENCY are the outer bounds: the limit never
 leaves them, whatever the measurements say. The logic is plain arithmetic on numbers it is given
 (no clock, no I/O), so it is tested deterministically; server.py feeds it.
@@ -37,6 +44,8 @@ BASELINE_RISE = 0.05
 # A window whose peak in flight stayed at most this (or a sixteenth of the limit) had no queue
 # to speak of: its latency may raise the baseline.
 QUIET_IN_FLIGHT = 2
+# A request costs 1 plus one per this many bytes of body.
+COST_BYTES = 65536
 # Weight of a new limit against the current one.
 SMOOTHING = 0.2
 # The most a single window can shrink the limit by (a factor).
@@ -45,14 +54,16 @@ MIN_GRADIENT = 0.5
 
 @dataclass
 class AdaptiveLimit:
-    """A gradient concurrency limit. `try_acquire` admits or refuses one request; every admitted
-    request must be released once, with its latency (a client that left: its whole wait)."""
+    """A gradient concurrency limit. `try_acquire` admits or refuses one request of a cost
+    (`cost`); every admitted request must be released once, with its cost and its latency (a
+    client that left: its whole wait)."""
 
     initial: int
     min_limit: int
     max_limit: int
     tolerance: float
     window: int
+    largest_body: int = 1_048_576  # the cost of a body of unknown length
     limit: float = field(init=False)
     in_flight: int = field(init=False, default=0)
     baseline: float | None = field(init=False, default=None)
@@ -76,17 +87,22 @@ class AdaptiveLimit:
         """The last window's mean latency above the baseline (seconds)."""
         return max(0.0, self.last_latency - (self.baseline or 0.0))
 
-    def try_acquire(self) -> bool:
-        if self.in_flight >= int(self.limit):
+    def cost(self, body_length: int | None) -> int:
+        """The cost of a request whose body is `body_length` bytes (None: unknown)."""
+        return 1 + (self.largest_body if body_length is None else body_length) // COST_BYTES
+
+    def try_acquire(self, cost: int = 1) -> bool:
+        if self.in_flight and self.in_flight + cost > int(self.limit):
             self._refused = True
             return False
-        self.in_flight += 1
+        self.in_flight += cost
         self._peak = max(self._peak, self.in_flight)
         return True
 
-    def release(self, latency: float) -> None:
-        """One admitted request is answered (or its client left) after `latency` seconds."""
-        self.in_flight = max(0, self.in_flight - 1)
+    def release(self, latency: float, cost: int = 1) -> None:
+        """One admitted request of `cost` is answered (or its client left) after `latency`
+        seconds."""
+        self.in_flight = max(0, self.in_flight - cost)
         self._sum += max(latency, 0.0)
         self._count += 1
         if self._count >= self.window:

@@ -205,19 +205,22 @@ class ConnectionLimits:
         that has one (the work; GETs are probes, the model's description, the docs)."""
         return self.limiter is not None and method == b"POST"
 
-    def admit(self) -> bool:
-        """A limited request's headers are complete, its body not read yet, the app not
-        called: False turns it away (the connection answers 503); True admits it, and
-        `release` must follow once it is answered or its client is gone."""
+    def admit(self, body_length: int | None) -> int:
+        """A limited request's headers are complete, its body (`body_length` bytes, None:
+        unknown) not read yet, the app not called: 0 turns it away (the connection answers
+        503); otherwise it is admitted at the cost returned, and `release` must follow with
+        that cost once it is answered or its client is gone."""
         assert self.limiter is not None
-        if self.limiter.try_acquire():
-            return True
+        cost = self.limiter.cost(body_length)
+        if self.limiter.try_acquire(cost):
+            return cost
         self.on_shed("concurrency_limit")
-        return False
+        return 0
 
-    def release(self, started: float, now: float) -> None:
+    def release(self, admitted: tuple[float, int], now: float) -> None:
         assert self.limiter is not None
-        self.limiter.release(now - started)
+        started, cost = admitted
+        self.limiter.release(now - started, cost)
 
     def resume_accepting(self) -> None:
         if self.accepting_paused and len(self.connections) < self.max_connections:
@@ -404,17 +407,29 @@ class LimitedConnection:
         self.idle_since = None
         now = self.body_since = self.loop.time()  # type: ignore[attr-defined]
         if self.limits.limited(self.parser.get_method()):  # type: ignore[attr-defined]
-            if not self.limits.admit():
-                self._shed()
+            length = self._body_length()
+            cost = self.limits.admit(length)
+            if not cost:
+                self._shed(length)
                 return
-            self.admitted.append(now)
+            self.admitted.append((now, cost))
         super().on_headers_complete()  # type: ignore[misc]
         cycle = self.cycle  # type: ignore[attr-defined]
         if cycle is not None:  # (none for an upgrade request)
             # The inference engine skips the work of a client that has gone (inference.py).
             self.scope.setdefault("extensions", {})[CLIENT_GONE] = lambda: cycle.disconnected  # type: ignore[attr-defined]
 
-    def _shed(self) -> None:
+    def _body_length(self) -> int | None:
+        """The declared body length; None if unknown (chunked)."""
+        length = None
+        for name, value in self.headers:  # type: ignore[attr-defined]
+            if name == b"transfer-encoding":
+                return None
+            if name == b"content-length" and value.isdigit():
+                length = int(value)
+        return length
+
+    def _shed(self, length: int | None) -> None:
         """Answer a refused request with a canned 503, in order, at the least cost: its body is
         skipped by the parser (small) or never read (large, chunked: close)."""
         cycle = self.cycle  # type: ignore[attr-defined]
@@ -426,13 +441,6 @@ class LimitedConnection:
             finally:
                 self.app = app
             return
-        length = None
-        for name, value in self.headers:  # type: ignore[attr-defined]
-            if name == b"transfer-encoding":
-                length = None
-                break
-            if name == b"content-length" and value.isdigit():
-                length = int(value)
         if length is None or length > SHED_READ_BYTES or self.expect_100_continue:  # type: ignore[attr-defined]
             self._refuse_unread()
             return
@@ -475,9 +483,9 @@ class LimitedConnection:
 
     def on_response_complete(self) -> None:
         if self.admitted:
-            started = self.admitted.popleft()
-            if started is not None:
-                self.limits.release(started, self.loop.time())  # type: ignore[attr-defined]
+            admitted = self.admitted.popleft()
+            if admitted is not None:
+                self.limits.release(admitted, self.loop.time())  # type: ignore[attr-defined]
         self._answered()
 
     def _answered(self) -> None:
@@ -491,9 +499,9 @@ class LimitedConnection:
         # Requests whose answers will never be sent: their clients waited this long for nothing.
         now = self.loop.time()  # type: ignore[attr-defined]
         while self.admitted:
-            started = self.admitted.popleft()
-            if started is not None:
-                self.limits.release(started, now)
+            admitted = self.admitted.popleft()
+            if admitted is not None:
+                self.limits.release(admitted, now)
         if self.lingers:
             self.limits.lingering -= 1
         self.idle_since = None

@@ -81,6 +81,7 @@ class Service:
                 max_limit=settings.admission_max_concurrency,
                 tolerance=settings.admission_tolerance,
                 window=settings.admission_window,
+                largest_body=settings.max_request_bytes,
             )
             self.metrics.watch_admission(self.admission, registry)
         self.model: LoadedModel | None = None
