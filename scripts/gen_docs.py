@@ -61,7 +61,8 @@ ALERT_ROWS = {
         "warning",
     ),
     "MLServiceNoReadyReplicas": (
-        "Deployment wants replicas but has 0 available for {noReadyReplicasFor}",
+        "Deployment wants replicas but has 0 available (a Rollout: its pods exist, none is ready) "
+        "for {noReadyReplicasFor}",
         "critical",
     ),
     "MLServiceModelNotLoaded": (

@@ -5,6 +5,7 @@
     gitops.py release --values-only --revision C        # dev: C's chart+values, same image+model
     gitops.py promote dev staging                                               # copy release.yaml
     gitops.py rollback prod                             # back to the state prod ran before
+    gitops.py rollback staging --aborted NOTIFICATION   # a canary the analysis aborted
     gitops.py check --base origin/main --head HEAD      # a release PR's required check
     gitops.py set-alias prod [--version V]                                      # MLflow alias
     gitops.py render dev                                                        # helm template
@@ -56,6 +57,8 @@ CHART_PATH = "charts/ml-service"
 BRANCH_PREFIX = "gitops/"
 DEFAULT_ALIAS = "champion"
 GATE_CONFIG = "environments/quality-gate.yaml"
+# Where Argo CD keeps the environments' Applications (`promote` reads the source's).
+ARGOCD_NAMESPACE = "argocd"
 # Bot identity used only when git has none configured (fresh CI runners).
 BOT_NAME = "ml-service-gitops"
 BOT_EMAIL = "ml-service-gitops@users.noreply.github.com"
@@ -544,6 +547,136 @@ def push_change(
     return open_or_update_pr(repo, branch, base_name, title, body, no_pr)
 
 
+# --------------------------------------------------------------------------- live state
+
+
+def recorded_reason(reason: str, flag: str) -> str:
+    """A person's reason as a pull request records it (one printable line, bounded)."""
+    from ml_service.release import quality_gate as qg
+
+    try:
+        return qg.clean_reason(reason)
+    except qg.GateError:
+        raise GitopsError(f"{flag} needs a reason") from None
+
+
+def live_application(env: str) -> dict:
+    """env's Argo CD Application as the cluster reports it (`kubectl get application`, with the
+    caller's KUBECONFIG: read access to Applications in the argocd namespace is enough)."""
+    kubectl = shutil.which("kubectl")
+    name = f"{RELEASE_NAME}-{env}"
+    why = "kubectl is not on PATH"
+    if kubectl:
+        proc = subprocess.run(
+            [kubectl, "get", "application", name, "-n",
+             os.environ.get("ARGOCD_NAMESPACE", ARGOCD_NAMESPACE), "-o", "json"],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        if proc.returncode == 0:
+            return json.loads(proc.stdout)
+        why = proc.stderr.strip()[-300:] or f"kubectl exited {proc.returncode}"
+    raise Refused(
+        f"cannot see whether {env} runs its release fully and healthily (Argo CD Application "
+        f"{name}): {why}. Promote where kubectl reads Argo CD's Applications (KUBECONFIG), or "
+        "pass --skip-rollout-check 'reason' (recorded in the pull request)"
+    )
+
+
+def rollout_problems(app: dict, env: str, state: ReleaseState) -> list[str]:
+    """Why env does not run `state` (what its release.yaml pins) fully promoted and healthy, from
+    its Application: [] when Argo CD synced exactly that state and finds every resource healthy
+    (a Rollout is Healthy only once its canary reached 100 %; aborted, it is Degraded)."""
+    status = app.get("status") or {}
+    compared = ((status.get("sync") or {}).get("comparedTo") or {}).get("sources") or [{}]
+    source = compared[0]
+    values = (source.get("helm") or {}).get("valuesObject")
+    if (source.get("targetRevision"), values) != (state.revision, state.values_object()):
+        return [f"Argo CD has not synced {env} to what its release.yaml pins yet"]
+    problems = []
+    sync = (status.get("sync") or {}).get("status", "Unknown")
+    if sync != "Synced":
+        problems.append(f"{env} is {sync}")
+    health = (status.get("health") or {}).get("status", "Unknown")
+    if health != "Healthy":
+        why = [
+            f"{r['kind']} {r['name']}: {r['health'].get('message') or r['health'].get('status')}"
+            for r in status.get("resources") or []
+            if (r.get("health") or {}).get("status") not in (None, "Healthy")
+        ]
+        # Argo CD 3 keeps resource health in the resource tree, not in status.resources: then
+        # the Application's own health message names the resource that degrades it
+        if not why and (status.get("health") or {}).get("message"):
+            why = [status["health"]["message"]]
+        problems.append(f"{env} is {health}" + (f" ({'; '.join(why)})" if why else ""))
+    return problems
+
+
+# --------------------------------------------------------------------------- aborted canaries
+
+# The notification Argo Rollouts sends when an environment's canary is aborted
+# (argocd/install/argo-rollouts-notification-cm.yaml) reaches the canary-aborted workflow through
+# GitHub, from anyone holding a token for the repository: every field is checked and bounded
+# before it reaches a pull request.
+MAX_FIELD = 300
+MAX_RUNS, MAX_CHECKS = 10, 20
+
+
+def one_line(value, limit: int = MAX_FIELD) -> str:
+    """A notification field as a pull request may show it: a printable line, no table breaks."""
+    text = " ".join("".join(ch if ch.isprintable() else " " for ch in str(value)).split())
+    return text.replace("|", "\\|").replace("`", "'")[:limit]
+
+
+@dataclass(frozen=True)
+class AbortedCanary:
+    env: str
+    image: str  # what the aborted pods ran
+    model_uri: str
+    message: str  # the Rollout's: which check failed, how
+    checks: tuple[tuple[str, str, str, str, str, str, str], ...]  # run, check, phase, counts, value
+
+    def ran(self, state: ReleaseState) -> bool:
+        """Whether the aborted pods ran `state` (image and registry model)."""
+        image = f"{state.image_repository}:{state.image_tag}"
+        if state.image_digest:
+            image += f"@{state.image_digest}"
+        model = f"models:/{state.model_name}/{state.model_version}"
+        return (self.image, self.model_uri) == (image, model)
+
+    def markdown(self) -> str:
+        rows = [
+            "| analysis run | check | result | passed | failed | inconclusive | last value |",
+            "|---|---|---|---|---|---|---|",
+            *(f"| {' | '.join(c)} |" for c in self.checks),
+        ]
+        return "\n".join(rows)
+
+
+def read_abort_notification(path: Path) -> AbortedCanary:
+    try:
+        doc = json.loads(path.read_text())
+        namespace = doc["namespace"]
+        env = namespace.removeprefix(f"{RELEASE_NAME}-")
+        if not isinstance(namespace, str) or env not in ENVIRONMENTS or env == namespace:
+            raise GitopsError(f"namespace {one_line(namespace, 80)!r} is no environment's")
+        checks = []
+        for run in doc.get("analysis") or []:
+            for m in (run.get("metrics") or [])[:MAX_CHECKS]:
+                counts = [str(int(m.get(k) or 0)) for k in ("successful", "failed", "inconclusive")]
+                checks.append((one_line(run.get("name", ""), 80), one_line(m["name"], 40),
+                               one_line(m.get("phase", ""), 20), *counts,
+                               one_line(m.get("value", ""), 60)))  # fmt: skip
+            if len(checks) >= MAX_RUNS * MAX_CHECKS:
+                break
+        image, model = doc["image"], doc["model"]
+        if not (isinstance(image, str) and isinstance(model, str)):
+            raise TypeError("image and model are strings")
+        return AbortedCanary(env, one_line(image), one_line(model),
+                             one_line(doc.get("message", "")), tuple(checks))  # fmt: skip
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise GitopsError(f"{path}: not an abort notification ({type(exc).__name__})") from None
+
+
 # --------------------------------------------------------------------------- platform images
 
 PLATFORM_APP = "argocd/apps/mlflow-platform.yaml"
@@ -825,6 +958,15 @@ def cmd_promote(a: argparse.Namespace) -> str:
     if source.state is None:
         raise Refused(f"nothing is released to {a.source} yet: nothing to promote")
     new = source.state
+    if a.skip_rollout_check is None:
+        # What a promotion copies must have proven itself where it runs: every canary step
+        # passed, 100 % of the pods, healthy.
+        problems = rollout_problems(live_application(a.source), a.source, new)
+        if problems:
+            raise Refused(
+                f"refusing to promote {a.source} -> {a.target}: {a.source} does not run its "
+                f"release fully and healthily: {'; '.join(problems)}"
+            )
     t = target(a.repo, a.target, a.base, a.remote)
     check_change(a.repo, t.state, new, a.target, a.force)
     gate = quality_gate(a, t, new)
@@ -833,6 +975,16 @@ def cmd_promote(a: argparse.Namespace) -> str:
         f"model {new.model_name} v{new.model_version}"
     )
     intro = f"Promotes what `{a.source}` runs to `{a.target}`: {new.describe()}."
+    if a.skip_rollout_check is None:
+        intro += (
+            f"\n\n`{a.source}` runs it fully promoted and healthy (its Argo CD Application: "
+            "Synced, Healthy)."
+        )
+    else:
+        intro += (
+            f"\n\n**Not checked** that `{a.source}` runs it fully promoted and healthy: "
+            f"{recorded_reason(a.skip_rollout_check, '--skip-rollout-check')}"
+        )
     if a.target == "prod":
         intro += (
             "\n\nprod syncs only by hand, inside its sync window. The MLflow alias `champion` "
@@ -866,10 +1018,20 @@ def pinned_versions(repo: Path, env: str, ref: str) -> set[tuple[str, str]]:
 
 def cmd_rollback(a: argparse.Namespace) -> str:
     """env back to a state it ran before (the one before the current, or the one `--to` names):
-    no quality gate (that state passed it when it first shipped here), render check, PR."""
+    no quality gate (that state passed it when it first shipped here), render check, PR.
+    With --aborted (the canary-aborted workflow): only while env still pins the release whose
+    canary the notification reports aborted, and with its analysis results in the PR."""
+    aborted = read_abort_notification(a.aborted) if a.aborted else None
+    if aborted and aborted.env != a.env:
+        raise GitopsError(f"the notification is about {aborted.env}, not {a.env}")
     t = target(a.repo, a.env, a.base, a.remote)
     if t.state is None:
         raise Refused(f"nothing is released to {a.env}: nothing to roll back")
+    if aborted and not aborted.ran(t.state):
+        raise Refused(
+            f"{a.env} pins another release than the aborted one ({aborted.model_uri}) by now: "
+            "nothing to revert"
+        )
     earlier = [(c, s) for c, s in history(a.repo, a.env, t.base.ref) if s != t.state]
     if a.to:
         if not COMMIT_RE.match(a.to):
@@ -886,10 +1048,22 @@ def cmd_rollback(a: argparse.Namespace) -> str:
         f"Rolls `{a.env}` back to the state its release.yaml pinned at {commit[:12]}: "
         f"{new.describe()}. No quality gate: that state passed it when it first shipped here."
     )
-    body = "\n".join(
-        [intro, "", chart_changes(a.repo, a.env, t.state, new), "",
-         f"Only `{t.path}` changes. Written by `scripts/gitops.py rollback`."]
-    )  # fmt: skip
+    parts = [intro, "", chart_changes(a.repo, a.env, t.state, new), ""]
+    if aborted:
+        aborted_model = f"{t.state.model_name} v{t.state.model_version}"
+        title = f"revert({a.env}): canary of model {aborted_model} aborted"
+        parts = [
+            f"The canary analysis aborted `{a.env}`'s release of {t.state.describe()}: "
+            f"{aborted.message}",
+            "",
+            "Every pod of the environment runs the previous release again; Argo CD shows it "
+            "Degraded until this merges (git still pins the aborted release).",
+            "",
+            aborted.markdown(),
+            "",
+            *parts,
+        ]
+    body = "\n".join([*parts, f"Only `{t.path}` changes. Written by `scripts/gitops.py rollback`."])
     return bump(
         a.repo, t, new, no_pr=a.no_pr, render_check=a.render_check, title=title, body=body,
         commit_body=intro,
@@ -1140,12 +1314,23 @@ def parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("promote", help="copy release.yaml from one environment to the next")
     pr.add_argument("source", choices=ENVIRONMENTS, metavar="FROM")
     pr.add_argument("target", choices=ENVIRONMENTS, metavar="TO")
+    pr.add_argument(
+        "--skip-rollout-check",
+        metavar="REASON",
+        help="promote without reading FROM's Argo CD Application; REASON goes into the PR",
+    )
     bump_opts(pr)
     pr.set_defaults(func=cmd_promote)
 
     rb = sub.add_parser("rollback", help="put an environment back on a state it ran before")
     rb.add_argument("env", choices=ENVIRONMENTS)
     rb.add_argument("--to", help="the commit that pinned the state (default: the one before)")
+    rb.add_argument(
+        "--aborted",
+        type=Path,
+        metavar="NOTIFICATION",
+        help="Argo Rollouts' abort notification (JSON): revert only the release it reports",
+    )
     pr_opts(rb)
     rb.set_defaults(func=cmd_rollback)
 

@@ -194,17 +194,16 @@ def main() -> int:
         # What merging the PR does: main becomes the branch; the git generator reads main.
         sh("git", "-C", str(clone), "checkout", "--quiet", "-B", "main", "origin/gitops/dev")
         docs = render_dev(clone, scratch)
-        findings = kube.validate(docs, [a.kube_version], crd_files=kube.prometheus_operator_crds())
+        findings = kube.validate(docs, [a.kube_version], crd_files=kube.crd_files())
         if findings:
             raise SystemExit(
                 "release-dry-run: invalid manifests:\n" + "\n".join(map(str, findings))
             )
-        (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
-        image = deploy["spec"]["template"]["spec"]["containers"][0]["image"]
-        config = {
-            d["metadata"]["name"]: d.get("data", {}) for d in docs if d["kind"] == "ConfigMap"
-        }
-        model_uris = {data.get("MODEL_URI") for data in config.values()} - {None}
+        # the server's settings are in its pod template (a Deployment, or a Rollout by canary)
+        (workload,) = [d for d in docs if d["kind"] in ("Deployment", "Rollout")]
+        container = workload["spec"]["template"]["spec"]["containers"][0]
+        image = container["image"]
+        model_uris = {e.get("value") for e in container.get("env", []) if e["name"] == "MODEL_URI"}
         expected_uri = f"models:/ml-service/{version}"
         expected_image = f"{IMAGE_REPOSITORY}:{commit}@{iid}"
         if image != expected_image or model_uris != {expected_uri}:

@@ -44,6 +44,15 @@ RENDERINGS = [
 ]
 
 
+# templates/deployment.yaml renders one of them (delivery.strategy), with the same pod template.
+WORKLOADS = ("Deployment", "Rollout")
+
+
+def workload(docs: list[dict]) -> dict:
+    (found,) = [d for d in docs if d["kind"] in WORKLOADS]
+    return found
+
+
 tool = functools.partial(tools.tool, setup="setup-chart")
 
 

@@ -11,7 +11,7 @@ import subprocess
 import pytest
 from support import kube
 
-from .conftest import CHART, RENDERINGS, Rendering, render, tool
+from .conftest import CHART, RENDERINGS, WORKLOADS, Rendering, render, tool
 
 IDS = [r.id for r in RENDERINGS]
 PSACHECK = kube.TOOLS / "bin" / "psacheck"
@@ -33,7 +33,7 @@ def test_restricted_pod_security_standard(rendering: Rendering, kube_versions: l
     for version in kube_versions:
         code, pods, err = psa(render(rendering), version)
         assert code == 0, f"[{version}] {err}" + "\n".join(map(str, pods))
-        assert any(p["kind"] == "Deployment" for p in pods), pods
+        assert any(p["kind"] in WORKLOADS for p in pods), pods
         assert all(p["allowed"] for p in pods)
 
 
@@ -61,7 +61,7 @@ def scoped_skips(docs: list[dict]) -> dict[str, str]:
     containers = [
         c
         for d in docs
-        if d["kind"] == "Deployment"
+        if d["kind"] in WORKLOADS
         for c in d["spec"]["template"]["spec"]["containers"]
     ]
     if not all("@sha256:" in c["image"] for c in containers):

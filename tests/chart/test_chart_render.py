@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from support import kube
 
-from .conftest import CHART, RENDERINGS, ROOT, Rendering, render, tool
+from .conftest import CHART, RENDERINGS, ROOT, Rendering, render, tool, workload
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
 IDS = [r.id for r in RENDERINGS]
@@ -23,8 +23,8 @@ IDS = [r.id for r in RENDERINGS]
 @pytest.mark.parametrize("rendering", RENDERINGS, ids=IDS)
 def test_rendering_validates_strictly(rendering: Rendering, kube_versions: list[str]):
     docs = kube.load_documents(render(rendering))
-    assert any(d["kind"] == "Deployment" for d in docs)
-    findings = kube.validate(docs, kube_versions, crd_files=kube.prometheus_operator_crds())
+    assert workload(docs)
+    findings = kube.validate(docs, kube_versions, crd_files=kube.crd_files())
     assert not findings, "\n".join(map(str, findings))
 
 
@@ -36,6 +36,28 @@ def test_full_rendering_has_every_kind():
         "Deployment", "Service", "ServiceAccount", "ConfigMap", "HorizontalPodAutoscaler", "Pod",
         "PodDisruptionBudget", "NetworkPolicy", "Ingress", "ServiceMonitor", "PrometheusRule",
     }  # fmt: skip
+    (canary,) = [r for r in RENDERINGS if r.id == "ci/canary-values.yaml"]
+    kinds = {d["kind"] for d in kube.load_documents(render(canary))}
+    assert {"Rollout", "AnalysisTemplate", "HorizontalPodAutoscaler"} <= kinds
+    assert "Deployment" not in kinds
+
+
+def test_rollout_runs_the_deployments_pod_template():
+    """A Rollout's pods are the Deployment's (so every policy check of the Deployment holds for
+    them; checkov knows no Rollout): the same values give the same pod template, but for the label
+    that spreads one ReplicaSet's pods."""
+    (canary,) = [r for r in RENDERINGS if r.id == "ci/canary-values.yaml"]
+    values = [*canary.value_files]
+    as_deployment = Rendering("canary-as-deployment", tuple(values),
+                              set_values={"delivery.strategy": "rollingUpdate"})  # fmt: skip
+    rollout = workload(kube.load_documents(render(canary)))
+    deployment = workload(kube.load_documents(render(as_deployment)))
+    assert (rollout["kind"], deployment["kind"]) == ("Rollout", "Deployment")
+    spreads = [rollout, deployment]
+    for w in spreads:
+        for c in w["spec"]["template"]["spec"]["topologySpreadConstraints"]:
+            c["matchLabelKeys"] = ["<the workload's pod-template hash>"]
+    assert rollout["spec"]["template"] == deployment["spec"]["template"]
 
 
 BROKEN = {
@@ -66,6 +88,15 @@ BROKEN = {
         },
         "rules",
     ),
+    "unknown field in a Rollout's canary step": (
+        {
+            "apiVersion": "argoproj.io/v1alpha1",
+            "kind": "Rollout",
+            "metadata": {"name": "r"},
+            "spec": {"strategy": {"canary": {"steps": [{"setWeigth": 20}]}}},
+        },
+        "setWeigth",
+    ),
     "kind without a schema": (
         {"apiVersion": "example.com/v1", "kind": "Widget", "metadata": {"name": "w"}},
         "no schema",
@@ -76,7 +107,7 @@ BROKEN = {
 @pytest.mark.parametrize("case", BROKEN.values(), ids=BROKEN.keys())
 def test_validation_catches(case, kube_versions: list[str]):
     doc, needle = case
-    findings = kube.validate([doc], kube_versions[:1], crd_files=kube.prometheus_operator_crds())
+    findings = kube.validate([doc], kube_versions[:1], crd_files=kube.crd_files())
     assert findings and needle in str(findings[0]), findings
 
 
@@ -100,8 +131,8 @@ def test_names_and_labels_fit_kubernetes_limits(rendering: Rendering):
 
 @pytest.mark.parametrize("rendering", RENDERINGS, ids=IDS)
 def test_selector_never_changes(rendering: Rendering):
-    """Deployment selectors are immutable: changing them breaks `helm upgrade`."""
-    (dep,) = [d for d in kube.load_documents(render(rendering)) if d["kind"] == "Deployment"]
+    """Deployment (and Rollout) selectors are immutable: changing them breaks `helm upgrade`."""
+    dep = workload(kube.load_documents(render(rendering)))
     assert dep["spec"]["selector"] == {
         "matchLabels": {
             "app.kubernetes.io/name": dep["metadata"]["labels"]["app.kubernetes.io/name"],

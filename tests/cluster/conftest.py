@@ -20,9 +20,11 @@ the add-ons from `make setup-cluster`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,7 +43,13 @@ from support.cluster import (
     docker_engine,
 )
 from support.cluster.images import SCRIPTS
-from support.mlflow import QUIET_MLFLOW_ENV, RegisteredModel, as_registered_model, train
+from support.mlflow import (
+    QUIET_MLFLOW_ENV,
+    RegisteredModel,
+    as_registered_model,
+    mlflow_env,
+    train,
+)
 
 from .lib import SUMMARY, measure, post_json
 
@@ -275,6 +283,40 @@ def mlflow_registry(
     cluster.delete_namespace(ns)
     cluster.kubectl("delete", "pv", "-l", "mlsk.local/test=platform", "--ignore-not-found",
                     check=False)  # fmt: skip
+
+
+# ---------------------------------------------------------------------------- canary models
+@dataclass(frozen=True)
+class CanaryModels:
+    """Versions a canary must stop (tests/cluster/canary_models.py says how each is built)."""
+
+    class_shift: RegisteredModel
+    slow: RegisteredModel
+
+
+@pytest.fixture(scope="package")
+def canary_models(
+    cluster: Cluster, mlflow_registry: InClusterMlflow, tmp_path_factory: pytest.TempPathFactory
+) -> CanaryModels:
+    out = tmp_path_factory.mktemp("canary-models")
+    script = Path(__file__).with_name("canary_models.py")
+    models = {}
+    with (
+        measure("canary models: train + register the class-shifted and the slow version"),
+        mlflow_registry.tracking_uri(cluster) as uri,
+    ):
+        env = mlflow_env(uri, **mlflow_registry.env(uri))
+        # class-shift: --max-iter 20 (see canary_models.py); slow: the stable version's settings
+        for kind, flags in (("class-shift", ["--max-iter", "20"]),
+                            ("slow", ["--learning-rate", "0.05"])):  # fmt: skip
+            proc = subprocess.run(
+                [sys.executable, str(script), kind, *flags, "--output-json", str(out / kind)],
+                env=env, capture_output=True, text=True, timeout=600, check=False,
+            )  # fmt: skip
+            if proc.returncode != 0:
+                pytest.fail(f"training the {kind} model failed:\n{proc.stderr[-4000:]}")
+            models[kind] = as_registered_model(json.loads((out / kind).read_text()))
+    return CanaryModels(models["class-shift"], models["slow"])
 
 
 @pytest.fixture(scope="package")

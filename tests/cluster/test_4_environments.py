@@ -1,7 +1,12 @@
 """staging and prod, with their own value files and the smallest override that fits this node
-(written here, so it is visible): prod rolls to another model version and loses a pod under a
-steady in-cluster stream without one failed request; staging's HPA scales out under load and back
-in, reading CPU from metrics-server; prod's dashboards carry the Grafana sidecar's label."""
+(written here, so it is visible). prod delivers by canary (an Argo Rollouts Rollout, the real
+controller, its analysis reading the real Prometheus the prometheus-operator runs): under a steady
+in-cluster stream, a good model version goes through every step to 100 % and then loses a pod
+without one failed request; a slower version with the same predictions is aborted by the latency
+check alone, traffic back on the stable pods, without one failed request (a version that shifts
+the class balance is aborted under Argo CD: test_5_canary_gitops.py). staging's HPA
+scales out under load and back in, reading CPU from metrics-server; prod's dashboards carry the
+Grafana sidecar's label."""
 
 from __future__ import annotations
 
@@ -12,19 +17,30 @@ from collections.abc import Iterator
 import pytest
 from support.cluster import Cluster, wait_until
 
-from .conftest import InClusterMlflow
+from .conftest import CanaryModels, InClusterMlflow
 from .lib import (
+    CANARY_LOAD,
     CHART,
+    FAST_CANARY,
     RELEASE,
     SUMMARY,
     InClusterLoad,
+    abort_under_load,
+    analysis_runs,
     deployment_pods,
     env_values,
-    get_json,
+    get_rollout,
+    has_rollouts,
     helm_install,
     measure,
+    measurements,
     override_file,
+    ready,
+    report_canary,
+    rollout_tree,
+    served_versions,
     uninstall_leaves_nothing,
+    wait_rollout,
 )
 
 # prod as is asks for 3 x 500m CPU plus a 4th pod during a rollout (maxSurge 1, maxUnavailable 0):
@@ -41,24 +57,6 @@ STAGING_OVERRIDE = {
 
 def secret(cluster: Cluster, ns: str, registry: InClusterMlflow) -> None:
     registry.create_credentials(cluster, ns)
-
-
-def ready(pod: dict) -> bool:
-    conditions = pod["status"].get("conditions") or []
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
-
-
-def served_versions(cluster: Cluster, ns: str) -> dict[str, str]:
-    """Model version each Ready server pod reports."""
-    out = {}
-    for pod in deployment_pods(cluster, ns):
-        name = pod["metadata"]["name"]
-        if pod["metadata"].get("deletionTimestamp") or not ready(pod):
-            continue
-        with cluster.http(ns, f"pod/{name}", 8000) as base:
-            status, body = get_json(f"{base}/ready")
-        out[name] = body["model"]["version"] if status == 200 else f"not ready ({status})"
-    return out
 
 
 # ---------------------------------------------------------------------------- prod
@@ -84,10 +82,14 @@ def installed(
 
 
 @pytest.fixture(scope="module")
-def prod(cluster: Cluster, mlflow_registry: InClusterMlflow, tmp_path_factory):
-    with installed(cluster, mlflow_registry, tmp_path_factory, "prod", PROD_SMALL_NODE) as release:
-        # helm's --wait accepts replicas - maxUnavailable ready pods: wait for all three
-        cluster.rollout(release[0], f"deployment/{RELEASE}", timeout=300)
+def prod(cluster: Cluster, mlflow_registry: InClusterMlflow, prometheus: str, tmp_path_factory):
+    if not has_rollouts(cluster):
+        pytest.skip("prod delivers by canary and this cluster has no Argo Rollouts")
+    override = {**PROD_SMALL_NODE, **FAST_CANARY}
+    with installed(cluster, mlflow_registry, tmp_path_factory, "prod", override) as release:
+        with measure("prod: Rollout Healthy (3 replicas)"):
+            # helm does not wait for a Rollout; its first revision goes to 100 % at once
+            wait_rollout(cluster, release[0], ("Healthy",), timeout=300)
         yield release
 
 
@@ -100,6 +102,7 @@ def test_prod_installs_with_its_own_resources(cluster: Cluster, prod) -> None:
     assert set(served_versions(cluster, ns).values()) == {"1"}
     hpa = cluster.get("hpa", RELEASE, namespace=ns)
     assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (3, 10)
+    assert hpa["spec"]["scaleTargetRef"]["kind"] == "Rollout"
     proc = cluster.helm("test", RELEASE, "-n", ns, "--timeout", "3m", check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
@@ -116,39 +119,73 @@ def test_prod_dashboards_carry_the_grafana_sidecar_label(cluster: Cluster, prod)
         assert name.endswith(".json") and '"panels"' in text
 
 
-def test_prod_rollout_and_pod_deletion_under_load_lose_no_request(
-    cluster: Cluster, prod, app_image: str
+def release(cluster: Cluster, prod, version: str) -> float:
+    """`helm upgrade` prod to a model version (what a synced release.yaml does); its start."""
+    ns, overrides = prod
+    start = time.monotonic()
+    proc = cluster.helm(
+        "upgrade", RELEASE, str(CHART), "-n", ns, *env_values("prod"), *overrides,
+        "--set", f"model.version={version}", "--wait", "--timeout", "5m", check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr + cluster.describe_pods(ns)
+    return start
+
+
+# Each canary waits for pods and measurements: minutes on a loaded machine.
+@pytest.mark.timeout(1800)
+def test_prod_canary_promotes_a_good_version_step_by_step_under_load(
+    cluster: Cluster, prod, app_image: str, mlflow_registry: InClusterMlflow
 ) -> None:
-    ns, small = prod
-    with InClusterLoad(cluster, ns, app_image, rate=20, threads=4) as load:
-        start = time.monotonic()
-        proc = cluster.helm(
-            "upgrade", RELEASE, str(CHART), "-n", ns, *env_values("prod"), *small,
-            "--set", "model.version=2", "--wait", "--timeout", "5m", check=False,
-        )  # fmt: skip
-        rollout = time.monotonic() - start
-        assert proc.returncode == 0, proc.stderr + cluster.describe_pods(ns)
-        versions = served_versions(cluster, ns)
-        victim = sorted(versions)[0]
-        start = time.monotonic()
-        cluster.kubectl("delete", "pod", victim, "-n", ns, "--wait=true", timeout=120)
-        deleted = time.monotonic() - start
-        cluster.rollout(ns, f"deployment/{RELEASE}", timeout=300)
+    """Version 2 (another learning rate, same behaviour): every weight, every analysis passed,
+    100 %; then a pod deleted under the same stream. Not one request fails."""
+    ns, _ = prod
+    v1, v2 = mlflow_registry.v1.version, mlflow_registry.v2.version
+    before = int(get_rollout(cluster, ns)["metadata"]["generation"])
+    with InClusterLoad(cluster, ns, app_image, **CANARY_LOAD) as load:
+        start = release(cluster, prod, v2)
+        rollout = wait_rollout(cluster, ns, ("Healthy", "Degraded", "Paused"), timeout=840,
+                               newer_than=before)  # fmt: skip
+        promoted = time.monotonic() - start
+        tree = rollout_tree(cluster, ns)
+        cluster.kubectl("delete", "pod", sorted(served_versions(cluster, ns))[0], "-n", ns,
+                        "--wait=true", timeout=120)  # fmt: skip
+        wait_rollout(cluster, ns, ("Healthy",), timeout=300)
         time.sleep(3)  # a few more requests on the replacement
         result = load.stop()
-    SUMMARY["prod: helm upgrade v1 -> v2 --wait (maxSurge 0, maxUnavailable 1)"] = (
-        f"{rollout:.1f} s"
+    runs = [r for r in analysis_runs(cluster, ns)
+            if r["metadata"]["labels"].get("rollouts-pod-template-hash")
+            == rollout["status"]["currentPodHash"]]  # fmt: skip
+    report_canary(
+        "prod: good version (v1 -> v2) to 100 %", promoted, result, runs[-1] if runs else None
     )
-    SUMMARY["prod: kubectl delete pod (graceful)"] = f"{deleted:.1f} s"
-    SUMMARY["prod: in-cluster stream during rollout + delete"] = (
-        f"{result.sent} requests in {result.seconds} s, {result.failed} failed, "
-        f"versions {result.versions}"
-    )
+    assert rollout["status"]["phase"] == "Healthy", tree
+    steps = rollout["spec"]["strategy"]["canary"]["steps"]
+    assert rollout["status"]["currentStepIndex"] == len(steps), tree
+    # one analysis per weight, each passed on measurements of both sides
+    assert [r["status"]["phase"] for r in runs] == ["Successful"] * len(steps[::2]), tree
+    for run in runs:
+        assert all(phase == "Successful" for phase, _ in measurements(run).values()), run
     assert result.failed == 0, result.errors
-    assert result.sent >= 200
-    assert set(result.versions) == {"1", "2"}, "the stream saw the old and then the new model"
-    assert set(versions.values()) == {"2"}
-    assert set(served_versions(cluster, ns).values()) == {"2"}
+    assert set(result.versions) == {v1, v2} and result.tail == [v2], result
+    assert set(served_versions(cluster, ns).values()) == {v2}
+
+
+# Each canary waits for pods and measurements: minutes on a loaded machine.
+@pytest.mark.timeout(1800)
+def test_prod_canary_aborts_a_slower_version_on_latency(
+    cluster: Cluster, prod, app_image: str, canary_models: CanaryModels, mlflow_registry
+) -> None:
+    """The slow version predicts exactly what version 2 does, more slowly: the latency check,
+    and only it, aborts it."""
+    ns, _ = prod
+    slow, stable = canary_models.slow.version, mlflow_registry.v2.version
+    seconds, result, run, tree = abort_under_load(
+        cluster, ns, app_image, lambda: release(cluster, prod, slow), slow, stable, pods=3
+    )
+    report_canary(f"prod: slower version (v{slow}) aborted", seconds, result, run)
+    checks = measurements(run)
+    assert checks["latency-p95"][0] == "Failed", (checks, tree)
+    assert all(checks[c][0] != "Failed" for c in ("class-share", "score-psi")), checks
 
 
 def test_prod_uninstall_leaves_nothing(cluster: Cluster, prod) -> None:
@@ -158,7 +195,11 @@ def test_prod_uninstall_leaves_nothing(cluster: Cluster, prod) -> None:
 # ---------------------------------------------------------------------------- staging + HPA
 @pytest.fixture(scope="module")
 def staging(cluster: Cluster, mlflow_registry: InClusterMlflow, tmp_path_factory):
+    if not has_rollouts(cluster):
+        pytest.skip("staging delivers by canary and this cluster has no Argo Rollouts")
     with installed(cluster, mlflow_registry, tmp_path_factory, "staging", STAGING_OVERRIDE) as rel:
+        with measure("staging: Rollout Healthy (2 replicas)"):
+            wait_rollout(cluster, rel[0], ("Healthy",), timeout=300)
         yield rel[0]
 
 
@@ -198,7 +239,7 @@ def test_staging_hpa_scales_out_under_load_and_back_in(
         wait_until(scaled_out, 200, "the HPA scales out under load", interval=3,
                    diag=lambda: f"{hpa()['status']}")  # fmt: skip
         out = time.monotonic() - start
-        cluster.rollout(ns, f"deployment/{RELEASE}", timeout=240)
+        wait_rollout(cluster, ns, ("Healthy",), timeout=240)
         result = load.stop()
     start = time.monotonic()
     wait_until(lambda: hpa()["status"].get("desiredReplicas") == 2, 240,

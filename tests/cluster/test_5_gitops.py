@@ -36,8 +36,9 @@ What the test changes in its clone, each in a commit of its own (visible in `sto
   The public name resolves to the node for the processes that use it (their own /etc/hosts in a
   private mount namespace): what the DNS record does in production.
 - SMALL NODE: one node with 2 CPUs holds the platform, the add-ons and all three environments:
-  staging and prod request 100m CPU per pod instead of 250m/500m, and prod's three pods roll at
-  once (the rolling update itself is test_4's subject).
+  staging and prod request 100m CPU per pod instead of 250m/500m, and both roll (prod's three
+  pods at once) instead of delivering by canary: the canary, which needs a steady stream to be
+  judged on, is test_4's and test_5_canary_gitops.py's subject.
 - RELEASES: release.yaml of every environment pins model version 1 and the image, as after a first
   release and two promotions (tests/gitops does the same); the image is the tier's ml-service image
   under the names a registry push makes resolvable (repository:<commit> and @digest).
@@ -79,13 +80,17 @@ from .lib import ROOT, SUMMARY, deployment_pods, get_json, measure
 ENVS = ("dev", "staging", "prod")
 GITHUB_REPO = "acme/ml-service"
 STANDIN = "tests/cluster/argocd/kube-prometheus-stack"
+# staging and prod deliver by canary in their values; here they roll (the canary, its steps and
+# aborts under Argo CD, are test_4's and test_5_canary_gitops.py's subject)
 SMALL_NODE = {
     "dev": {"ingress": {"enabled": False}},
     "staging": {"ingress": {"enabled": False},
-                "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}}},
+                "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}},
+                "delivery": {"strategy": "rollingUpdate"}},
     "prod": {"ingress": {"enabled": False},
              "resources": {"requests": {"cpu": "100m", "memory": "384Mi"}},
-             "updateStrategy": {"maxSurge": 3, "maxUnavailable": 0}},
+             "updateStrategy": {"maxSurge": 3, "maxUnavailable": 0},
+             "delivery": {"strategy": "rollingUpdate"}},
 }  # fmt: skip
 NODE_PORT = 30500  # the NodePort of the tracking server (the node's own network namespace)
 # Argo CD settings of this test's install (an install's defaults poll every 3 minutes)
@@ -322,7 +327,10 @@ def story(cluster: Cluster, mlflow_registry: InClusterMlflow, app_image: str,
     (bin_dir / "gh").chmod(0o755)
     env = {
         **os.environ,
-        "PATH": os.pathsep.join([str(bin_dir), str(ROOT / ".tools" / "bin"), os.environ["PATH"]]),
+        # kubectl and the cluster's kubeconfig: `promote` reads the source's Application
+        "PATH": os.pathsep.join([str(bin_dir), str(ROOT / ".tools" / "bin"),
+                                 str(cluster.config.bin_dir), os.environ["PATH"]]),
+        "KUBECONFIG": str(cluster.kubeconfig),
         "FAKE_GH_LOG": str(tmp / "gh.log"), "FAKE_GH_STATE": str(tmp / "gh.json"),
         "CI": "true", "GIT_TERMINAL_PROMPT": "0", "MLFLOW_DISABLE_TELEMETRY": "true",
         "DO_NOT_TRACK": "true",
@@ -522,7 +530,8 @@ def test_ci_reaches_mlflow_by_its_public_name(story: Story) -> None:
         proc = story.run_public([sys.executable, "-m", "ml_service.training", "--output-json",
                                  str(out)], story.user_env("ci"))  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert json.loads(out.read_text())["version"] == str(int(registry.v2.version) + 1)
+    # a new version, after every one registered before (the tier's canary models among them)
+    assert int(json.loads(out.read_text())["version"]) > int(registry.v2.version)
 
 
 def test_first_release_serves_dev_and_staging_and_waits_for_prod(story: Story) -> None:

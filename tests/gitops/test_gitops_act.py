@@ -37,6 +37,9 @@ from .conftest import ROOT, TOOLS_BIN, run_git, snapshot_repo, tool
 
 pytestmark = pytest.mark.server
 
+# act runs the workflows without a cluster: the promotion's rollout check cannot look.
+NO_CLUSTER = "act: no Argo CD here"
+
 ACT_ACTIONS = Path(__file__).parent / "act" / "actions"
 FAKE_DIGEST = "sha256:" + "e" * 64
 
@@ -227,12 +230,22 @@ def test_promote_workflow_promotes_from_the_environment_before(story: ActRepo):
     code, out = story.act("workflow_dispatch", workflow, "--input", "to=prod",
                           payload={"inputs": {"to": "prod"}})  # fmt: skip
     assert code != 0 and "nothing is released to staging yet" in out, out[-6000:]
+    # No cluster to read dev's Application from (no ARGOCD_KUBECONFIG here): refused...
     code, out = story.act("workflow_dispatch", workflow, "--input", "to=staging",
                           payload={"inputs": {"to": "staging"}})  # fmt: skip
+    assert code != 0 and "cannot see whether dev runs its release fully" in out, out[-6000:]
+    # ...unless a person says why to promote anyway.
+    skip = {"to": "staging", "rollout-check-skip": NO_CLUSTER}
+    code, out = story.act("workflow_dispatch", workflow, "--input", "to=staging", "--input",
+                          f"rollout-check-skip={NO_CLUSTER}", payload={"inputs": skip})  # fmt: skip
     assert code == 0, out[-8000:]
     assert story.release_on("gitops/staging", "staging") == story.release_on("main", "dev")
     pr = story.prs()[-1]
     assert pr["head"] == "gitops/staging" and "### Quality gate: ✅ passed" in pr["body"]
+    assert (
+        f"**Not checked** that `dev` runs it fully promoted and healthy: {NO_CLUSTER}"
+        in (pr["body"])
+    )
     story.merge("gitops/staging")
 
 
@@ -240,8 +253,10 @@ def test_champion_alias_follows_the_dispatch_of_a_synced_prod(story: ActRepo):
     from mlflow import MlflowClient
 
     workflow = ROOT / ".github/workflows/champion-alias.yml"
+    skip = {"to": "prod", "rollout-check-skip": NO_CLUSTER}
     code, out = story.act("workflow_dispatch", ROOT / ".github/workflows/promote.yml",
-                          "--input", "to=prod", payload={"inputs": {"to": "prod"}})  # fmt: skip
+                          "--input", "to=prod", "--input", f"rollout-check-skip={NO_CLUSTER}",
+                          payload={"inputs": skip})  # fmt: skip
     assert code == 0, out[-8000:]
     story.merge("gitops/prod")
     client = MlflowClient(tracking_uri=story.tracking_uri)
@@ -284,6 +299,45 @@ def test_release_workflow_ships_a_values_only_change(story: ActRepo):
     assert release["revision"] == head
     assert (release["image"], release["model"]) == (dev["image"], dev["model"])
     assert story.prs()[-1]["title"].startswith("release(dev): values of ")
+
+
+def test_canary_aborted_workflow_opens_the_revert_pr(story: ActRepo):
+    """Argo Rollouts' abort notification (repository_dispatch, as
+    argocd/install/argo-rollouts-notification-cm.yaml sends it): the pull request that puts the
+    environment back on the state it ran before, the analysis results in its body; a notification
+    about a release the environment no longer pins changes nothing."""
+    workflow = ROOT / ".github/workflows/canary-aborted.yml"
+    story.merge("gitops/dev")  # dev has run two states: the first release, the values-only one
+    dev = story.release_on("main", "dev")
+    image, model = dev["image"], dev["model"]
+    notification = {
+        "namespace": "ml-service-dev",
+        "rollout": "ml-service",
+        "message": 'RolloutAborted: Metric "class-share" assessed Failed',
+        "image": f"{image['repository']}:{image['tag']}@{image['digest']}",
+        "model": f"models:/{model['name']}/{model['version']}",
+        "analysis": [{"name": "ml-service-5d8f-3-1", "phase": "Failed", "metrics": [
+            {"name": "class-share", "phase": "Failed", "successful": 0, "failed": 2,
+             "inconclusive": 0, "value": "[0.1134]"}]}],
+    }  # fmt: skip
+
+    def dispatch(client_payload: dict):
+        payload = {"action": "ml-service-canary-aborted", "client_payload": client_payload}
+        return story.act("repository_dispatch", workflow, payload=payload)
+
+    stale = {**notification, "model": f"models:/{model['name']}/{int(model['version']) + 1}"}
+    code, out = dispatch(stale)
+    assert code != 0 and "pins another release than the aborted one" in out, out[-6000:]
+    opened = len(story.prs())
+    code, out = dispatch(notification)
+    assert code == 0, out[-8000:]
+    assert len(story.prs()) == opened + 1
+    pr = story.prs()[-1]
+    assert pr["head"] == "gitops/dev"
+    aborted = f"{model['name']} v{model['version']}"
+    assert pr["title"] == f"revert(dev): canary of model {aborted} aborted"
+    assert "| ml-service-5d8f-3-1 | class-share | Failed | 0 | 2 | 0 | [0.1134] |" in pr["body"]
+    assert story.release_on("gitops/dev", "dev")["revision"] != dev["revision"]
 
 
 def platform_workflow_without_push(tmp: Path) -> Path:

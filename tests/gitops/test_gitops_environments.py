@@ -106,7 +106,7 @@ def test_environment_renders_and_validates_strictly(rendered, env: str):
     for version in kube_versions():
         docs = rendered(env, version)
         assert docs, f"{env}: nothing rendered"
-        findings = kube.validate(docs, [version], crd_files=kube.prometheus_operator_crds())
+        findings = kube.validate(docs, [version], crd_files=kube.crd_files())
         assert not findings, "\n".join(map(str, findings))
 
 
@@ -127,7 +127,8 @@ def test_rendered_kinds_are_allowed_by_the_project(rendered, env: str):
 def test_release_file_drives_image_and_model(rendered, released_repo: Path, env: str):
     release = yaml.safe_load((released_repo / "environments" / env / "release.yaml").read_text())
     docs = rendered(env, kube_versions()[-1])
-    (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+    # a Deployment, or a Rollout where the environment delivers by canary
+    (deploy,) = [d for d in docs if d["kind"] in ("Deployment", "Rollout")]
     pod = deploy["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     image = release["image"]
@@ -193,9 +194,9 @@ def test_every_released_environment_renders_as_pinned(tmp_path: Path):
         proc = kube.run_helm(args, cwd=cwd)
         assert proc.returncode == 0, f"{env} does not render at {revision[:12]}:\n{proc.stderr}"
         docs = kube.load_documents(proc.stdout)
-        findings = kube.validate(docs, [version], crd_files=kube.prometheus_operator_crds())
+        findings = kube.validate(docs, [version], crd_files=kube.crd_files())
         assert not findings, "\n".join(map(str, findings))
-        (deploy,) = [d for d in docs if d["kind"] == "Deployment"]
+        (deploy,) = [d for d in docs if d["kind"] in ("Deployment", "Rollout")]
         image = release["image"]
         assert deploy["spec"]["template"]["spec"]["containers"][0]["image"] == (
             f"{image['repository']}:{image['tag']}@{image['digest']}"
@@ -262,13 +263,29 @@ def lookup(tree, path):
     return tree
 
 
+# Said by every environment even where it is the chart's default: how releases reach its pods.
+STATED = {"delivery.strategy"}
+
+
 @pytest.mark.repo_state
 @pytest.mark.parametrize("env", ENVIRONMENTS)
 def test_values_hold_only_what_differs_from_the_chart(env: str):
     defaults = yaml.safe_load((CHART / "values.yaml").read_text())
     values = yaml.safe_load((ROOT / "environments" / env / "values.yaml").read_text())
     copies = [".".join(map(str, p)) for p, v in leaves(values) if lookup(defaults, p) == v]
+    copies = [c for c in copies if c not in STATED]
     assert not copies, f"{env}/values.yaml repeats chart defaults: {copies}"
+
+
+def test_every_environment_says_how_it_delivers():
+    """dev takes a release at once; staging and prod by canary (Argo Rollouts)."""
+    strategies = {
+        env: yaml.safe_load((ROOT / "environments" / env / "values.yaml").read_text())["delivery"][
+            "strategy"
+        ]
+        for env in ENVIRONMENTS
+    }
+    assert strategies == {"dev": "rollingUpdate", "staging": "canary", "prod": "canary"}
 
 
 @pytest.mark.repo_state

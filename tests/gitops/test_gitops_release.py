@@ -28,6 +28,7 @@ DIGEST_A = "sha256:" + "a" * 64
 DIGEST_B = "sha256:" + "b" * 64
 REPOSITORY = "ghcr.io/owner/ml-service"
 NO_REGISTRY = "mechanics test: no MLflow registry here"
+NO_CLUSTER = "mechanics test: no Argo CD here"
 
 
 @dataclass
@@ -38,9 +39,13 @@ class Sandbox:
     gh_log: Path
     gh_state: Path
 
-    def gitops(self, *args: str, override: bool = True) -> subprocess.CompletedProcess:
+    def gitops(
+        self, *args: str, override: bool = True, rollout_check: bool = False
+    ) -> subprocess.CompletedProcess:
         if override and args and args[0] in ("release", "promote"):
             args = (*args, "--override-quality-gate", NO_REGISTRY)
+        if not rollout_check and args and args[0] == "promote":
+            args = (*args, "--skip-rollout-check", NO_CLUSTER)
         return subprocess.run(
             [sys.executable, str(GITOPS), "-C", str(self.work), *args],
             capture_output=True,
@@ -296,6 +301,69 @@ def test_promote_copies_release_state_only(sandbox: Sandbox):
     assert again.returncode == 3 and "nothing to do" in again.stderr
 
 
+def test_promotion_needs_to_see_the_source_run_its_release(sandbox: Sandbox, tmp_path: Path):
+    """What is promoted must have proven itself where it runs: without a cluster to read the
+    source environment's Argo CD Application from, the promotion is refused and nothing pushed;
+    --skip-rollout-check ships it with the reason in the pull request."""
+    ok(sandbox.release("7"))
+    sandbox.merge("gitops/dev")
+    nowhere = tmp_path / "kubeconfig"
+    nowhere.write_text("apiVersion: v1\nkind: Config\nclusters: []\ncontexts: []\nusers: []\n")
+    blind = Sandbox(sandbox.work, sandbox.remote, {**sandbox.env, "KUBECONFIG": str(nowhere)},
+                    sandbox.gh_log, sandbox.gh_state)  # fmt: skip
+    proc = blind.gitops("promote", "dev", "staging", rollout_check=True)
+    assert proc.returncode == 3, proc.stdout + proc.stderr
+    assert "cannot see whether dev runs its release fully and healthily" in proc.stderr
+    assert "--skip-rollout-check" in proc.stderr
+    assert not sandbox.remote_has("gitops/staging")
+    ok(sandbox.gitops("promote", "dev", "staging"))
+    assert (
+        f"**Not checked** that `dev` runs it fully promoted and healthy: {NO_CLUSTER}"
+        in (sandbox.prs()[-1]["body"])
+    )
+
+
+def test_rollout_problems_read_the_application(gitops_cli):
+    """The source's Application as Argo CD writes it: the pinned state Synced and Healthy passes;
+    another state, OutOfSync, or a Rollout still on its steps or aborted does not, and says why."""
+    state = gitops_cli.ReleaseState("a" * 40, REPOSITORY, "a" * 40, DIGEST_A, "ml-service", "7")
+
+    def app(sync="Synced", health="Healthy", version="7", rollout=None):
+        values = {**state.values_object(), "model": {"name": "ml-service", "version": version}}
+        resources = (
+            [{"kind": "Rollout", "name": "ml-service", "health": rollout}] if rollout else []
+        )
+        return {"status": {
+            "sync": {"status": sync, "comparedTo": {"sources": [
+                {"targetRevision": state.revision, "helm": {"valuesObject": values}}]}},
+            "health": {"status": health}, "resources": resources}}  # fmt: skip
+
+    problems = gitops_cli.rollout_problems
+    assert problems(app(), "staging", state) == []
+    assert problems(app(version="6"), "staging", state) == [
+        "Argo CD has not synced staging to what its release.yaml pins yet"
+    ]
+    assert problems(app(sync="OutOfSync"), "staging", state) == ["staging is OutOfSync"]
+    aborted = {
+        "status": "Degraded",
+        "message": 'RolloutAborted: Metric "class-share" assessed Failed',
+    }
+    assert problems(app(health="Degraded", rollout=aborted), "staging", state) == [
+        'staging is Degraded (Rollout ml-service: RolloutAborted: Metric "class-share" assessed '
+        "Failed)"
+    ]
+    # Argo CD 3 (resource health in the resource tree): the Application's own message
+    tree = app(health="Degraded")
+    tree["status"]["health"]["message"] = "Caused by argoproj.io/Rollout:ml-service-staging/x"
+    assert problems(tree, "staging", state) == [
+        "staging is Degraded (Caused by argoproj.io/Rollout:ml-service-staging/x)"
+    ]
+    stepping = {"status": "Progressing", "message": "more replicas need to be updated"}
+    assert problems(app(health="Progressing", rollout=stepping), "staging", state) == [
+        "staging is Progressing (Rollout ml-service: more replicas need to be updated)"
+    ]
+
+
 def test_promotion_never_skips_an_environment(sandbox: Sandbox):
     """Dev -> prod is refused, --force or not; backwards needs --force (a rollback)."""
     ok(sandbox.release("2"))
@@ -347,7 +415,8 @@ def test_chart_changes_are_promoted_not_tracked(sandbox: Sandbox):
 
     def annotated(env: str) -> bool:
         docs = yaml.safe_load_all(ok(sandbox.gitops("render", env)))
-        (deploy,) = [d for d in docs if d and d["kind"] == "Deployment"]
+        # the workload: a Deployment, or a Rollout where the environment delivers by canary
+        (deploy,) = [d for d in docs if d and d["kind"] in ("Deployment", "Rollout")]
         annotations = deploy["spec"]["template"]["metadata"].get("annotations") or {}
         return annotations.get("example.com/chart-change") == "1"
 
@@ -461,3 +530,141 @@ def test_rollback_returns_to_the_state_before(sandbox: Sandbox):
     assert sandbox.prs()[-1]["title"].startswith("rollback(dev): ")
     unknown = sandbox.gitops("rollback", "dev", "--to", "abcdef1")
     assert unknown.returncode == 3
+
+
+def abort_notification(**changes) -> dict:
+    """What argocd/install/argo-rollouts-notification-cm.yaml makes Argo Rollouts send (the
+    cluster tier checks the real controller's)."""
+    doc = {
+        "namespace": "ml-service-staging",
+        "rollout": "ml-service",
+        "message": 'RolloutAborted: Rollout aborted update to revision 3: Metric "class-share" '
+        "assessed Failed due to failed (2) > failureLimit (1)",
+        "image": f"{REPOSITORY}:{'a' * 40}@{DIGEST_A}",
+        "model": "models:/ml-service/7",
+        "analysis": [{"name": "ml-service-5d8f-3-1", "phase": "Failed", "metrics": [
+            {"name": "class-share", "phase": "Failed", "successful": 0, "failed": 2,
+             "inconclusive": 1, "value": "[0.1134]"},
+            {"name": "latency-p95", "phase": "Running", "successful": 1, "failed": 0,
+             "inconclusive": 1, "value": "[0.4]"},
+        ]}],
+    }  # fmt: skip
+    return {**doc, **changes}
+
+
+def test_abort_notification_is_read_field_by_field(gitops_cli, tmp_path: Path):
+    """It arrives through GitHub from anyone holding a token for the repository: only its known
+    fields reach the pull request, each one line, bounded, no table or code breaks."""
+    path = tmp_path / "aborted.json"
+    path.write_text(json.dumps(abort_notification()))
+    aborted = gitops_cli.read_abort_notification(path)
+    assert aborted.env == "staging"
+    state = gitops_cli.ReleaseState("a" * 40, REPOSITORY, "a" * 40, DIGEST_A, "ml-service", "7")
+    assert aborted.ran(state)
+    assert not aborted.ran(gitops_cli.ReleaseState("a" * 40, REPOSITORY, "a" * 40, DIGEST_A,
+                                                   "ml-service", "6"))  # fmt: skip
+    table = aborted.markdown().splitlines()
+    assert table[2] == "| ml-service-5d8f-3-1 | class-share | Failed | 0 | 2 | 1 | [0.1134] |"
+    hostile = abort_notification(message="a | b `rm -rf`\n# heading " + "x" * 1000,
+                                 rollout="ignored", extra="ignored")  # fmt: skip
+    path.write_text(json.dumps(hostile))
+    aborted = gitops_cli.read_abort_notification(path)
+    assert "\n" not in aborted.message and "`" not in aborted.message
+    assert "a \\| b 'rm -rf' # heading" in aborted.message and len(aborted.message) <= 300
+    for bad in ({"namespace": "kube-system"}, {"namespace": "ml-service-qa"}, {"image": None},
+                {"analysis": "none"}):  # fmt: skip
+        path.write_text(json.dumps({**abort_notification(), **bad}))
+        with pytest.raises(gitops_cli.GitopsError, match=r"not an abort notification|no environ"):
+            gitops_cli.read_abort_notification(path)
+
+
+NOTIFICATION_CM = ROOT / "argocd" / "install" / "argo-rollouts-notification-cm.yaml"
+
+
+def render_abort_notification(tmp_path: Path, analysis_runs: list[dict]) -> dict:
+    """The canary-aborted notification's body as the controller renders it at the abort: Argo
+    Rollouts' notifications run the template with Go's text/template and sprig, as helm's `tpl`
+    does (helm renders it here; the cluster tier checks the real controller's). The Rollout is the
+    one the controller sends: as it was before the abort, its message still about progress."""
+    data = yaml.safe_load(NOTIFICATION_CM.read_text())["data"]
+    body = yaml.safe_load(data["template.ml-service-canary-aborted"])["webhook"]["github-dispatch"]
+    rollout = {
+        "metadata": {"name": "ml-service", "namespace": "ml-service-staging"},
+        "spec": {"template": {"spec": {"containers": [{
+            "name": "ml-service", "image": f"{REPOSITORY}:{'a' * 40}@{DIGEST_A}",
+            "env": [{"name": "LOG_LEVEL", "value": "info"},
+                    {"name": "MODEL_URI", "value": "models:/ml-service/7"}],
+        }]}}},
+        "status": {"phase": "Progressing", "message": "more replicas need to be updated"},
+    }  # fmt: skip
+    chart = tmp_path / "render"
+    (chart / "templates").mkdir(parents=True)
+    (chart / "Chart.yaml").write_text("apiVersion: v2\nname: render\nversion: 0.0.0\n")
+    (chart / "templates" / "body.yaml").write_text("{{ tpl .Values.body .Values.vars }}\n")
+    values = {"body": body["body"], "vars": {"rollout": rollout, "analysisRuns": analysis_runs}}
+    (chart / "values.yaml").write_text(json.dumps(values))
+    out = subprocess.run([tool("helm"), "template", "r", str(chart)], capture_output=True,
+                         text=True, check=True).stdout  # fmt: skip
+    return json.loads(out.split("\n", 2)[2])["client_payload"]
+
+
+def analysis_run(name: str, phase: str, message: str, metric_phase: str) -> dict:
+    return {"metadata": {"name": name}, "status": {"phase": phase, "message": message,
+            "metricResults": [{"name": "class-share", "phase": metric_phase, "successful": 1,
+                               "failed": 2 if metric_phase == "Failed" else 0,
+                               "measurements": [{"value": "[0.1134]"}]}]}}  # fmt: skip
+
+
+def test_abort_notification_names_the_failed_check(tmp_path: Path, gitops_cli):
+    """The reason the revert pull request gives is the failed AnalysisRun's (the Rollout the
+    controller sends predates the abort), and what the template renders is what rollback reads."""
+    failed = 'Metric "class-share" assessed Failed due to failed (2) > failureLimit (1)'
+    runs = [analysis_run("ml-service-5d8f-3-2", "Failed", failed, "Failed"),
+            analysis_run("ml-service-5d8f-3-1", "Successful", "", "Successful")]  # fmt: skip
+    payload = render_abort_notification(tmp_path, runs)
+    assert payload["message"] == failed
+    assert payload["model"] == "models:/ml-service/7" and payload["image"].endswith(DIGEST_A)
+    path = tmp_path / "aborted.json"
+    path.write_text(json.dumps(payload))
+    aborted = gitops_cli.read_abort_notification(path)
+    assert aborted.env == "staging" and aborted.message == failed
+    assert "| ml-service-5d8f-3-2 | class-share | Failed | 1 | 2 | 0 | [0.1134] |" in (
+        aborted.markdown()
+    )
+    # no run failed, and one the controller has not given a status yet
+    fresh = {"metadata": {"name": "ml-service-5d8f-3-3"}}
+    by_hand = render_abort_notification(tmp_path / "by-hand", [fresh, *runs[1:]])
+    assert by_hand["message"].startswith("no analysis run of this revision failed")
+    path.write_text(json.dumps(by_hand))
+    table = gitops_cli.read_abort_notification(path).markdown()
+    assert "| ml-service-5d8f-3-1 | class-share | Successful | 1 | 0 | 0 | [0.1134] |" in table
+
+
+def test_an_aborted_canary_is_reverted_by_pull_request(sandbox: Sandbox, tmp_path: Path):
+    """What the canary-aborted workflow runs: the environment back on the state it ran before,
+    the analysis results in the pull request; refused when it pins another release by now."""
+    ok(sandbox.release("7"))
+    sandbox.merge("gitops/dev")
+    before = release_doc(sandbox, "main", "dev")
+    ok(sandbox.release("8", digest=DIGEST_B))
+    sandbox.merge("gitops/dev")
+    aborted = release_doc(sandbox, "main", "dev")
+    image = aborted["image"]
+    notification = tmp_path / "aborted.json"
+    stale = abort_notification(
+        namespace="ml-service-dev",
+        model="models:/ml-service/7",
+        image=f"{image['repository']}:{image['tag']}@{image['digest']}",
+    )
+    notification.write_text(json.dumps(stale))  # fmt: skip
+    proc = sandbox.gitops("rollback", "dev", "--aborted", str(notification))
+    assert proc.returncode == 3 and "pins another release than the aborted one" in proc.stderr
+    notification.write_text(json.dumps({**stale, "model": "models:/ml-service/8"}))
+    wrong_env = sandbox.gitops("rollback", "staging", "--aborted", str(notification))
+    assert wrong_env.returncode == 2 and "about dev, not staging" in wrong_env.stderr
+    ok(sandbox.gitops("rollback", "dev", "--aborted", str(notification)))
+    assert release_doc(sandbox, "gitops/dev", "dev") == before
+    pr = sandbox.prs()[-1]
+    assert pr["title"] == "revert(dev): canary of model ml-service v8 aborted"
+    assert 'Metric "class-share" assessed Failed' in pr["body"]
+    assert "| ml-service-5d8f-3-1 | class-share | Failed | 0 | 2 | 1 | [0.1134] |" in pr["body"]

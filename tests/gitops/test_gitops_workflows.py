@@ -150,12 +150,17 @@ def test_promote_goes_to_the_next_environment_only():
     it (gitops.py refuses a skip anyway)."""
     doc = workflow(ROOT / ".github/workflows/promote.yml")
     inputs = doc["on"]["workflow_dispatch"]["inputs"]
-    assert set(inputs) == {"to", "quality-gate-override"}
+    assert set(inputs) == {"to", "quality-gate-override", "rollout-check-skip"}
     assert inputs["to"]["type"] == "choice" and inputs["to"]["required"]
     assert inputs["to"]["options"] == ["staging", "prod"]
     assert inputs["quality-gate-override"]["required"] is False
-    script = doc["jobs"]["promote"]["steps"][-1]["run"]
+    step = doc["jobs"]["promote"]["steps"][-1]
+    script = step["run"]
     assert "staging) from=dev ;;" in script and "prod) from=staging ;;" in script
+    # the source's rollout is read with the reader's kubeconfig; skipping it takes a reason
+    assert step["env"]["ARGOCD_KUBECONFIG"] == "${{ secrets.ARGOCD_KUBECONFIG }}"
+    assert inputs["rollout-check-skip"]["required"] is False
+    assert '--skip-rollout-check "$ROLLOUT_CHECK_SKIP"' in script
 
 
 @pytest.mark.parametrize(("name", "job"), [("release", "bump-dev"), ("promote", "promote")])
@@ -262,6 +267,19 @@ def test_ci_splits_the_suite_and_a_release_pr_skips_it():
         paths = set(cache["with"]["path"].split())
         assert {ci["env"]["GOCACHE"], ci["env"]["GOMODCACHE"], ci["env"]["UV_CACHE_DIR"]} <= paths
         assert "hashFiles(" in cache["with"]["key"]
+
+
+def test_cluster_job_cache_follows_every_pin_of_make_setup():
+    """The cluster job runs the whole `make setup` (Kubernetes, Argo CD, Argo Rollouts... from
+    their Go modules): its cache key hashes every mk file and every Go module's go.sum."""
+    job = workflow(ROOT / ".github/workflows/ci.yml")["jobs"]["cluster"]
+    assert any(s.get("run", "").endswith("make setup") for s in job["steps"])
+    (cache,) = [s for s in job["steps"] if s.get("uses", "").startswith("actions/cache@")]
+    patterns = re.findall(r"'([^']+)'", cache["with"]["key"])
+    hashed = {path for pattern in patterns for path in ROOT.glob(pattern)}
+    pins = {*ROOT.glob("mk/*.mk"), *ROOT.glob("tests/**/go.sum")}
+    assert ROOT / "tests/cluster/gobuild/rollouts/go.sum" in pins
+    assert not pins - hashed, sorted(str(p.relative_to(ROOT)) for p in pins - hashed)
 
 
 def test_the_first_signal_builds_no_argo_cd():

@@ -96,6 +96,7 @@ GRAFANA_VARS = {
     "__range": "1h",
     "namespace": NAMESPACE,
     "job": RELEASE,
+    "class": "malignant",
 }
 
 

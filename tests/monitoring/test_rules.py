@@ -13,6 +13,9 @@ import yaml
 from .lib import HERE, NAMESPACE, RELEASE, render_rule_groups, rules_of, tool, write_rules
 
 UNIT_TESTS = HERE / "rules_test.yaml"
+# What delivery.strategy canary changes in the rules, tested on that rendering.
+CANARY_UNIT_TESTS = HERE / "rules_canary_test.yaml"
+CANARY = {"delivery.strategy": "canary", "serviceMonitor.enabled": True}
 
 # Values that move every window and threshold away from the defaults (rendering must follow).
 CUSTOM_VALUES = {
@@ -40,13 +43,17 @@ def promtool(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     )
 
 
-def run_unit_tests(tmp_path: Path, set_values: dict | None = None) -> subprocess.CompletedProcess:
+def run_unit_tests(
+    tmp_path: Path, set_values: dict | None = None, tests: Path = UNIT_TESTS
+) -> subprocess.CompletedProcess:
     write_rules(render_rule_groups(set_values), tmp_path / "rules.yaml")
-    shutil.copy(UNIT_TESTS, tmp_path / UNIT_TESTS.name)
-    return promtool("test", "rules", UNIT_TESTS.name, cwd=tmp_path)
+    shutil.copy(tests, tmp_path / tests.name)
+    return promtool("test", "rules", tests.name, cwd=tmp_path)
 
 
-@pytest.mark.parametrize("values", [{}, CUSTOM_VALUES], ids=["defaults", "custom-values"])
+@pytest.mark.parametrize(
+    "values", [{}, CUSTOM_VALUES, CANARY], ids=["defaults", "custom-values", "canary"]
+)
 def test_promtool_check_rules(tmp_path, values):
     path = write_rules(render_rule_groups(values), tmp_path / "rules.yaml")
     proc = promtool("check", "rules", path.name, cwd=tmp_path)
@@ -57,6 +64,14 @@ def test_promtool_check_rules(tmp_path, values):
 def test_promtool_unit_tests(tmp_path):
     proc = run_unit_tests(tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_promtool_unit_tests_of_canary_delivery(tmp_path):
+    proc = run_unit_tests(tmp_path, CANARY, CANARY_UNIT_TESTS)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # and they test what changed: the Deployment's rule does not pass them
+    proc = run_unit_tests(tmp_path, {}, CANARY_UNIT_TESTS)
+    assert proc.returncode != 0, proc.stdout
 
 
 # Each breakage must make at least one unit test fail: the tests really pin the thresholds.
@@ -153,9 +168,11 @@ def test_rules_follow_values():
     } <= recorded
 
 
-def test_rules_are_scoped_to_their_release():
+@pytest.mark.parametrize("values", [{}, CANARY], ids=["deployment", "canary"])
+def test_rules_are_scoped_to_their_release(values):
     """Two releases must never record the same series: every rule selects its own job/namespace."""
-    for rule in rules_of(render_rule_groups(namespace="team-a", release="fraud-ml-service")):
+    groups = render_rule_groups(values, namespace="team-a", release="fraud-ml-service")
+    for rule in rules_of(groups):
         expr = rule["expr"]
         if expr.startswith("vector("):  # a constant: scoped by its labels
             assert rule["labels"] == {"namespace": "team-a", "job": "fraud-ml-service"}, rule

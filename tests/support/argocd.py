@@ -32,6 +32,7 @@ from pathlib import Path
 import yaml
 
 from .cluster import Cluster, ClusterError, wait_until
+from .kube import mk_value
 from .net import free_port
 from .procs import spawn, stop_group, tail
 
@@ -41,10 +42,7 @@ NAMESPACE = "argocd"
 
 
 def argocd_version() -> str:
-    for line in (ROOT / "mk" / "gitops.mk").read_text().splitlines():
-        if line.startswith("ARGOCD_VERSION :="):
-            return line.split(":=", 1)[1].strip()
-    raise RuntimeError("ARGOCD_VERSION missing from mk/gitops.mk")
+    return mk_value("ARGOCD_VERSION", "gitops")
 
 
 def module_dir() -> Path:

@@ -41,6 +41,22 @@ def snapshot_repo(
     return run_git(dest, "rev-parse", "HEAD")
 
 
+def adopted_clone(work: Path, served: Path, url: str, repo: str) -> None:
+    """A snapshot of the work tree at `work` pushed to a new bare repository `served` (what a git
+    server publishes at `url`) after `make adopt REPO=<repo> REPO_URL=<url>`, as a user adopts it
+    (docs/gitops.md, step 1), committed."""
+    snapshot_repo(work)
+    run_git(served.parent, "init", "--quiet", "--bare", "-b", "main", str(served))
+    run_git(work, "remote", "add", "origin", str(served))
+    proc = subprocess.run(
+        ["make", "--no-print-directory", "adopt", f"REPO={repo}", f"REPO_URL={url}"],
+        cwd=work, capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    if proc.returncode != 0:
+        raise AssertionError(proc.stdout + proc.stderr)
+    run_git(work, "commit", "--quiet", "-am", f"Adopt: Argo CD reads {url}")
+
+
 def forget_releases(repo: Path) -> None:
     """Remove every environments/<env>/release.yaml from the copy `repo` (one commit, if any).
 

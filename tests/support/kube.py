@@ -27,6 +27,8 @@ HELM = TOOLS / "bin" / "helm"
 HELM4 = TOOLS / "bin" / "helm4"
 KUBEVAL_PYTHON = TOOLS / "kubernetes-validate" / "bin" / "python"
 PROMETHEUS_OPERATOR_CRDS = TOOLS / "crds" / "prometheus-operator"
+# Argo Rollouts' manifests, copied from its Go module by `make setup-rollouts` (mk/rollouts.mk).
+ROLLOUTS_MANIFESTS = TOOLS / "argo-rollouts-{version}" / "manifests"
 
 
 class ToolMissingError(RuntimeError):
@@ -49,6 +51,37 @@ def prometheus_operator_crds() -> list[Path]:
     if not files:
         raise ToolMissingError(f"no CRD in {PROMETHEUS_OPERATOR_CRDS}: run `make setup-chart`")
     return files
+
+
+def mk_value(name: str, mk: str) -> str:
+    """A `NAME := value` pin of mk/<mk>.mk (the one place tool versions are written)."""
+    for line in (ROOT / "mk" / f"{mk}.mk").read_text().splitlines():
+        if line.startswith(f"{name} :="):
+            return line.split(":=", 1)[1].strip()
+    raise RuntimeError(f"{name} missing from mk/{mk}.mk")
+
+
+def rollouts_version() -> str:
+    return mk_value("ROLLOUTS_VERSION", "rollouts")
+
+
+def rollouts_manifests() -> Path:
+    """Argo Rollouts' install.yaml and CRDs (from its Go module) for the pinned version."""
+    path = Path(str(ROLLOUTS_MANIFESTS).format(version=rollouts_version()))
+    if not (path / "rollout-crd.yaml").exists():
+        raise ToolMissingError(f"{path} is missing: run `make setup-rollouts`")
+    return path
+
+
+def crd_files() -> list[Path]:
+    """The CRDs of every custom kind the chart renders: ServiceMonitor and PrometheusRule
+    (prometheus-operator), Rollout and AnalysisTemplate (Argo Rollouts)."""
+    rollouts = rollouts_manifests()
+    return [
+        *prometheus_operator_crds(),
+        rollouts / "rollout-crd.yaml",
+        rollouts / "analysis-template-crd.yaml",
+    ]
 
 
 def kube_version_bounds(chart: Path) -> list[str]:

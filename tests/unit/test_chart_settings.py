@@ -1,7 +1,8 @@
 """The chart's server values are the app's settings: `Settings` (serving/settings.py) is the home of
-each one's default, bounds and description; every value the chart's ConfigMap passes to a setting
-(`_helpers.tpl` configData, `ENV: {{ .Values.<key> }}`) must say the same in values.yaml, so a bad
-value fails `helm install` (values.schema.json, generated from values.yaml) and not the pod."""
+each one's default, bounds and description; every value the chart passes to a setting
+(`_helpers.tpl` configData, the pods' environment: `ENV: {{ .Values.<key> }}`) must say the same
+in values.yaml, so a bad value fails `helm install` (values.schema.json, generated from
+values.yaml) and not the pod."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from ml_service.serving.settings import Settings
 
 CHART = Path(__file__).resolve().parents[2] / "charts" / "ml-service"
 PASSED = re.compile(r"^(?P<env>[A-Z][A-Z0-9_]*): \{\{ \.Values\.(?P<key>[\w.]+)", re.M)
-# Values the ConfigMap passes on with a meaning of the chart's own.
+# Values the chart passes on with a meaning of the chart's own.
 NOT_SETTINGS_DEFAULTS = {
     "MODEL_NAME": "model.name is the registered model's name, passed as the label of a model.uri",
 }
@@ -31,7 +32,7 @@ BOUNDS = {
 
 
 def passed_settings() -> dict[str, str]:
-    """ENV -> values key, for every setting the ConfigMap takes from a value."""
+    """ENV -> values key, for every setting the chart takes from a value."""
     helpers = (CHART / "templates" / "_helpers.tpl").read_text()
     config = helpers.split('{{- define "ml-service.configData" -}}', 1)[1].split("{{- define ")[0]
     return {m["env"]: m["key"] for m in PASSED.finditer(config)}
@@ -48,7 +49,7 @@ SCHEMA = json.loads((CHART / "values.schema.json").read_text())
 CHECKED = {env: key for env, key in passed_settings().items() if env not in NOT_SETTINGS_DEFAULTS}
 
 
-def test_the_configmap_passes_the_server_values() -> None:
+def test_the_chart_passes_the_server_values() -> None:
     """The parser above finds what it checks (a template change cannot empty the list)."""
     assert {"MAX_REQUEST_BYTES", "MAX_CONNECTIONS", "SHUTDOWN_GRACE_SECONDS", "LOG_LEVEL"} <= set(
         CHECKED

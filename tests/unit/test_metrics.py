@@ -13,7 +13,13 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from ml_service.serving.app import create_app
-from ml_service.serving.metrics import ServiceMetrics, new_registry, recorder
+from ml_service.serving.metrics import (
+    LOOP_ROWS,
+    SCORE_BINS,
+    ServiceMetrics,
+    new_registry,
+    recorder,
+)
 from ml_service.serving.settings import Settings
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
@@ -126,6 +132,13 @@ def test_requests_move_the_metrics(client: TestClient) -> None:
         if s.name == "mlservice_predictions_total" and s.labels["model_version"] == "4"
     )
     assert predicted == 7
+    for cls in {s.labels["class"] for s in after["mlservice_prediction_score_bin"].samples}:
+        binned = sum(
+            s.value - _old(before, s, "mlservice_prediction_score_bin")
+            for s in after["mlservice_prediction_score_bin"].samples
+            if s.name.endswith("_total") and s.labels["class"] == cls
+        )
+        assert binned == 7, cls  # every row once per class
     assert delta("mlservice_request_rows", "mlservice_request_rows_count") == 1
     assert delta("mlservice_request_rows", "mlservice_request_rows_sum") == 7
     assert (
@@ -161,8 +174,8 @@ def test_model_series(client: TestClient) -> None:
                  serving=serving) == 1  # fmt: skip
 
 
-def _old(before: dict, sample) -> float:
-    for s in before["mlservice_predictions"].samples:
+def _old(before: dict, sample, family: str = "mlservice_predictions") -> float:
+    for s in before[family].samples:
         if s.name == sample.name and s.labels == sample.labels:
             return s.value
     return 0.0
@@ -195,11 +208,17 @@ def test_incompatible_model_is_refused_and_counted(
         assert c.post("/predict", json={"instances": [ROW]}).status_code == 503
 
 
+def loaded(registry, classes=("x", "y")) -> ServiceMetrics:
+    metrics = ServiceMetrics(registry)
+    metrics.mark_loaded("m", "1", "run", 0.1, list(classes))
+    return metrics
+
+
 def test_service_metrics_are_per_registry() -> None:
     # two apps in one process (tests, embedding) must not collide in a global registry
     ra, rb = new_registry(), new_registry()
-    a, _ = ServiceMetrics(ra), ServiceMetrics(rb)
-    a.record_predictions("1", ["x", "x", "y"], 3)
+    a, _ = loaded(ra), ServiceMetrics(rb)
+    a.record_predictions(["x", "x", "y"], np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7]]))
     assert ra.get_sample_value(
         "mlservice_predictions_total", {"model_version": "1", "class": "x"}
     ) == 2  # fmt: skip
@@ -213,9 +232,12 @@ def test_multiprocess_mode_merges_worker_files(tmp_path: Path) -> None:
     script = (
         "from ml_service.serving.metrics import ServiceMetrics, new_registry, render\n"
         "import sys\n"
+        "import numpy as np\n"
         "r = new_registry()\n"
         "n = int(sys.argv[1])\n"
-        "ServiceMetrics(r).record_predictions('9', ['benign'] * n, n)\n"
+        "m = ServiceMetrics(r)\n"
+        "m.mark_loaded('m', '9', 'run', 0.1, ['benign'])\n"
+        "m.record_predictions(['benign'] * n, np.ones((n, 1)))\n"
         "if sys.argv[2] == 'render':\n"
         "    sys.stdout.write(render(r)[0].decode())\n"
     )
@@ -259,3 +281,45 @@ def test_recorder_writes_what_the_public_methods_write(kind: str) -> None:
             public.observe(value)
         record(-value if kind == "gauge_dec" else value)
         assert generate_latest(fast_registry) == generate_latest(public_registry), value
+
+
+def score_bins(registry, cls: str) -> list[float]:
+    return [
+        registry.get_sample_value(
+            "mlservice_prediction_score_bin_total", {"class": cls, "bin": str(b)}
+        )
+        for b in range(SCORE_BINS)
+    ]
+
+
+def test_every_class_has_its_series_from_load_on() -> None:
+    """A class the model never predicted is exported at 0 (a canary compared with the stable
+    version class by class needs the series on both sides)."""
+    registry = new_registry()
+    loaded(registry)
+    for cls in ("x", "y"):
+        assert registry.get_sample_value(
+            "mlservice_predictions_total", {"model_version": "1", "class": cls}
+        ) == 0  # fmt: skip
+        assert score_bins(registry, cls) == [0.0] * SCORE_BINS
+
+
+def test_score_bins_edges_and_both_paths_agree() -> None:
+    """Bin i holds [i/10, (i+1)/10), 1.0 is in the last bin; a batch binned at once (numpy) and
+    the same rows one request at a time (the small-request loop) count the same."""
+    edges = np.array([0.0, 0.0999, 0.1, 0.5, 0.9, 0.99999, 1.0])
+    probe = new_registry()
+    loaded(probe).record_predictions(["y"] * len(edges), np.column_stack([1 - edges, edges]))
+    assert score_bins(probe, "y") == [2, 1, 0, 0, 0, 1, 0, 0, 0, 3]
+    rng = np.random.default_rng(7)
+    proba = rng.dirichlet([0.5, 0.5], size=200)
+    labels = ["x" if p[0] >= p[1] else "y" for p in proba]
+    assert len(labels) > LOOP_ROWS
+    batched, single = new_registry(), new_registry()
+    loaded(batched).record_predictions(labels, proba)
+    one = loaded(single)
+    for label, row in zip(labels, proba, strict=True):
+        one.record_predictions([label], row[None, :])
+    for cls in ("x", "y"):
+        assert score_bins(batched, cls) == score_bins(single, cls)
+        assert sum(score_bins(batched, cls)) == len(proba)

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import time
 from bisect import bisect_left
-from collections.abc import Callable
+from collections import Counter as Tally
+from collections.abc import Callable, Sequence
 
+import numpy as np
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     GC_COLLECTOR,
@@ -46,6 +48,11 @@ INFERENCE_BUCKETS = (
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 )  # fmt: skip
 ROW_BUCKETS = (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000)
+# Equal-width bins of a class probability: bin i holds [i/10, (i+1)/10), the last one includes 1.
+SCORE_BINS = 10
+# Up to this many rows a plain loop bins the probabilities faster than numpy's per-call overhead
+# (measured: ~6 us against ~20 us for one row, even at about 8-16 rows).
+LOOP_ROWS = 8
 # Probability of the predicted class as a prediction ID carries it (1/1000 steps, rounded up).
 SCORE_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 # Ground truth arrives minutes (a chargeback) to months (a biopsy) after the prediction.
@@ -112,6 +119,16 @@ class ServiceMetrics:
             ["model_version", "class"],
             registry=registry,
         )
+        self.prediction_scores = Counter(
+            "mlservice_prediction_score_bin",
+            "Rows by class and bin of the probability the model gave that class "
+            f"(bin i: [i/{SCORE_BINS}, (i+1)/{SCORE_BINS}), the last one includes 1)",
+            ["class", "bin"],
+            registry=registry,
+        )
+        # The loaded model's series, created at load (mark_loaded): one lookup per request.
+        self._predicted: dict[str, Callable[[float], None]] = {}
+        self._scores: list[list[Callable[[float], None]]] = []
         self.request_rows = Histogram(
             "mlservice_request_rows",
             "Rows per prediction request",
@@ -119,7 +136,6 @@ class ServiceMetrics:
             registry=registry,
         )
         self._observe_rows = recorder(self.request_rows)
-        self._predicted: dict[tuple[str, str], Callable[[float], None]] = {}
         self.inference_duration = Histogram(
             "mlservice_inference_duration_seconds",
             "Duration of one predict_proba call on the inference thread (may cover a micro-batch)",
@@ -164,7 +180,17 @@ class ServiceMetrics:
         ):  # fmt: skip
             Gauge(name, doc, registry=registry, multiprocess_mode="livesum").set_function(read)
 
-    def mark_loaded(self, name: str, version: str, run_id: str, load_seconds: float) -> None:
+    def mark_loaded(
+        self, name: str, version: str, run_id: str, load_seconds: float, classes: Sequence[str]
+    ) -> None:
+        """The model's labels, and every class's prediction series at 0 from its first moment:
+        a class the model never predicts still has a series (a canary compared with the stable
+        version by class needs both sides), and `increase()` does not lose a first increment."""
+        self._predicted = {c: recorder(self.predictions.labels(version, c)) for c in classes}
+        self._scores = [
+            [recorder(self.prediction_scores.labels(c, str(b))) for b in range(SCORE_BINS)]
+            for c in classes
+        ]
         self.model_info.clear()
         self.model_info.labels(model_name=name, model_version=version, run_id=run_id).set(1)
         self.model_load_duration.set(load_seconds)
@@ -176,17 +202,22 @@ class ServiceMetrics:
             labels = {"package": package, "trained": trained, "serving": serving}
             self.dependency_mismatch.labels(**labels).set(1)
 
-    def record_predictions(self, version: str, labels: list[str], rows: int) -> None:
-        self._observe_rows(rows)
-        counts: dict[str, int] = {}
-        for label in labels:
-            counts[label] = counts.get(label, 0) + 1
-        for label, n in counts.items():
-            add = self._predicted.get((version, label))
-            if add is None:  # `labels()` validates and locks: once per (version, class)
-                child = self.predictions.labels(model_version=version, **{"class": label})
-                add = self._predicted[(version, label)] = recorder(child)
-            add(n)
+    def record_predictions(self, labels: list[str], proba: np.ndarray) -> None:
+        """One request's rows: predicted class, and the bin of every class's probability
+        (`proba`: rows x classes, columns in the order mark_loaded was given)."""
+        self._observe_rows(len(labels))
+        for label, n in Tally(labels).items():
+            self._predicted[label](n)
+        if len(labels) <= LOOP_ROWS:
+            for row in proba.tolist():
+                for children, p in zip(self._scores, row, strict=True):
+                    children[min(int(p * SCORE_BINS), SCORE_BINS - 1)](1)
+            return
+        bins = np.minimum((proba * SCORE_BINS).astype(np.intp), SCORE_BINS - 1)
+        for children, column in zip(self._scores, bins.T, strict=True):
+            for b, n in enumerate(np.bincount(column, minlength=SCORE_BINS).tolist()):
+                if n:
+                    children[b](n)
 
 
 class FeedbackMetrics:

@@ -218,7 +218,9 @@ class Service:
             self.feedback.on_model_loaded(model)
         self.model = model
         self.metrics.record_mismatches(model.mismatches)
-        self.metrics.mark_loaded(model.name, model.version, model.run_id, model.load_seconds)
+        self.metrics.mark_loaded(
+            model.name, model.version, model.run_id, model.load_seconds, model.classes
+        )
         for callback in self.on_model_loaded:
             callback(model)
         # Start-up objects (MLflow, sklearn, the model) live as long as the process: moving them
@@ -279,7 +281,7 @@ class Service:
         """Most probable class per row, counted in the prediction metrics."""
         assert self.classes is not None
         label_list = self.classes[np.argmax(proba, axis=1)].tolist()
-        self.metrics.record_predictions(model.version, label_list, proba.shape[0])
+        self.metrics.record_predictions(label_list, proba)
         return label_list
 
     def identify(

@@ -97,7 +97,8 @@ empty in image mode, where the image's own MODEL_URI applies. */}}
 {{- regexReplaceAll "^([A-Za-z][A-Za-z0-9+.-]*://)[^/@]*@" . "${1}" }}
 {{- end }}
 
-{{/* Environment handed to the server through the ConfigMap (non-secret settings only). */}}
+{{/* The server's settings (non-secret only), as NAME: "value" lines; "ml-service.env" turns them
+into the pods' environment. */}}
 {{- define "ml-service.configData" -}}
 HOST: "0.0.0.0"
 PORT: "8000"
@@ -160,4 +161,22 @@ PAYLOAD_LOG_QUEUE_ROWS: {{ .queueRows | int64 | quote }}
       optional: true
 {{- end }}
 {{- end }}
+{{- end }}
+
+{{/*
+The server's environment: the chart's settings as EnvVar objects (minus the names `env` sets), then
+`env`. Written into the pod template itself, never read from a shared ConfigMap: a pod started for an
+older ReplicaSet (the stable pods a canary abort scales back up, a rollback, a restart mid-rollout)
+must run the settings it was released with, not the newest ones.
+*/}}
+{{- define "ml-service.env" -}}
+{{- $own := dict }}
+{{- range .Values.env }}{{ $_ := set $own .name true }}{{ end }}
+{{- $env := list }}
+{{- range $key, $value := include "ml-service.configData" . | fromYaml }}
+{{- if not (hasKey $own $key) }}
+{{- $env = append $env (dict "name" $key "value" (toString $value)) }}
+{{- end }}
+{{- end }}
+{{- toYaml (concat $env .Values.env) }}
 {{- end }}

@@ -150,10 +150,16 @@ runbook_url: {{ printf "%s#%s" . (index $ 0) | quote }}
           {{`{{ $labels.namespace }}/{{ $labels.job }}: p95 of /predict and /invocations over 5m is {{ $value | humanizeDuration }}.`}}
         {{- include "ml-service.rules.runbook" (list "mlservicehighlatencyp95" $runbook) | nindent 8 }}
     - alert: MLServiceNoReadyReplicas
+      {{- if eq .Values.delivery.strategy "canary" }}
+      # kube-state-metrics knows no Rollout: its pods exist (it wants replicas) but none is ready.
+      expr: |-
+        sum by (namespace) (kube_pod_status_ready{namespace={{ .Release.Namespace | quote }}, pod=~{{ $podRe | quote }}, condition="true"}) < 1
+      {{- else }}
       expr: |-
         kube_deployment_status_replicas_available{namespace={{ .Release.Namespace | quote }}, deployment={{ $job | quote }}} < 1
         and on (namespace, deployment)
         kube_deployment_spec_replicas{namespace={{ .Release.Namespace | quote }}, deployment={{ $job | quote }}} > 0
+      {{- end }}
       for: {{ $r.noReadyReplicasFor }}
       labels:
         {{- include "ml-service.rules.labels" (list "critical" $extra) | nindent 8 }}
@@ -161,7 +167,7 @@ runbook_url: {{ printf "%s#%s" . (index $ 0) | quote }}
         summary: >-
           ml-service has no ready replica
         description: >-
-          {{`Deployment {{ $labels.namespace }}/{{ $labels.deployment }} wants replicas but none is available: the service is down.`}}
+          {{`{{ $labels.namespace }}/`}}{{ $job }}{{` wants replicas but none is available: the service is down.`}}
         {{- include "ml-service.rules.runbook" (list "mlservicenoreadyreplicas" $runbook) | nindent 8 }}
     - alert: MLServiceModelNotLoaded
       expr: mlservice_model_loaded{ {{- $sel }}} == 0

@@ -35,6 +35,22 @@ message names the keys to fix. Rendered by templates/validate.yaml, so `helm ins
 {{- if and .Values.serviceMonitor.enabled (gt (include "ml-service.durationSeconds" .Values.serviceMonitor.scrapeTimeout | float64) (include "ml-service.durationSeconds" .Values.serviceMonitor.interval | float64)) }}
 {{- fail "serviceMonitor.scrapeTimeout must not exceed serviceMonitor.interval" }}
 {{- end }}
+{{- if eq .Values.delivery.strategy "canary" }}
+{{- $a := .Values.delivery.canary.analysis }}
+{{- if not .Values.serviceMonitor.enabled }}
+{{- fail "delivery.strategy=canary compares the canary's pods with the stable ones in Prometheus: set serviceMonitor.enabled=true (its relabeling gives every series its pod's revision)" }}
+{{- end }}
+{{- if lt (include "ml-service.durationSeconds" $a.window | float64) (mulf 2 (include "ml-service.durationSeconds" .Values.serviceMonitor.interval | float64)) }}
+{{- fail (printf "delivery.canary.analysis.window (%s) must span at least two scrapes (serviceMonitor.interval %s): a rate needs two samples" $a.window .Values.serviceMonitor.interval) }}
+{{- end }}
+{{- $last := 0 }}
+{{- range .Values.delivery.canary.weights }}
+{{- if le (int .) $last }}
+{{- fail (printf "delivery.canary.weights must rise step by step (%v)" $.Values.delivery.canary.weights) }}
+{{- end }}
+{{- $last = int . }}
+{{- end }}
+{{- end }}
 {{- if and .Values.payloadLog.uri (not .Values.feedback.existingSecret) }}
 {{- fail "payloadLog.uri needs feedback.existingSecret: the payload log records prediction IDs (to join the rows with their labels), and they are signed with that Secret's key" }}
 {{- end }}

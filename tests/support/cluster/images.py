@@ -1,7 +1,8 @@
 """Container images for the local cluster, all built here (nothing is pulled, ever):
 
 - the add-ons (pause, CoreDNS, metrics-server, prometheus-operator, its config reloader,
-  Prometheus): `FROM scratch` + one static binary from `make setup-cluster`;
+  Prometheus; the Argo Rollouts controller): `FROM scratch` + one static binary from
+  `make setup-cluster` (`make setup-rollouts`);
 - charts/mlflow-platform's three images (MLflow server, PostgreSQL, MinIO) from
   platform.Dockerfile, by scripts/docker/build-platform-images.sh (`make platform-images`);
 - the ml-service image itself comes from `scripts/docker/build-image.sh`, as `make image` does.
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import yaml
 
+from ..kube import rollouts_version
 from .config import DEFAULT_BIN_DIR, ROOT, TOOLS
 
 DOCKER = "/usr/bin/docker"
@@ -49,8 +51,9 @@ ADDON_IMAGES = {
     "prometheus-operator": f"{REGISTRY}/prometheus-operator:{_OPERATOR}",
     "prometheus-config-reloader": f"{REGISTRY}/prometheus-config-reloader:{_OPERATOR}",
     "prometheus": f"{REGISTRY}/prometheus:{_V.get('prometheus', 'v3.13.0')}",
+    "argo-rollouts": f"{REGISTRY}/argo-rollouts:{rollouts_version()}",
 }  # fmt: skip
-# image -> binary in the bin dir
+# image -> binary in the bin dir (or elsewhere in .tools)
 ADDON_BINARIES = {
     "pause": "pause",
     "coredns": "coredns",
@@ -58,6 +61,7 @@ ADDON_BINARIES = {
     "prometheus-operator": "operator",
     "prometheus-config-reloader": "prometheus-config-reloader",
     "prometheus": "prometheus",
+    "argo-rollouts": TOOLS / f"argo-rollouts-{rollouts_version()}" / "rollouts-controller",
 }
 
 
@@ -148,7 +152,7 @@ def build_addon_images(docker: Docker, bin_dir: Path = DEFAULT_BIN_DIR) -> dict[
     for name, ref in ADDON_IMAGES.items():
         binary = bin_dir / ADDON_BINARIES[name]
         if not binary.exists():
-            raise RuntimeError(f"{binary} missing: run `make setup-cluster`")
+            raise RuntimeError(f"{binary} missing: run `make setup-cluster setup-rollouts`")
         label = hashlib.sha256(binary.read_bytes() + Path(__file__).read_bytes()).hexdigest()[:16]
         tagged = f"{ref.rsplit(':', 1)[0]}:bin-{label}"
         start = time.monotonic()

@@ -1,7 +1,8 @@
 """A real single-node Kubernetes on this machine, built from source (`make setup-cluster`), for
 tests: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, a kubelet with its own
 containerd (Debian's, with runc and the CNI bridge plugin), kube-proxy, and as add-ons CoreDNS,
-metrics-server and the prometheus-operator with a Prometheus it manages.
+metrics-server, the prometheus-operator with a Prometheus it manages, and the Argo Rollouts
+controller (the staging and prod environments deliver by canary).
 
     config = ClusterConfig.create()              # free subnets, /tmp/mlsk-<name>
     with local_cluster(config, images=docker_refs, docker_env=env) as cluster:
@@ -38,6 +39,7 @@ from pathlib import Path
 
 import yaml
 
+from ..kube import rollouts_manifests
 from ..procs import spawn, tail
 from .api import Cluster, ClusterError, wait_until
 from .config import ClusterConfig
@@ -45,7 +47,7 @@ from .images import ADDON_IMAGES, prometheus_operator_dir
 from .pki import make_pki
 
 MANIFESTS = Path(__file__).with_name("manifests")
-ADDONS = ("dns", "metrics", "monitoring")
+ADDONS = ("dns", "metrics", "monitoring", "rollouts")
 CGROUP_FS = Path("/sys/fs/cgroup")
 CHILD_ENV = {"PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"}
 # Built by `make setup-cluster` (containerd, runc and the CNI plugins are Debian's).
@@ -530,6 +532,9 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
         if "monitoring" in addons:
             self._apply_prometheus_operator()
             waits.append(("monitoring", "deployment/prometheus-operator"))
+        if "rollouts" in addons:
+            self._apply_argo_rollouts()
+            waits.append(("argo-rollouts", "deployment/argo-rollouts"))
         for ns, target in waits:
             self.rollout(ns, target, timeout=240)
         if "monitoring" in addons:
@@ -585,6 +590,26 @@ disabled_plugins = ["io.containerd.internal.v1.opt", "io.containerd.snapshotter.
                         for a in ctr["args"]
                     ]
                 docs.append(doc)
+        self.apply(docs)
+
+    def _apply_argo_rollouts(self) -> None:
+        """Argo Rollouts' own install manifest (CRDs, RBAC, the controller's Deployment) from its
+        Go module, in `argo-rollouts`, running the locally built controller."""
+        self.create_namespace("argo-rollouts", restricted=False)
+        docs = []
+        install = (rollouts_manifests() / "install.yaml").read_text()
+        for doc in yaml.safe_load_all(install):
+            if not doc:
+                continue
+            if doc["kind"] not in ("CustomResourceDefinition", "ClusterRole", "ClusterRoleBinding"):
+                doc["metadata"]["namespace"] = "argo-rollouts"
+            if doc["kind"] == "Deployment":
+                ctr = doc["spec"]["template"]["spec"]["containers"][0]
+                ctr["image"] = ADDON_IMAGES["argo-rollouts"]
+                ctr["imagePullPolicy"] = "Never"
+                # a small node: leave CPU requests to the workloads under test
+                ctr["resources"]["requests"] = {"cpu": "20m", "memory": "64Mi"}
+            docs.append(doc)
         self.apply(docs)
 
     # ================================================================== stop

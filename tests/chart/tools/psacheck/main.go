@@ -37,7 +37,8 @@ func podTemplate(doc []byte, kind string) (*metav1.ObjectMeta, *corev1.PodSpec, 
 		var p corev1.Pod
 		err := yaml.UnmarshalStrict(doc, &p)
 		return &p.ObjectMeta, &p.Spec, err
-	case "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job":
+	// An Argo Rollouts Rollout carries a Deployment's pod template.
+	case "Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job", "Rollout":
 		var w struct {
 			Spec struct {
 				Template corev1.PodTemplateSpec `json:"template"`
