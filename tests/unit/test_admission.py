@@ -36,9 +36,10 @@ def test_admits_up_to_the_limit_and_refuses_beyond_it() -> None:
     assert not lim.try_acquire()
 
 
-def test_a_request_costs_one_plus_one_per_64_kib_of_body_and_chunked_as_the_largest() -> None:
+def test_a_request_costs_one_plus_one_per_256_kib_of_body_and_chunked_as_the_largest() -> None:
     lim = limiter(largest_body=1_048_576)
-    assert [lim.cost(n) for n in (0, 65535, 65536, 1_048_576)] == [1, 1, 2, 17]
+    unit = 256 * 1024
+    assert [lim.cost(n) for n in (0, 81_615, unit - 1, unit, 1_048_576)] == [1, 1, 1, 2, 5]
     assert lim.cost(None) == lim.cost(1_048_576)
 
 

@@ -172,7 +172,7 @@ class ServiceMetrics:
              lambda: limiter.current),
             ("mlservice_admission_in_flight",
              "Cost of the POST requests admitted and not yet answered (1 per request plus 1 "
-             "per 64 KiB of body)",
+             "per 256 KiB of body)",
              lambda: limiter.in_flight),
             ("mlservice_admission_queue_delay_seconds",
              "The last window's mean latency minus the baseline (latency without queueing)",

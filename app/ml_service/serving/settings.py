@@ -99,8 +99,9 @@ class Settings(BaseSettings):
         64,
         ge=1,
         description="adaptive admission: the concurrency limit of POST requests (in flight "
-        "from headers to answer, each costing 1 plus 1 per 64 KiB of body) never goes below "
-        "this; up to it, concurrent clients are queued, never refused",
+        "from headers to answer, each costing 1 plus 1 per 256 KiB of body) never goes below "
+        "this; up to it, concurrent clients (with bodies under 256 KiB) are queued, never "
+        "refused",
     )
     admission_max_concurrency: int = Field(
         512,
