@@ -338,8 +338,9 @@ class LimitedConnection:
     spanned_bytes: int = 0
     header_fields: int = 0
     in_headers: bool = False
-    # When each admitted request still unanswered on this connection was admitted, in order
-    # (None for one refused in order behind another); a refused request's body being skipped.
+    # When each admitted request still unanswered on this connection was admitted and at what
+    # admission cost, in order (None for one refused in order behind another); a refused
+    # request's body being skipped.
     admitted: collections.deque
     shedding: bool = False
     lingers: bool = False  # turned away at the cap, lingering: counted in limits.lingering
