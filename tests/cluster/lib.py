@@ -176,9 +176,11 @@ def prom_query(base: str, path: str, **params: str) -> Any:
 # exists. The rows: the sample request's row (stdlib only), or with NOISE rows of the breast-cancer
 # data set (scikit-learn ships it in the image) with every feature scaled by a random factor in
 # [1 - NOISE, 1 + NOISE], fixed seed: live traffic unlike the held-out split. Prints one JSON
-# summary line at the end, with the model version of the last requests answered (`tail`).
+# summary line at the end, with the model version of the last requests answered (`tail`), each
+# failure's kind (`503`, `reset`: the connection reset or closed without an answer, `timeout`...)
+# and, per second of the run, [answered 200, answered 503, other failures] by completion time.
 LOAD_CLIENT = r"""
-import collections, json, os, sys, threading, time, urllib.request
+import collections, http.client, json, os, sys, threading, time, urllib.error, urllib.request
 url, rate, threads = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 max_seconds = float(sys.argv[4])
 rows, noise = int(os.environ["ROWS"]), os.environ.get("NOISE")
@@ -197,8 +199,19 @@ else:
     bodies = [json.dumps(doc).encode()]
 lock = threading.Lock()
 tail = collections.deque(maxlen=int(rate * 3) + 1)
-stats = {"sent": 0, "ok": 0, "failed": 0, "errors": [], "versions": {}, "first_ok": None}
+stats = {"sent": 0, "ok": 0, "failed": 0, "errors": [], "versions": {}, "first_ok": None,
+         "kinds": {}}
+per_second = collections.defaultdict(lambda: [0, 0, 0])
 start = time.monotonic()
+def kind(e):
+    if isinstance(e, urllib.error.HTTPError):
+        return str(e.code)
+    reason = getattr(e, "reason", e)  # URLError wraps the socket's error
+    if isinstance(reason, (ConnectionError, http.client.RemoteDisconnected)):
+        return "reset"
+    if isinstance(reason, TimeoutError):
+        return "timeout"
+    return type(reason).__name__
 def worker(k):
     i, offset = 0, k / rate
     while True:
@@ -216,11 +229,16 @@ def worker(k):
             with urllib.request.urlopen(req, timeout=10) as r:
                 out = json.load(r)
                 ok, version = r.status == 200, str(out["model"]["version"])
-                err = None if ok else f"status {r.status}"
+                err = failure = None if ok else f"status {r.status}"
         except Exception as e:
             ok, version, err = False, None, f"{type(e).__name__}: {e}"
+            failure = kind(e)
         with lock:
             stats["sent"] += 1
+            second = per_second[int(time.monotonic() - start)]
+            second[0 if ok else 1 if failure == "503" else 2] += 1
+            if not ok:
+                stats["kinds"][failure] = stats["kinds"].get(failure, 0) + 1
             if ok:
                 stats["ok"] += 1
                 stats["versions"][version] = stats["versions"].get(version, 0) + 1
@@ -237,6 +255,7 @@ for t in ts: t.start()
 for t in ts: t.join()
 stats["seconds"] = round(time.monotonic() - start, 1)
 stats["tail"] = sorted(set(tail))
+stats["per_second"] = [per_second[k] for k in range(max(per_second, default=-1) + 1)]
 print("RESULT " + json.dumps(stats), flush=True)
 """
 
@@ -251,6 +270,8 @@ class LoadResult:
     seconds: float = 0.0
     first_ok: float | None = None
     tail: list = field(default_factory=list)  # versions that answered the last ~3 s
+    kinds: dict = field(default_factory=dict)  # failures by kind: "503", "reset", "timeout"...
+    per_second: list = field(default_factory=list)  # [200s, 503s, other failures] each second
     logs: str = ""
 
 
