@@ -267,10 +267,11 @@ def test_staging_hpa_absorbs_a_burst_of_twice_one_pods_capacity(
         begun = time.monotonic()
 
         def rollout_ready() -> int:
-            """Replicas the HPA wants, once more than one and all of them available."""
+            """Replicas the HPA wants, once at least 3 (two pods would be exactly at twice one
+            pod's capacity, with no room) and all of them available."""
             want = hpa()["status"].get("desiredReplicas", 0)
             status = get_rollout(cluster, ns).get("status") or {}
-            return want if want > 1 and status.get("availableReplicas") == want else 0
+            return want if want > 2 and status.get("availableReplicas") == want else 0
 
         wait_until(rollout_ready, 240, "the HPA's new pods ready under the burst", interval=1,
                    diag=lambda: f"{hpa()['status']}\n{cluster.describe_pods(ns)}")  # fmt: skip
