@@ -180,7 +180,7 @@ def prom_query(base: str, path: str, **params: str) -> Any:
 # failure's kind (`503`, `reset`: the connection reset or closed without an answer, `timeout`...)
 # and, per second of the run, [answered 200, answered 503, other failures] by completion time.
 LOAD_CLIENT = r"""
-import collections, http.client, json, os, sys, threading, time, urllib.error, urllib.request
+import collections, json, os, sys, threading, time, urllib.error, urllib.request
 url, rate, threads = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
 max_seconds = float(sys.argv[4])
 rows, noise = int(os.environ["ROWS"]), os.environ.get("NOISE")
@@ -207,7 +207,7 @@ def kind(e):
     if isinstance(e, urllib.error.HTTPError):
         return str(e.code)
     reason = getattr(e, "reason", e)  # URLError wraps the socket's error
-    if isinstance(reason, (ConnectionError, http.client.RemoteDisconnected)):
+    if isinstance(reason, ConnectionError):  # http.client.RemoteDisconnected is one too
         return "reset"
     if isinstance(reason, TimeoutError):
         return "timeout"
@@ -237,8 +237,6 @@ def worker(k):
             stats["sent"] += 1
             second = per_second[int(time.monotonic() - start)]
             second[0 if ok else 1 if failure == "503" else 2] += 1
-            if not ok:
-                stats["kinds"][failure] = stats["kinds"].get(failure, 0) + 1
             if ok:
                 stats["ok"] += 1
                 stats["versions"][version] = stats["versions"].get(version, 0) + 1
@@ -247,6 +245,7 @@ def worker(k):
                     stats["first_ok"] = t
                     print("first ok", flush=True)
             else:
+                stats["kinds"][failure] = stats["kinds"].get(failure, 0) + 1
                 stats["failed"] += 1
                 if len(stats["errors"]) < 20:
                     stats["errors"].append([t, err])
