@@ -302,6 +302,13 @@ def _vegeta_output(exe: str, command: str, *args: str) -> str:
     return out.stdout
 
 
+def connection_lost(error: str) -> bool:
+    """Whether vegeta's error for a request says the server's side of the connection went away
+    under it: a reset read ("connection reset by peer") or a request body written into a
+    connection the server had reset ("broken pipe"); not a timeout or a refusal to connect."""
+    return "connection reset" in error or "broken pipe" in error
+
+
 def _outcome(exe: str, results: Path, seconds: float) -> dict:
     """Goodput (200s per second of the attack), the share refused with 503, the latency of the
     answered (200) requests alone, and the connections reset, from vegeta's per-request
@@ -316,7 +323,7 @@ def _outcome(exe: str, results: Path, seconds: float) -> dict:
             ok.append(hit["latency"] / 1e6)
         elif hit["code"] == 503:
             shed += 1
-        elif "reset" in (hit.get("error") or ""):
+        elif connection_lost(hit.get("error") or ""):
             resets += 1
     ok.sort()
 

@@ -292,6 +292,37 @@ def test_busy_machine_is_flagged_in_the_report():
     assert report._busy_warning(rep) == []
 
 
+@pytest.mark.parametrize(
+    ("error", "lost"),
+    [
+        # vegeta's own texts, from a 100-row overload step whose pooled connections the server
+        # closed after its keep-alive timeout while the client reused them
+        (
+            'Post "http://127.0.0.1:27182/predict": read tcp 127.0.0.1:43625->127.0.0.1:27182: '
+            "read: connection reset by peer",
+            True,
+        ),
+        (
+            'Post "http://127.0.0.1:27182/predict": readfrom tcp 127.0.0.1:49953->127.0.0.1:27182: '
+            "write tcp 127.0.0.1:49953->127.0.0.1:27182: write: broken pipe",
+            True,
+        ),
+        (
+            'Post "http://127.0.0.1:31917/predict": context deadline exceeded (Client.Timeout '
+            "exceeded while awaiting headers)",
+            False,
+        ),
+        (
+            'Post "http://127.0.0.1:9/predict": dial tcp 127.0.0.1:9: connect: connection refused',
+            False,
+        ),
+        ("503 Service Unavailable", False),
+    ],
+)
+def test_a_connection_lost_under_a_request_counts_as_a_reset(error: str, lost: bool) -> None:
+    assert harness.connection_lost(error) is lost
+
+
 def test_load_log_counts_only_other_processes_cpu():
     log = harness.LoadLog(threshold=4.0, cpu_threshold=0.25)
     # 10 s in which the machine used 25 CPU-seconds, 20 of them the benchmark's own
