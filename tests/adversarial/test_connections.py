@@ -181,12 +181,86 @@ def test_large_headers_under_the_cap_are_served_on_one_connection(app: AppServer
     assert answers.count(b"HTTP/1.1 200") == 2, answers[:300]
 
 
-def test_idle_keepalive_connection_is_closed(app: AppServer) -> None:
-    with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
-        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-        received, closed = read_until_close(sock, timeout=5 + HEADER_TIMEOUT + 3)
-    assert received.startswith(b"HTTP/1.1 200")
-    assert closed, "an idle keep-alive connection must be closed by the server"
+def kept_alive(tiny_model: Path, tmp_path: Path, keepalive: float):  # type: ignore[no-untyped-def]
+    return app_server(
+        model_uri=str(tiny_model),
+        wait_ready=True,
+        log_dir=tmp_path,
+        REQUEST_HEADER_TIMEOUT_SECONDS=HEADER_TIMEOUT,
+        KEEPALIVE_TIMEOUT_SECONDS=keepalive,
+    )
+
+
+HEALTH = b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n"
+
+
+def answer(sock: socket.socket) -> bytes:
+    """One whole answer to /health on a kept-alive connection."""
+    received = b""
+    while not received.endswith(b"}"):
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        received += chunk
+    return received
+
+
+def test_a_kept_alive_connection_outlives_the_header_deadline(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """A pooled client reuses a connection after a pause longer than the header deadline: the
+    deadline runs from a request's first byte, so the connection is still open and serves the
+    request (closing it at the deadline raced the client's reuse: the request was reset). The
+    keep-alive timeout closes it once idle for that long."""
+    keepalive = 3 * HEADER_TIMEOUT
+    with (
+        kept_alive(tiny_model, tmp_path, keepalive) as app,
+        socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock,
+    ):
+        sock.sendall(HEALTH)
+        first = answer(sock)
+        time.sleep(HEADER_TIMEOUT + 1.5)  # past the header deadline and a sweep
+        assert not closed_by_server(sock), "closed at the header deadline while idle"
+        sock.setblocking(True)
+        sock.settimeout(10)
+        sock.sendall(HEALTH)
+        second = answer(sock)
+        idle_from = time.monotonic()
+        received, closed = read_until_close(sock, timeout=keepalive + 5)
+        idle_for = time.monotonic() - idle_from
+    assert first.startswith(b"HTTP/1.1 200") and second.startswith(b"HTTP/1.1 200"), second[:200]
+    assert closed and received == b"", received[:200]
+    assert keepalive - 0.5 < idle_for < keepalive + 3, idle_for
+
+
+def test_a_request_trickled_after_a_response_is_cut_at_the_header_deadline(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """The header deadline of a kept-alive connection starts at the next request's first
+    byte: a trickle there is cut like one on a new connection, long before the keep-alive
+    timeout."""
+    with kept_alive(tiny_model, tmp_path, 60) as app:
+        with socket.create_connection(("127.0.0.1", app.port), timeout=10) as sock:
+            sock.sendall(HEALTH)
+            assert answer(sock).startswith(b"HTTP/1.1 200")
+            time.sleep(1.0)
+            started = time.monotonic()
+            closed = False
+            for byte in b"GET /health HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"a" * 100:
+                try:
+                    sock.sendall(bytes([byte]))
+                except OSError:
+                    closed = True
+                    break
+                if closed_by_server(sock):
+                    closed = True
+                    break
+                sock.setblocking(True)
+                time.sleep(0.25)
+            cut_after = time.monotonic() - started
+        metrics = httpx.get(app.probe_url("/metrics"), timeout=5).text
+    assert closed and cut_after < HEADER_TIMEOUT + 3, cut_after
+    assert 'mlservice_connections_closed_total{reason="header_timeout"} 1.0' in metrics
 
 
 def test_all_busy_sheds_load_with_503(tiny_model: Path, tmp_path: Path) -> None:

@@ -2,10 +2,12 @@
 
 Every resource one connection can hold is bounded (uvicorn alone bounds none of them):
 - request headers must be complete within REQUEST_HEADER_TIMEOUT_SECONDS of the connection
-  opening, or of its previous response, and fit in MAX_HEADER_BYTES and MAX_HEADERS fields (431:
-  the parser keeps a header's bytes in memory and calls back once per field); idle keep-alive
-  connections close after KEEPALIVE_TIMEOUT_SECONDS; a body must be complete within
-  REQUEST_BODY_TIMEOUT_SECONDS of its headers (408);
+  opening, or of the first byte of a request after a response, and fit in MAX_HEADER_BYTES and
+  MAX_HEADERS fields (431: the parser keeps a header's bytes in memory and calls back once per
+  field); idle keep-alive connections close after KEEPALIVE_TIMEOUT_SECONDS (long, so a client's
+  pool closes its idle connections first: a connection the server closes just as the client
+  reuses it loses that request); a body must be complete within REQUEST_BODY_TIMEOUT_SECONDS of
+  its headers (408);
 - at most PIPELINE_DEPTH requests wait behind the one being answered: beyond that the server
   stops reading, answers the ones it has (the last with `Connection: close`) and closes, so the
   client retries the rest elsewhere (RFC 9112 9.3.2);
@@ -242,7 +244,8 @@ class ConnectionLimits:
             if conn.transport.is_closing():  # only its unsent bytes keep it: the write deadline
                 pass
             elif conn.idle_since is not None:
-                if now - conn.idle_since > self.header_timeout:
+                since = conn.header_since
+                if since is not None and now - since > self.header_timeout:
                     conn.cut_off("header_timeout")
                 elif conn.drain_deadline is not None and now > conn.drain_deadline:
                     conn.transport.close()
@@ -321,7 +324,9 @@ class LimitedConnection:
 
     A connection is *idle* from the moment it opens or its last response completed until its
     next request's headers are complete: only idle connections run the header deadline and are
-    evicted for being idle. From its headers on, a request's body deadline runs until the body
+    evicted for being idle. The header deadline starts when the connection opens, or at the
+    first byte of a request after a response: a kept-alive connection with nothing sent has only
+    uvicorn's keep-alive timer. From its headers on, a request's body deadline runs until the body
     is complete (408 if it is late, or a plain close once the answer has started).
     """
 
@@ -331,6 +336,7 @@ class LimitedConnection:
     write_since: float | None = None  # response bytes outstanding since (seen by the sweep)
     write_mark: int = 0  # bytes written when that clock started
     drain_deadline: float | None = None
+    header_since: float | None = None  # the header deadline's start (None: not running)
     opened_at: float = 0.0
     served: int = 0
     # The request being read: its header bytes as parsed, the bytes of the reads its header
@@ -363,7 +369,7 @@ class LimitedConnection:
         super().connection_made(_CountingTransport(transport))  # type: ignore[misc]
         self.flow = _Flow(transport)
         self.admitted = collections.deque()
-        self.opened_at = self.idle_since = self.loop.time()  # type: ignore[attr-defined]
+        self.opened_at = self.idle_since = self.header_since = self.loop.time()  # type: ignore[attr-defined]
         if len(self.connections) > self.limits.max_connections:  # type: ignore[attr-defined]
             self._make_room()
 
@@ -371,6 +377,8 @@ class LimitedConnection:
         if self.flow.held:
             return
         self._unset_keepalive_if_required()  # type: ignore[attr-defined]
+        if self.header_since is None:  # a kept-alive connection's next request begins
+            self.header_since = self.loop.time()  # type: ignore[attr-defined]
         whole_chunk_in_headers = self.in_headers
         try:
             self.parser.feed_data(data)  # type: ignore[attr-defined]
@@ -510,6 +518,8 @@ class LimitedConnection:
         cycle = self.cycle  # type: ignore[attr-defined]  # the last request read
         if cycle is None or cycle.response_complete:
             self.idle_since = self.loop.time()  # type: ignore[attr-defined]
+            # The next request's deadline runs from its first byte; one already begun, from now.
+            self.header_since = self.idle_since if self.in_headers else None
 
     def connection_lost(self, exc: Exception | None) -> None:
         # Requests whose answers will never be sent: their clients waited this long for nothing.

@@ -87,7 +87,11 @@ class Settings(BaseSettings):
         "otherwise the connection is aborted and its slot freed",
     )
     keepalive_timeout_seconds: float = Field(
-        5.0, gt=0, description="an idle keep-alive connection is closed after this time"
+        75.0,
+        gt=0,
+        description="an idle keep-alive connection is closed after this time; above the idle "
+        "timeout of the clients' pools (a load balancer's is often 60 s), so they close first: "
+        "a request sent just as the server closes the connection is lost",
     )
     max_connections: int = Field(
         512,
