@@ -211,7 +211,6 @@ def test_a_missing_model_version_never_becomes_ready_and_the_old_pod_serves_on(
         if prom:
             pns, _, ppod = prom.partition("/")
             with cluster.http(pns, f"pod/{ppod}", 9090) as base:
-
                 # The stuck pod's own alert: another pod of the namespace may have one pending
                 # too (one cold CI run found an alert for another pod there at once; its cause
                 # is not known), and the alerts come in no set order.
