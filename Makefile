@@ -60,10 +60,10 @@ TIMED_TIERS := adversarial or bench
 test: setup ## install what the tests need (idempotent: a second run installs nothing), run every tier
 	@mkdir -p $(dir $(CLUSTER_LOG))
 	@$(BIN)/pytest -m cluster $(PYTEST_CLUSTER_ARGS) >$(CLUSTER_LOG) 2>&1 & cluster=$$!; \
-	$(BIN)/pytest -m "not cluster and not ($(TIMED_TIERS))" $(PYTEST_ARGS); untimed=$$?; \
-	wait $$cluster; clustered=$$?; \
+	untimed=0; $(BIN)/pytest -m "not cluster and not ($(TIMED_TIERS))" $(PYTEST_ARGS) || untimed=$$?; \
+	clustered=0; wait $$cluster || clustered=$$?; \
 	echo "---- the cluster tier, run beside the others ($(CLUSTER_LOG)) ----"; cat $(CLUSTER_LOG); \
-	$(BIN)/pytest -m "$(TIMED_TIERS)" $(PYTEST_ARGS); timed=$$?; \
+	timed=0; $(BIN)/pytest -m "$(TIMED_TIERS)" $(PYTEST_ARGS) || timed=$$?; \
 	echo "tiers: untimed exit $$untimed, cluster exit $$clustered, timed exit $$timed"; \
 	test $$untimed -eq 0 -a $$clustered -eq 0 -a $$timed -eq 0
 
