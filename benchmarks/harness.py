@@ -481,23 +481,25 @@ def overload(
     servers: list[Server],
     files: dict,
     capacity: dict[str, float],
+    own_capacity: dict[str, dict[str, float]],
     payloads: list[str],
     factors: list[float],
     seconds: float,
     pause: float,
     work: Path,
 ) -> list[dict]:
-    """Open loop past capacity: for each payload, every server offered the same rates, the
-    given multiples of the primary's capacity for that payload (so the HTTP floor at the same
-    rate shows what the generator and the machine manage, and a variant what it changes).
-    Goodput, the share refused with 503, the p99 of the 200s and resets per step."""
+    """Open loop past capacity: for each payload, every server offered the given multiples of
+    the primary's capacity for that payload (so the HTTP floor at the same rate shows what the
+    generator and the machine manage, and a variant what it changes), except the servers in
+    `own_capacity` (the competitors): multiples of their own. Goodput, the share refused with
+    503, the p99 of the 200s and resets per step."""
     exe = find_vegeta()
     results = []
     for i, (payload, factor) in enumerate((p, f) for p in payloads for f in factors):
-        cap = capacity[payload]
-        rate = max(1, round(factor * cap))
         k = i % len(servers)
         for s in servers[k:] + servers[:k]:
+            cap = own_capacity.get(s.spec.key, capacity)[payload]
+            rate = max(1, round(factor * cap))
             what = f"overload {s.spec.key} {payload} x{factor:g}"
             body = payload_files(files, s.spec.kind, payload)
             res = vegeta(exe, s.url(s.predict_path), body, rate, seconds, work, what)

@@ -830,7 +830,8 @@ def _overload_steps_md(report: dict) -> list[str]:
     )
     rows = []
     for s in steps:
-        ceiling = goodput_ceiling(cost, s["payload"], s["factor"])
+        competitor = s["server"] in (report.get("own_capacity") or {})
+        ceiling = None if competitor else goodput_ceiling(cost, s["payload"], s["factor"])
         rows.append(
             [
                 label(s["server"]),
@@ -845,8 +846,15 @@ def _overload_steps_md(report: dict) -> list[str]:
                 f"{s['loadavg_start']}-{s['loadavg_end']}",
             ]
         )
-    caps = ", ".join(
-        f"{k} rows {v:,.0f}" if k != "mix" else f"mix {v:,.0f}" for k, v in cap.items()
+
+    def caps_md(cap: dict) -> str:
+        return ", ".join(
+            f"{k} rows {v:,.0f}" if k != "mix" else f"mix {v:,.0f}" for k, v in cap.items()
+        )
+
+    caps = caps_md(cap)
+    own = "; ".join(
+        f"{label(key)} {caps_md(c)}" for key, c in (report.get("own_capacity") or {}).items()
     )
     return [
         "### Overload: goodput at 1.5x, 2x and 4x capacity (open loop)",
@@ -854,9 +862,14 @@ def _overload_steps_md(report: dict) -> list[str]:
         f"{pinned} Capacity is ml-service's closed-loop throughput at the most connections "
         f"(req/s: {caps}; the mix, half 1-row and half 100-row requests, from the time per "
         "request of each). Every server is offered the same rates, multiples of that capacity, "
-        "so the HTTP floor shows what the generator and the machine manage at that rate. "
-        "Goodput is 200 answers per second; the ceiling is what one CPU allows at the measured "
-        "costs of a refusal and a served request (below).",
+        "so the HTTP floor shows what the generator and the machine manage at that rate"
+        + (
+            f", except the competitors: multiples of their own capacity (req/s: {own})"
+            if own
+            else ""
+        )
+        + ". Goodput is 200 answers per second; the ceiling is what one CPU allows at "
+        "ml-service's measured costs of a refusal and a served request (below).",
         "",
         table(
             [

@@ -410,10 +410,18 @@ def main(argv: list[str]) -> int:
         if args.overload_payloads and args.overload_factors:
             print("overload (vegeta past capacity) ...", flush=True)
             rep["capacity"] = harness.capacities(results, primary)
+            # The competitors are offered multiples of their own capacity (a fifth of
+            # ml-service's or less: at ml-service's rates they would only show a queue).
+            rep["own_capacity"] = {
+                s.spec.key: harness.capacities(results, s.spec.key)
+                for s in live
+                if s.spec.kind in servers.COMPETITORS
+            }
             rep["overload_results"] = harness.overload(
                 live,
                 files,
                 rep["capacity"],
+                rep["own_capacity"],
                 [p for p in args.overload_payloads if p in rep["capacity"]],
                 args.overload_factors,
                 args.overload_step,

@@ -171,23 +171,30 @@ def test_open_loop_ladders_are_interleaved_and_summarised(smoke):
     assert rep["versions"]["vegeta"] == "vegeta v12.13.0"
 
 
-def test_overload_steps_offer_every_server_the_same_multiple_of_capacity(smoke):
+def test_overload_steps_offer_a_multiple_of_capacity_and_competitors_of_their_own(smoke):
+    """ml-service and the HTTP floor at multiples of ml-service's capacity, mlflow at multiples
+    of its own (at ml-service's rates it would only show a queue)."""
     rep = smoke["report"]
     cap = rep["capacity"]
     assert set(cap) == {"1", "100", "mix"}
     assert cap["1"] > cap["mix"] > cap["100"] > 0  # the mix from the time per request of each
+    assert set(rep["own_capacity"]) == {"mlflow"}
+    assert set(rep["own_capacity"]["mlflow"]) == {"1", "100", "mix"}
     steps = rep["overload_results"]
     assert {(s["server"], s["payload"]) for s in steps} == {
         (server, payload) for server in SERVERS for payload in ("1", "mix")
     }
     for s in steps:
-        assert s["factor"] == 1.5 and s["rate"] == max(1, round(1.5 * cap[s["payload"]])), s
-        assert s["goodput_vs_capacity"] == round(s["goodput"] / cap[s["payload"]], 3), s
+        own = rep["own_capacity"].get(s["server"], cap)[s["payload"]]
+        assert s["factor"] == 1.5 and s["rate"] == max(1, round(1.5 * own)), s
+        assert s["capacity"] == own, s
+        assert s["goodput_vs_capacity"] == round(s["goodput"] / own, 3), s
         assert 0 <= s["shed_share"] <= 1 and s["resets"] >= 0, s
     # both servers pinned, to different CPUs (the machine has two or more)
     assert rep["params"]["server_cpus"] and rep["params"]["client_cpus"]
     assert rep["params"]["server_cpus"] not in rep["params"]["client_cpus"].split(",")
     assert "### Overload: goodput at 1.5x, 2x and 4x capacity" in smoke["md"]
+    assert "except the competitors: multiples of their own capacity" in smoke["md"]
 
 
 def test_a_refusal_and_a_served_request_are_costed_in_server_cpu(smoke):
