@@ -22,7 +22,6 @@ import platform
 import re
 import resource
 import shutil
-import statistics
 import subprocess
 import sys
 import time
@@ -238,10 +237,12 @@ def vegeta(
     seconds: float,
     work: Path,
     what: str = "",
+    workers: int = 0,
 ) -> dict:
     """Open loop: `rate` requests per second for `seconds`, sent on schedule whatever the server
     does (vegeta adds workers and connections as needed); latencies from vegeta's own report.
-    Several body files: the requests take them in turn."""
+    Several body files: the requests take them in turn. `workers` > 0 (rate 0): a closed loop
+    of that many workers, each sending its next request once answered."""
     targets = work / "vegeta-targets.txt"
     files = body_file if isinstance(body_file, list) else [body_file]
     targets.write_text(
@@ -256,6 +257,8 @@ def vegeta(
         f"-duration={seconds:g}s",
         "-timeout=10s",
     ]
+    if workers:
+        argv += [f"-workers={workers}", f"-max-workers={workers}"]
     argv += ["-max-body=0", f"-targets={targets}", f"-output={results}"]
     if CLIENT["max_connections"]:
         argv.append(f"-max-connections={CLIENT['max_connections']}")
@@ -457,20 +460,10 @@ def open_loop(
     return results
 
 
-def capacities(results: list[dict], server: str) -> dict[str, float]:
-    """A server's capacity per payload: its closed-loop throughput at the most connections
-    (median of the rounds); the mix's from the time per request of each half."""
-    mine = [r for r in results if r["server"] == server]
-    most = max(r["connections"] for r in mine)
-    cap = {
-        str(n): statistics.median(
-            r["rps"] for r in mine if r["rows"] == n and r["connections"] == most
-        )
-        for n in sorted({r["rows"] for r in mine})
-    }
-    if "1" in cap and "100" in cap:
-        cap[MIX] = 2 / (1 / cap["1"] + 1 / cap["100"])
-    return cap
+def has_files(files: dict, payload: str) -> bool:
+    """Whether the run made the bodies a payload needs (its rows were measured)."""
+    rows = {n for _, n in files}
+    return {1, 100} <= rows if payload == MIX else int(payload) in rows
 
 
 def payload_files(files: dict, kind: str, payload: str) -> list[Path]:
@@ -480,45 +473,80 @@ def payload_files(files: dict, kind: str, payload: str) -> list[Path]:
 def overload(
     servers: list[Server],
     files: dict,
-    capacity: dict[str, float],
-    own_capacity: dict[str, dict[str, float]],
+    own: list[str],
     payloads: list[str],
     factors: list[float],
     seconds: float,
     pause: float,
     work: Path,
-) -> list[dict]:
+    workers: int,
+    capacity_seconds: float,
+) -> tuple[list[dict], dict[str, dict[str, dict]]]:
     """Open loop past capacity: for each payload, every server offered the given multiples of
-    the primary's capacity for that payload (so the HTTP floor at the same rate shows what the
-    generator and the machine manage, and a variant what it changes), except the servers in
-    `own_capacity` (the competitors): multiples of their own. Goodput, the share refused with
-    503, the p99 of the 200s and resets per step."""
+    the primary's (the first server's) capacity for that payload (so the HTTP floor at the same
+    rate shows what the generator and the machine manage, and a variant what it changes),
+    except the servers in `own` (the competitors): multiples of their own. Goodput, the share
+    refused with 503, the p99 of the 200s and resets per step.
+
+    Capacity is measured beside each payload's steps, before and after them (a closed loop of
+    `workers` for `capacity_seconds`), and goodput is compared with the mean of the two: this
+    machine's speed drifts by a tenth over minutes, and a capacity measured at the start of the
+    run made the ratios of later steps drift with it. Returns the steps and, per server
+    measured, per payload: the capacity before, after and their mean."""
     exe = find_vegeta()
-    results = []
-    for i, (payload, factor) in enumerate((p, f) for p in payloads for f in factors):
-        k = i % len(servers)
-        for s in servers[k:] + servers[:k]:
-            cap = own_capacity.get(s.spec.key, capacity)[payload]
-            rate = max(1, round(factor * cap))
-            what = f"overload {s.spec.key} {payload} x{factor:g}"
+    results: list[dict] = []
+    measured = [servers[0], *(s for s in servers if s.spec.key in own)]
+    capacity: dict[str, dict[str, dict]] = {s.spec.key: {} for s in measured}
+
+    def measure(payload: str, when: str) -> None:
+        for s in measured:
             body = payload_files(files, s.spec.kind, payload)
-            res = vegeta(exe, s.url(s.predict_path), body, rate, seconds, work, what)
+            what = f"capacity {s.spec.key} {payload} {when}"
+            res = vegeta(exe, s.url(s.predict_path), body, 0, capacity_seconds, work, what,
+                         workers=workers)  # fmt: skip
             s.requests_sent += res["requests"]
-            res |= {"server": s.spec.key, "payload": payload, "factor": factor, "capacity": cap}
-            res["goodput_vs_capacity"] = round(res["goodput"] / cap, 3)
-            res["drain_s"] = wait_idle(s)
-            results.append(res)
-            print(
-                f"  {s.spec.key:<22} {payload:>4} x{factor:<4g}{rate:>7}/s: "
-                f"{res['goodput']:8.1f} ok/s ({res['goodput_vs_capacity']:.0%} of "
-                f"{cap:,.0f}), shed {res['shed_share']:.0%}, 200s p99 "
-                f"{res['admitted_latency_ms']['p99']} ms, {res['resets']} resets"
-                f"{' (generator lagged)' * res['lagged']}, idle {res['drain_s']:.1f} s later"
-                f"{busy_note(res)}",
-                flush=True,
-            )
-            time.sleep(pause)
-    return results
+            capacity[s.spec.key].setdefault(payload, {})[when] = res["goodput"]
+            wait_idle(s)
+            print(f"  {s.spec.key:<22} {payload:>4} capacity {when}: {res['goodput']:8.1f} "
+                  f"ok/s ({workers} workers){busy_note(res)}", flush=True)  # fmt: skip
+
+    i = 0
+    for payload in payloads:
+        measure(payload, "before")
+        steps = []
+        for factor in factors:
+            k = i % len(servers)
+            i += 1
+            for s in servers[k:] + servers[:k]:
+                key = s.spec.key if s.spec.key in capacity else servers[0].spec.key
+                rate = max(1, round(factor * capacity[key][payload]["before"]))
+                what = f"overload {s.spec.key} {payload} x{factor:g}"
+                body = payload_files(files, s.spec.kind, payload)
+                res = vegeta(exe, s.url(s.predict_path), body, rate, seconds, work, what)
+                s.requests_sent += res["requests"]
+                res |= {"server": s.spec.key, "payload": payload, "factor": factor}
+                res["capacity_of"] = key
+                res["drain_s"] = wait_idle(s)
+                steps.append(res)
+                print(
+                    f"  {s.spec.key:<22} {payload:>4} x{factor:<4g}{rate:>7}/s: "
+                    f"{res['goodput']:8.1f} ok/s, shed {res['shed_share']:.0%}, 200s p99 "
+                    f"{res['admitted_latency_ms']['p99']} ms, {res['resets']} resets"
+                    f"{' (generator lagged)' * res['lagged']}, idle {res['drain_s']:.1f} s "
+                    f"later{busy_note(res)}",
+                    flush=True,
+                )
+                time.sleep(pause)
+        measure(payload, "after")
+        for caps in capacity.values():
+            c = caps[payload]
+            c["mean"] = round((c["before"] + c["after"]) / 2, 1)
+        for res in steps:
+            cap = capacity[res["capacity_of"]][res["payload"]]["mean"]
+            res["capacity"] = cap
+            res["goodput_vs_capacity"] = round(res["goodput"] / cap, 3) if cap else 0.0
+        results += steps
+    return results, capacity
 
 
 # A server is idle again below this share of a CPU (wait_idle).

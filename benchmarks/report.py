@@ -852,16 +852,23 @@ def _overload_steps_md(report: dict) -> list[str]:
             f"{k} rows {v:,.0f}" if k != "mix" else f"mix {v:,.0f}" for k, v in cap.items()
         )
 
-    caps = caps_md(cap)
+    beside = (report.get("capacity_beside") or {}).get(report.get("primary"), {})
+    caps = ", ".join(
+        f"{k if k == 'mix' else k + ' rows'} {c['mean']:,.0f} ({c['before']:,.0f} before, "
+        f"{c['after']:,.0f} after)"
+        for k, c in beside.items()
+    ) or caps_md(cap)
     own = "; ".join(
         f"{label(key)} {caps_md(c)}" for key, c in (report.get("own_capacity") or {}).items()
     )
     return [
         "### Overload: goodput at 1.5x, 2x and 4x capacity (open loop)",
         "",
-        f"{pinned} Capacity is ml-service's closed-loop throughput at the most connections "
-        f"(req/s: {caps}; the mix, half 1-row and half 100-row requests, from the time per "
-        "request of each). Every server is offered the same rates, multiples of that capacity, "
+        f"{pinned} Capacity is ml-service's throughput in a closed loop of "
+        f"{max(p['connections'])} vegeta workers for {p['duration_s']:g} s, measured beside "
+        "each payload's steps, before and after them; goodput is compared with the mean of "
+        f"the two (req/s: {caps}; the mix: half 1-row and half 100-row requests, "
+        "alternating). Every server is offered the same rates, multiples of the capacity before, "
         "so the HTTP floor shows what the generator and the machine manage at that rate"
         + (
             f", except the competitors: multiples of their own capacity (req/s: {own})"

@@ -409,25 +409,25 @@ def main(argv: list[str]) -> int:
         ml = live[0]
         if args.overload_payloads and args.overload_factors:
             print("overload (vegeta past capacity) ...", flush=True)
-            rep["capacity"] = harness.capacities(results, primary)
-            # The competitors are offered multiples of their own capacity (a fifth of
-            # ml-service's or less: at ml-service's rates they would only show a queue).
-            rep["own_capacity"] = {
-                s.spec.key: harness.capacities(results, s.spec.key)
-                for s in live
-                if s.spec.kind in servers.COMPETITORS
-            }
-            rep["overload_results"] = harness.overload(
+            rep["overload_results"], beside = harness.overload(
                 live,
                 files,
-                rep["capacity"],
-                rep["own_capacity"],
-                [p for p in args.overload_payloads if p in rep["capacity"]],
+                [s.spec.key for s in live if s.spec.kind in servers.COMPETITORS],
+                [p for p in args.overload_payloads if harness.has_files(files, p)],
                 args.overload_factors,
                 args.overload_step,
                 args.open_loop_pause,
                 work,
+                max(args.connections),
+                args.duration,
             )
+            # Capacity per payload, measured beside its steps (mean of before and after); the
+            # competitors are offered multiples of their own (a fifth of ml-service's or less:
+            # at ml-service's rates they would only show a queue).
+            rep["capacity_beside"] = beside
+            means = {k: {p: c["mean"] for p, c in v.items()} for k, v in beside.items()}
+            rep["capacity"] = means.pop(primary)
+            rep["own_capacity"] = means
         if args.cost_seconds > 0:
             print("server CPU per answer, served and refused ...", flush=True)
             rep["answer_cost"] = answer_costs(args, live, files, model_dir, work)

@@ -172,24 +172,31 @@ def test_open_loop_ladders_are_interleaved_and_summarised(smoke):
 
 
 def test_overload_steps_offer_a_multiple_of_capacity_and_competitors_of_their_own(smoke):
-    """ml-service and the HTTP floor at multiples of ml-service's capacity, mlflow at multiples
-    of its own (at ml-service's rates it would only show a queue)."""
+    """Capacity measured beside each payload's steps, before and after; ml-service and the HTTP
+    floor offered multiples of ml-service's capacity before, mlflow multiples of its own (at
+    ml-service's rates it would only show a queue); goodput against the mean of the two."""
     rep = smoke["report"]
-    cap = rep["capacity"]
-    assert set(cap) == {"1", "100", "mix"}
-    assert cap["1"] > cap["mix"] > cap["100"] > 0  # the mix from the time per request of each
-    assert set(rep["own_capacity"]) == {"mlflow"}
-    assert set(rep["own_capacity"]["mlflow"]) == {"1", "100", "mix"}
+    beside = rep["capacity_beside"]
+    assert set(beside) == {"ml-service", "mlflow"}
+    for caps in beside.values():
+        assert set(caps) == {"1", "mix"}
+        for c in caps.values():
+            assert c["before"] > 0 and c["after"] > 0, c
+            assert c["mean"] == round((c["before"] + c["after"]) / 2, 1), c
+    assert rep["capacity"] == {p: c["mean"] for p, c in beside["ml-service"].items()}
+    assert rep["own_capacity"] == {"mlflow": {p: c["mean"] for p, c in beside["mlflow"].items()}}
+    # a 100-row request costs more than a 1-row one, and every other request of the mix is one
+    assert beside["ml-service"]["1"]["before"] > beside["ml-service"]["mix"]["before"]
     steps = rep["overload_results"]
     assert {(s["server"], s["payload"]) for s in steps} == {
         (server, payload) for server in SERVERS for payload in ("1", "mix")
     }
     for s in steps:
-        own = rep["own_capacity"].get(s["server"], cap)[s["payload"]]
-        assert s["factor"] == 1.5 and s["rate"] == max(1, round(1.5 * own)), s
-        assert s["capacity"] == own, s
-        assert s["goodput_vs_capacity"] == round(s["goodput"] / own, 3), s
-        assert 0 <= s["shed_share"] <= 1 and s["resets"] >= 0, s
+        own = beside["mlflow" if s["server"] == "mlflow" else "ml-service"][s["payload"]]
+        assert s["factor"] == 1.5 and s["rate"] == max(1, round(1.5 * own["before"])), s
+        assert s["capacity"] == own["mean"], s
+        assert s["goodput_vs_capacity"] == round(s["goodput"] / own["mean"], 3), s
+    assert 0 <= s["shed_share"] <= 1 and s["resets"] >= 0, s
     # both servers pinned, to different CPUs (the machine has two or more)
     assert rep["params"]["server_cpus"] and rep["params"]["client_cpus"]
     assert rep["params"]["server_cpus"] not in rep["params"]["client_cpus"].split(",")
