@@ -594,24 +594,26 @@ def answer_costs(
     primary: Server, refusing: Server, floor: Server | None, files: dict, seconds: float
 ) -> dict:
     """Server CPU time of one answer: a served 1-row and 100-row request (the primary), a
-    refusal (a variant whose limit is 1: nearly every request is refused; the served few are
-    subtracted at the 1-row cost) and, if present, the HTTP floor's hello-world answer."""
+    refused one of each (a variant whose limit is 1: nearly every request is refused; the
+    served few are subtracted at the served cost; a refused 100-row request's body is still
+    read, to keep the connection) and, if present, the HTTP floor's hello-world answer."""
+    kind = primary.spec.kind
     runs = {
-        "served_1": cpu_per_answer(primary, files[primary.spec.kind, 1], seconds, "cost: 1 row"),
-        "served_100": cpu_per_answer(
-            primary, files[primary.spec.kind, 100], seconds, "cost: 100 rows"
-        ),
-        "refused": cpu_per_answer(
-            refusing, files[refusing.spec.kind, 1], seconds, "cost: refusals"
+        "served_1": cpu_per_answer(primary, files[kind, 1], seconds, "cost: 1 row"),
+        "served_100": cpu_per_answer(primary, files[kind, 100], seconds, "cost: 100 rows"),
+        "refused": cpu_per_answer(refusing, files[kind, 1], seconds, "cost: refusals"),
+        "refused_100": cpu_per_answer(
+            refusing, files[kind, 100], seconds, "cost: refusals, 100 rows"
         ),
     }
     if floor is not None:
         runs["floor"] = cpu_per_answer(floor, files[floor.spec.kind, 1], seconds, "cost: floor")
-    us = {k: 1e6 * r["cpu_s"] / max(r["requests"], 1) for k, r in runs.items() if k != "refused"}
-    ref = runs["refused"]
-    us["refused"] = (
-        1e6 * (ref["cpu_s"] - ref["served"] * us["served_1"] / 1e6) / max(ref["refused"], 1)
-    )
+    us = {k: 1e6 * r["cpu_s"] / max(r["requests"], 1) for k, r in runs.items()}
+    for refused, served in (("refused", "served_1"), ("refused_100", "served_100")):
+        ref = runs[refused]
+        us[refused] = (
+            1e6 * (ref["cpu_s"] - ref["served"] * us[served] / 1e6) / max(ref["refused"], 1)
+        )
     return {"runs": runs, "cpu_us": {k: round(v, 1) for k, v in us.items()}}
 
 

@@ -769,11 +769,16 @@ def _overload_md(over: list[dict]) -> list[str]:
 def goodput_ceiling(cost_us: dict, payload: str, factor: float) -> float | None:
     """The most goodput, as a share of capacity, one server CPU allows when offered `factor`
     times its capacity C = 1/b: refusing the excess costs a each, serving costs b, so
-    a (f C - S) + b S <= 1 s per second gives S / C <= (1 - f r) / (1 - r), r = a / b."""
+    a (f C - S) + b S <= 1 s per second gives S / C <= (1 - f r) / (1 - r), r = a / b. The
+    mix's costs are the means of its halves'; a 100-row refusal costs what was measured for it
+    (its body is read), or a 1-row one's in a report without it."""
     served = {"1": cost_us.get("served_1"), "100": cost_us.get("served_100")}
-    if served["1"] and served["100"]:
-        served["mix"] = (served["1"] + served["100"]) / 2
-    b, a = served.get(payload), cost_us.get("refused")
+    refused = {"1": cost_us.get("refused")}
+    refused["100"] = cost_us.get("refused_100", refused["1"])
+    for costs in (served, refused):
+        if costs["1"] is not None and costs["100"] is not None:
+            costs["mix"] = (costs["1"] + costs["100"]) / 2
+    b, a = served.get(payload), refused.get(payload)
     if not b or a is None or a >= b:
         return None
     r = max(a, 0.0) / b
@@ -785,7 +790,8 @@ def _answer_cost_md(cost: dict) -> list[str]:
     names = {
         "served_1": "served, 1 row",
         "served_100": "served, 100 rows",
-        "refused": "refused (503 + Retry-After, before the body)",
+        "refused": "refused, 1 row (503 + Retry-After)",
+        "refused_100": "refused, 100 rows (503 + Retry-After, its body read and dropped)",
         "floor": "HTTP floor, hello world",
     }
     rows = [
@@ -804,7 +810,7 @@ def _answer_cost_md(cost: dict) -> list[str]:
         "",
         "Every process of the server, CPU seconds over answers, wrk at 50 connections on the "
         "client CPUs. Refusals: a variant whose limit is 1, so nearly every request is refused; "
-        "its few served requests are counted at the 1-row cost and subtracted.",
+        "its few served requests are counted at the served cost and subtracted.",
         "",
         table(["answer", "server CPU µs", "served / refused", "CPU s", "load average"], rows),
         "",

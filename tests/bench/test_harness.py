@@ -207,7 +207,8 @@ def test_overload_steps_offer_a_multiple_of_capacity_and_competitors_of_their_ow
 def test_a_refusal_and_a_served_request_are_costed_in_server_cpu(smoke):
     cost = smoke["report"]["answer_cost"]
     runs = cost["runs"]
-    assert runs["refused"]["refused"] > runs["refused"]["served"]  # a limit of 1 at 50 connections
+    for key in ("refused", "refused_100"):  # a limit of 1 at 50 connections
+        assert runs[key]["refused"] > runs[key]["served"], runs[key]
     assert runs["served_1"]["refused"] == 0 and runs["served_100"]["refused"] == 0
     assert runs["floor"]["served"] > 0
     for key in ("served_1", "served_100", "floor"):
@@ -222,6 +223,10 @@ def test_goodput_ceiling_follows_from_the_costs():
     assert report.goodput_ceiling(cost, "100", 2) == pytest.approx(0.94 / 0.97)
     assert report.goodput_ceiling(cost, "mix", 1) == 1.0
     assert report.goodput_ceiling(cost | {"refused": 300.0}, "1", 2) is None
+    # a 100-row refusal measured apart: r = 0.05 at 100 rows; the mix's r = 40 / 650
+    both = cost | {"refused_100": 50.0}
+    assert report.goodput_ceiling(both, "100", 2) == pytest.approx(0.9 / 0.95)
+    assert report.goodput_ceiling(both, "mix", 4) == pytest.approx((1 - 160 / 650) / (1 - 40 / 650))
     assert report.goodput_ceiling({"served_1": 300.0}, "1", 2) is None
 
 
