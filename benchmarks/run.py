@@ -190,7 +190,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--overload-factors",
         type=csv(float),
         default=[1.5, 2.0, 4.0],
-        help="offered rates as multiples of ml-service's closed-loop capacity (1.5,2,4)",
+        help="offered rates as multiples of each payload's capacity, measured beside its "
+        "steps (ml-service's; a competitor's own) (1.5,2,4)",
     )
     g.add_argument(
         "--overload-step", type=float, help=f"seconds per step {preset('overload_step')}"
